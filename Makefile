@@ -20,12 +20,12 @@ endif
 ifeq ($(SANITIZE),1)
   CFLAGS := $(filter-out -O3,$(CFLAGS)) -O1 -g -fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined
 endif
-PYTHON ?= python3
+PYTHON ?= $(firstword $(wildcard dev/venv/bin/python) python3)
 
 HEADERS = $(wildcard *.h)
 TESTS = test_empo test_math
 
-.PHONY: all test bench fixtures fuzz clean
+.PHONY: all test bench fixtures fuzz clean venv
 
 all: train_empo
 
@@ -35,9 +35,17 @@ train_empo: train_empo.c $(HEADERS)
 test_empo: test_empo.c train_empo.c $(HEADERS)
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
-# --- math_verify.h / semantic_cluster.h (issue 3) ---
-test_math: test_math.c $(HEADERS)
+bench_cpu: dev/bench_cpu.c train_empo.c $(HEADERS)
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
+# Benchmarks print side-by-side figures against the Python reference (PyTorch/HF) in the same run.
+# PYTHON must have torch + transformers (e.g. a venv: make bench PYTHON=/path/to/venv/bin/python).
+bench: bench_cpu
+	$(PYTHON) dev/bench_cpu.py
+
+# Regenerates the committed reference fixtures (needs torch + transformers).
+fixtures:
+	$(PYTHON) dev/make_fixtures.py
 
 # Each test binary ends with "NAME: N passed, N failed"; the last line here is the total.
 test: $(TESTS)
@@ -48,6 +56,15 @@ test: $(TESTS)
 
 clean:
 	rm -f train_empo $(TESTS) bench_cpu *.o
+
+# Python for dev/ only (fixtures, reference benchmarks): `make venv` puts one in dev/venv.
+venv:
+	python3 -m venv dev/venv && dev/venv/bin/pip install torch transformers tokenizers safetensors math-verify numpy
+
+# --- math_verify.h / semantic_cluster.h (issue 3) ---
+test_math: test_math.c $(HEADERS)
+	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
 
 # --- tokenizer.h / convert (issue 4) ---
 

@@ -287,7 +287,7 @@ static inline int jsonl_foreach(const char *path, int strict, jsonl_fn fn, void 
     int count = 0, line = 0;
     char *p = buf, *end = buf + len;
     while (p < end) {
-        char *nl = memchr(p, '\n', (size_t)(end - p));
+        char *nl = (char *)memchr(p, '\n', (size_t)(end - p));
         char *le = nl ? nl : end;
         line++;
         char *s = p;

@@ -175,10 +175,189 @@ static void test_checkpoint_errors(void) {
     model_free(&m);
 }
 
+// ----------------------------------------------------------------------------
+// generation
+
+// Decoding with the KV cache must give the logits of a full forward at every position: two
+// sequences, the first prefilled with 5 tokens in one call, then both decoded one token per step
+// in the same batch.
+static void test_kv_cache(void) {
+    Model m; char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
+    State s;
+    state_load(&s, "dev/fixtures/qwen2_untied_state.bin", &m);
+    int T = s.T, V = m.config.V;
+    model_forward(&m, s.inputs, NULL, NULL, 2, T);   // rows 0 and 1 of the fixture's batch
+    float *full = (float *)xmalloc((size_t)2 * T * V * sizeof(float));
+    memcpy(full, m.acts.logits, (size_t)2 * T * V * sizeof(float));
+    KVCache kv;
+    int cap[2] = {T, T};
+    kv_init(&kv, &m.config, cap, 2, T);
+    float *logits = (float *)xmalloc((size_t)T * V * sizeof(float));
+    int tok[64], seq[64], pos[64], rows[64];
+    float worst = 0.0f;
+    int P = 5;
+    for (int t = 0; t < P; t++) { tok[t] = s.inputs[t]; seq[t] = 0; pos[t] = t; rows[t] = t; }
+    model_step(&m, &kv, tok, seq, pos, P, rows, P, logits);
+    for (int t = 0; t < P; t++) { float e = rel_err(logits + (size_t)t * V, full + (size_t)t * V, V, NULL); if (e > worst) worst = e; }
+    for (int t = 0; t < T; t++) {   // sequence 1 from its first token; sequence 0 from position P
+        int n = 0;
+        tok[n] = s.inputs[T + t]; seq[n] = 1; pos[n] = t; rows[n] = n; n++;
+        if (P + t < T) { tok[n] = s.inputs[P + t]; seq[n] = 0; pos[n] = P + t; rows[n] = n; n++; }
+        model_step(&m, &kv, tok, seq, pos, n, rows, n, logits);
+        float e = rel_err(logits, full + (size_t)(T + t) * V, V, NULL);
+        if (e > worst) worst = e;
+        if (n == 2) { e = rel_err(logits + V, full + (size_t)(P + t) * V, V, NULL); if (e > worst) worst = e; }
+    }
+    check(worst < 1e-5f, "KV-cache decoding equals the full forward at all %d positions of 2 sequences (rel err %.2e)", T, worst);
+    free(full); free(logits); kv_free(&kv); state_free(&s); model_free(&m);
+}
+
+// Greedy generation of a batch of prompts of different lengths equals transformers' generate().
+static void test_greedy_vs_hf(void) {
+    Model m; char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
+    size_t len;
+    char *text = read_whole_file("dev/fixtures/qwen2_tied_greedy.json", &len);
+    JDoc d;
+    if (!text || json_parse(&d, text, len) != 0) { check(0, "greedy fixture: cannot read/parse"); free(text); model_free(&m); return; }
+    m.n_eos = 1; m.eos[0] = (int)json_num(&d, json_get(&d, 0, "eos"), -1);
+    int n = json_len(&d, json_get(&d, 0, "prompts"));
+    int *plen = (int *)xmalloc((size_t)n * sizeof(int));
+    int **prompts = (int **)xmalloc((size_t)n * sizeof(int *));
+    for (int i = 0; i < n; i++) {
+        int arr = json_at(&d, json_get(&d, 0, "prompts"), i);
+        plen[i] = json_len(&d, arr);
+        prompts[i] = (int *)xmalloc((size_t)plen[i] * sizeof(int));
+        for (int t = 0; t < plen[i]; t++) prompts[i][t] = (int)json_num(&d, json_at(&d, arr, t), -1);
+    }
+    SamplerConfig sc = {0.0f, 1.0f, 0, (int)json_num(&d, json_get(&d, 0, "max_new"), 0), 0, 1};
+    Generation gen;
+    generate(&m, (const int *const *)prompts, plen, n, 1, &sc, &gen, 0);
+    int ok = 1, stopped = 0;
+    for (int i = 0; i < n; i++) {
+        int arr = json_at(&d, json_get(&d, 0, "outputs"), i);
+        int same = gen.len[i] == json_len(&d, arr);
+        for (int t = 0; same && t < gen.len[i]; t++) same = gen.tokens[i][t] == (int)json_num(&d, json_at(&d, arr, t), -1);
+        if (!same) { ok = 0; printf("  prompt %d: %d tokens vs HF %d\n", i, gen.len[i], json_len(&d, arr)); }
+        stopped += gen.eos[i];
+    }
+    check(ok && stopped >= 1, "greedy generation of %d prompts (lengths %d..%d) equals transformers generate() token for token (%d stopped at EOS)",
+          n, plen[0], plen[2], stopped);
+    generation_free(&gen);
+    for (int i = 0; i < n; i++) free(prompts[i]);
+    free(prompts); free(plen); json_free(&d); free(text); model_free(&m);
+}
+
+// Sampled frequencies follow softmax(logits / T) restricted to the top-k / top-p set: a chi-square
+// statistic against the expected counts (fixed seed, so deterministic), and no draw ever outside.
+static void sampling_case(const char *what, const float *logits, int V, SamplerConfig sc, int draws) {
+    // expected distribution, computed independently of sample_token: sort, cut, renormalize
+    ProbId *e = (ProbId *)xmalloc((size_t)V * sizeof(ProbId));
+    float maxv = -FLT_MAX;
+    for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
+    double z = 0.0;
+    for (int v = 0; v < V; v++) { e[v].p = expf((logits[v] - maxv) / sc.temperature); e[v].id = v; z += e[v].p; }
+    qsort(e, (size_t)V, sizeof(ProbId), probid_desc);
+    int n = sc.top_k > 0 && sc.top_k < V ? sc.top_k : V;
+    double kz = 0.0;
+    for (int i = 0; i < n; i++) kz += e[i].p;
+    if (sc.top_p < 1.0f) { double acc = 0.0; for (int i = 0; i < n; i++) { acc += e[i].p; if (acc >= sc.top_p * kz) { n = i + 1; break; } } }
+    double nz = 0.0;
+    for (int i = 0; i < n; i++) nz += e[i].p;
+    double *expect = (double *)xcalloc((size_t)V, sizeof(double));
+    for (int i = 0; i < n; i++) expect[e[i].id] = e[i].p / nz;
+    int *count = (int *)xcalloc((size_t)V, sizeof(int));
+    uint64_t rng = 12345;
+    ProbId *scratch = (ProbId *)xmalloc((size_t)V * sizeof(ProbId));
+    for (int i = 0; i < draws; i++) count[sample_token(logits, V, &sc, &rng, scratch)]++;
+    double chi2 = 0.0; int outside = 0, df = -1;
+    for (int v = 0; v < V; v++) {
+        if (expect[v] == 0.0) { outside += count[v]; continue; }
+        double ex = expect[v] * draws;
+        chi2 += (count[v] - ex) * (count[v] - ex) / ex;
+        df++;
+    }
+    // chi2 with df degrees of freedom has mean df and sd sqrt(2 df): 5 sd is a 1e-6-ish tail
+    double bound = df + 5.0 * sqrt(2.0 * (df > 0 ? df : 1)) + 1.0;
+    check(outside == 0 && chi2 < bound, "sampling %s: %d tokens kept, chi2 %.1f (df %d, bound %.1f), %d draws outside",
+          what, n, chi2, df, bound, outside);
+    free(e); free(expect); free(count); free(scratch);
+}
+static void test_sampling(void) {
+    enum { V = 50 };
+    float logits[V];
+    uint64_t rng = 99;
+    for (int v = 0; v < V; v++) logits[v] = 3.0f * random_normal(&rng);
+    SamplerConfig sc = {1.0f, 1.0f, 0, 1, 0, 0};
+    sampling_case("T=1", logits, V, sc, 200000);
+    sc.temperature = 0.7f; sampling_case("T=0.7", logits, V, sc, 200000);
+    sc.temperature = 1.0f; sc.top_p = 0.9f; sampling_case("T=1 top_p=0.9", logits, V, sc, 200000);
+    sc.top_p = 1.0f; sc.top_k = 5; sampling_case("T=1 top_k=5", logits, V, sc, 200000);
+    sc.temperature = 1.3f; sc.top_k = 10; sc.top_p = 0.8f; sampling_case("T=1.3 top_k=10 top_p=0.8", logits, V, sc, 200000);
+    // edge cases
+    int best = 0;
+    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    ProbId scratch[V];
+    int ok = 1;
+    SamplerConfig k1 = {1.0f, 1.0f, 1, 1, 0, 0}, tiny_p = {1.0f, 1e-6f, 0, 1, 0, 0}, greedy = {0.0f, 1.0f, 0, 1, 0, 0};
+    for (int i = 0; i < 100; i++) ok &= sample_token(logits, V, &k1, &rng, scratch) == best;
+    for (int i = 0; i < 100; i++) ok &= sample_token(logits, V, &tiny_p, &rng, scratch) == best;
+    ok &= sample_token(logits, V, &greedy, &rng, scratch) == best;
+    check(ok, "sampling: top_k=1, tiny top_p and T=0 always give the argmax");
+    float tie[4] = {1.0f, 3.0f, 3.0f, 0.0f};
+    SamplerConfig k2 = {1.0f, 1.0f, 2, 1, 0, 0};
+    int c1 = 0, c2 = 0, other = 0;
+    for (int i = 0; i < 10000; i++) { int t = sample_token(tie, 4, &k2, &rng, scratch); c1 += t == 1; c2 += t == 2; other += t != 1 && t != 2; }
+    check(sample_token(tie, 4, &greedy, &rng, scratch) == 1 && sample_token(tie, 4, &k1, &rng, scratch) == 1 && other == 0 &&
+          abs(c1 - c2) < 400, "sampling ties: argmax takes the lower id; top_k=2 keeps both tied tokens (%d/%d), nothing else", c1, c2);
+}
+
+// The log-probs returned with each sampled token equal a teacher-forced forward's.
+static void test_logprobs(void) {
+    Model m; char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
+    int p0[4] = {5, 9, 17, 3}, p1[2] = {40, 41};
+    const int *prompts[2] = {p0, p1};
+    int plen[2] = {4, 2}, G = 3;
+    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7};
+    Generation gen;
+    generate(&m, prompts, plen, 2, G, &sc, &gen, 0);
+    float worst = 0.0f;
+    for (int j = 0; j < gen.n; j++) {
+        int P = plen[j / G], T = P + gen.len[j];
+        int *in = (int *)xmalloc((size_t)T * sizeof(int)), *tg = (int *)xmalloc((size_t)T * sizeof(int));
+        for (int t = 0; t < P; t++) in[t] = prompts[j / G][t];
+        for (int t = 0; t < gen.len[j]; t++) in[P + t] = gen.tokens[j][t];
+        for (int t = 0; t < T; t++) tg[t] = t + 1 < T ? in[t + 1] : -1;
+        model_forward(&m, in, tg, NULL, 1, T);
+        for (int t = 0; t + 1 < gen.len[j]; t++) {
+            float d = fabsf(m.acts.logp[P - 1 + t] - gen.logprobs[j][t]);
+            if (d > worst) worst = d;
+        }
+        free(in); free(tg);
+    }
+    check(worst < 1e-4f, "sampled-token log-probs equal teacher-forced log-probs (%d responses, max abs diff %.2e)", gen.n, worst);
+    // determinism: same seed, same tokens
+    Generation again;
+    generate(&m, prompts, plen, 2, G, &sc, &again, 0);
+    int same = 1;
+    for (int j = 0; j < gen.n; j++) {
+        same &= gen.len[j] == again.len[j];
+        for (int t = 0; same && t < gen.len[j]; t++) same &= gen.tokens[j][t] == again.tokens[j][t];
+    }
+    check(same, "sampling is deterministic for a given seed");
+    generation_free(&gen); generation_free(&again); model_free(&m);
+}
+
 int main(void) {
     test_fixture("qwen2_tied");
     test_fixture("qwen2_untied");
     test_checkpoint_errors();
+    test_kv_cache();
+    test_greedy_vs_hf();
+    test_sampling();
+    test_logprobs();
     printf("empo: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -97,6 +97,16 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
     int kc_max = K < GEMM_KC ? K : GEMM_KC;
     int npanels = (nc_max + GEMM_NR - 1) / GEMM_NR;
     float *Bp = (float *)aligned_alloc(64, ((size_t)npanels * GEMM_NR * kc_max * sizeof(float) + 63) / 64 * 64);
+    // Split M into blocks of at most GEMM_MC rows, a multiple of the thread count of them, so
+    // that no thread idles at the end of the parallel loop.
+    int nthreads = 1;
+#ifdef _OPENMP
+    nthreads = omp_get_max_threads();
+#endif
+    int nblocks = (M + GEMM_MC - 1) / GEMM_MC;
+    nblocks = (nblocks + nthreads - 1) / nthreads * nthreads;
+    int mcb = (M + nblocks - 1) / nblocks;
+    mcb = (mcb + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
     #pragma omp parallel
     {
         float *Ap = (float *)aligned_alloc(64, (size_t)GEMM_MC * GEMM_KC * sizeof(float));
@@ -120,9 +130,9 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                         dst += GEMM_NR;
                     }
                 }   // implicit barrier: Bp is ready for everyone
-                #pragma omp for schedule(dynamic, 1)
-                for (int ic = 0; ic < M; ic += GEMM_MC) {
-                    int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
+                #pragma omp for schedule(static, 1)
+                for (int ic = 0; ic < M; ic += mcb) {
+                    int mc = M - ic < mcb ? M - ic : mcb;
                     // pack A[ic:ic+mc, pc:pc+kc] into panels Ap[q][k][6]
                     for (int q = 0; q < mc; q += GEMM_MR) {
                         float *dst = Ap + (size_t)q * kc;
@@ -727,7 +737,336 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
 }
 
 // ----------------------------------------------------------------------------
-// 5. main: a smoke run. Until the EMPO loop lands, ./train_empo loads a model (by default the
+// 5. generation: a KV cache, batched decoding, and sampling
+
+// The KV cache holds, for every sequence, the keys and values of every layer at every position
+// it has seen. Each sequence gets exactly the room it can use (prompt + max new tokens), not the
+// model's max context. Sequence s's block: [L][K or V][cap[s]][NKV*HD].
+typedef struct {
+    int n_seq;
+    int *cap;          // (n_seq) positions of room
+    size_t *off;       // (n_seq) offset of each block in data
+    float *data;
+    // scratch for up to max_tokens tokens per model_step call
+    int max_tokens;
+    float *x, *ln, *qkv, *atty, *tmp, *fch, *sw;
+} KVCache;
+
+static void kv_init(KVCache *kv, const ModelConfig *c, const int *cap, int n_seq, int max_tokens) {
+    memset(kv, 0, sizeof *kv);
+    kv->n_seq = n_seq;
+    kv->cap = (int *)xmalloc((size_t)n_seq * sizeof(int));
+    kv->off = (size_t *)xmalloc((size_t)n_seq * sizeof(size_t));
+    size_t kvd = (size_t)c->NKV * c->HD, total = 0;
+    for (int s = 0; s < n_seq; s++) {
+        kv->cap[s] = cap[s];
+        kv->off[s] = total;
+        total += (size_t)c->L * 2 * cap[s] * kvd;
+    }
+    kv->data = (float *)xmalloc(total * sizeof(float));
+    size_t N = (size_t)max_tokens;
+    kv->max_tokens = max_tokens;
+    kv->x = (float *)xmalloc(N * c->C * sizeof(float));
+    kv->ln = (float *)xmalloc(N * c->C * sizeof(float));
+    kv->qkv = (float *)xmalloc(N * cfg_qkv_dim(c) * sizeof(float));
+    kv->atty = (float *)xmalloc(N * c->NH * c->HD * sizeof(float));
+    kv->tmp = (float *)xmalloc(N * c->C * sizeof(float));
+    kv->fch = (float *)xmalloc(N * 2 * c->I * sizeof(float));
+    kv->sw = (float *)xmalloc(N * c->I * sizeof(float));
+}
+static void kv_free(KVCache *kv) {
+    free(kv->cap); free(kv->off); free(kv->data);
+    free(kv->x); free(kv->ln); free(kv->qkv); free(kv->atty); free(kv->tmp); free(kv->fch); free(kv->sw);
+    memset(kv, 0, sizeof *kv);
+}
+static inline float *kv_at(const KVCache *kv, const ModelConfig *c, int s, int l, int which, int pos) {
+    size_t kvd = (size_t)c->NKV * c->HD;
+    return kv->data + kv->off[s] + ((size_t)(2 * l + which) * kv->cap[s] + pos) * kvd;
+}
+
+// Attention of N new tokens over their sequences' caches. qkv (N, QKV) with rope applied; token i
+// belongs to sequence seq[i] at position pos[i], and sees positions 0..pos[i]. The new keys and
+// values are written into the cache first, so a prompt can go through in one call. out (N, NH*HD).
+static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, const ModelConfig *c, int l,
+                                     const int *seq, const int *pos, int N) {
+    int NH = c->NH, NKV = c->NKV, HD = c->HD, QKV = cfg_qkv_dim(c), rep = NH / NKV;
+    size_t kvd = (size_t)NKV * HD;
+    for (int i = 0; i < N; i++) {
+        memcpy(kv_at(kv, c, seq[i], l, 0, pos[i]), qkv + (size_t)i * QKV + (size_t)NH * HD, kvd * sizeof(float));
+        memcpy(kv_at(kv, c, seq[i], l, 1, pos[i]), qkv + (size_t)i * QKV + (size_t)(NH + NKV) * HD, kvd * sizeof(float));
+    }
+    float scale = 1.0f / sqrtf((float)HD);
+    int maxpos = 0;
+    for (int i = 0; i < N; i++) if (pos[i] > maxpos) maxpos = pos[i];
+    #pragma omp parallel
+    {
+        float *sc = (float *)xmalloc((size_t)(maxpos + 1) * sizeof(float));
+        #pragma omp for collapse(2) schedule(dynamic, 4)
+        for (int i = 0; i < N; i++)
+            for (int hq = 0; hq < NH; hq++) {
+                int hk = hq / rep, P = pos[i] + 1;
+                const float *q = qkv + (size_t)i * QKV + (size_t)hq * HD;
+                const float *K = kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD;
+                const float *Vv = kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD;
+                float maxv = -FLT_MAX;
+                for (int p = 0; p < P; p++) {
+                    const float *k = K + (size_t)p * kvd;
+                    float s = 0.0f;
+                    for (int d = 0; d < HD; d++) s += q[d] * k[d];
+                    s *= scale;
+                    sc[p] = s;
+                    if (s > maxv) maxv = s;
+                }
+                float sum = 0.0f;
+                for (int p = 0; p < P; p++) { sc[p] = expf(sc[p] - maxv); sum += sc[p]; }
+                float inv = 1.0f / sum;
+                float *o = out + (size_t)i * NH * HD + (size_t)hq * HD;
+                for (int d = 0; d < HD; d++) o[d] = 0.0f;
+                for (int p = 0; p < P; p++) {
+                    const float *v = Vv + (size_t)p * kvd;
+                    float w = sc[p] * inv;
+                    for (int d = 0; d < HD; d++) o[d] += w * v[d];
+                }
+            }
+        free(sc);
+    }
+}
+
+// Runs N new tokens through the model, reading and extending the KV cache: token i is tokens[i],
+// of sequence seq[i], at position pos[i]. Writes logits (n_out, V) for the tokens out_rows[0..n_out)
+// (only those rows pay for the LM head). The same layer functions as training, so the two agree.
+static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq, const int *pos, int N,
+                       const int *out_rows, int n_out, float *logits) {
+    const ModelConfig *c = &m->config;
+    if (N > kv->max_tokens) FATAL("model_step: %d tokens but scratch for %d", N, kv->max_tokens);
+    int C = c->C, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
+    ParameterTensors *p = &m->params;
+    for (int i = 0; i < N; i++) {
+        if (pos[i] >= kv->cap[seq[i]]) FATAL("model_step: position %d beyond the cache of sequence %d", pos[i], seq[i]);
+        if (tokens[i] < 0 || tokens[i] >= c->V) FATAL("model_step: token %d outside the vocab", tokens[i]);
+    }
+    embedding_forward(kv->x, tokens, p->wte, N, C);
+    for (int l = 0; l < c->L; l++) {
+        rmsnorm_forward(kv->ln, kv->tmp /* rstd, unused */, kv->x, p->ln1w + (size_t)l * C, N, C, c->rms_eps);
+        matmul_forward(kv->qkv, kv->ln, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N, C, QKV);
+        rope_apply(kv->qkv, pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1);
+        attention_cached_forward(kv->atty, kv->qkv, kv, c, l, seq, pos, N);
+        matmul_forward(kv->tmp, kv->atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C);
+        residual_forward(kv->x, kv->x, kv->tmp, (size_t)N * C);
+        rmsnorm_forward(kv->ln, kv->tmp, kv->x, p->ln2w + (size_t)l * C, N, C, c->rms_eps);
+        matmul_forward(kv->fch, kv->ln, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I);
+        swiglu_forward(kv->sw, kv->fch, N, I);
+        matmul_forward(kv->tmp, kv->sw, p->fcprojw + (size_t)l * C * I, NULL, N, I, C);
+        residual_forward(kv->x, kv->x, kv->tmp, (size_t)N * C);
+    }
+    for (int j = 0; j < n_out; j++) memcpy(kv->tmp + (size_t)j * C, kv->x + (size_t)out_rows[j] * C, (size_t)C * sizeof(float));
+    rmsnorm_forward(kv->ln, kv->fch /* rstd, unused */, kv->tmp, p->lnfw, n_out, C, c->rms_eps);
+    matmul_forward(logits, kv->ln, p->lmw, NULL, n_out, C, c->V);
+}
+
+typedef struct {
+    float temperature;  // 0 = greedy
+    float top_p;        // 1 = off
+    int top_k;          // 0 = off
+    int max_new;        // max new tokens per response
+    int min_new;        // EOS is ignored before this many tokens (benchmarks use it to force length)
+    uint64_t seed;
+} SamplerConfig;
+
+// log softmax(logits)[tok] of one row: the model's own log-probability, untouched by temperature or
+// truncation, which is what the policy-gradient objective differentiates.
+static float row_logprob(const float *logits, int V, int tok) {
+    float maxv = -FLT_MAX;
+    for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
+    float s = 0.0f;
+    for (int v = 0; v < V; v++) s += expf(logits[v] - maxv);
+    return logits[tok] - maxv - logf(s);
+}
+
+typedef struct { float p; int id; } ProbId;
+static int probid_desc(const void *a, const void *b) {   // by probability, ties by lower id first
+    const ProbId *x = (const ProbId *)a, *y = (const ProbId *)b;
+    if (x->p != y->p) return x->p > y->p ? -1 : 1;
+    return x->id - y->id;
+}
+
+// Draws one token from softmax(logits / T), restricted to the top_k most likely tokens and then to
+// the smallest set whose probability reaches top_p (the token that crosses top_p is kept), as HF
+// does. Greedy (T = 0 or top_k = 1) is the argmax, lowest id on ties. scratch holds V ProbIds.
+static int sample_token(const float *logits, int V, const SamplerConfig *sc, uint64_t *rng, ProbId *scratch) {
+    int greedy = sc->temperature <= 0.0f || sc->top_k == 1;
+    int best = 0;
+    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    if (greedy) return best;
+    float inv_t = 1.0f / sc->temperature, sum = 0.0f;
+    float u = random_f32(rng);
+    int trunc = (sc->top_k > 0 && sc->top_k < V) || sc->top_p < 1.0f;
+    if (!trunc) {   // plain sampling: one pass, no sort
+        for (int v = 0; v < V; v++) sum += expf((logits[v] - logits[best]) * inv_t);
+        float r = u * sum, acc = 0.0f;
+        for (int v = 0; v < V; v++) { acc += expf((logits[v] - logits[best]) * inv_t); if (acc > r) return v; }
+        return best;   // rounding at the very end of the sum
+    }
+    for (int v = 0; v < V; v++) { scratch[v].p = expf((logits[v] - logits[best]) * inv_t); scratch[v].id = v; sum += scratch[v].p; }
+    qsort(scratch, (size_t)V, sizeof(ProbId), probid_desc);
+    int n = V;
+    if (sc->top_k > 0 && sc->top_k < n) n = sc->top_k;
+    float kept = 0.0f;
+    for (int i = 0; i < n; i++) kept += scratch[i].p;
+    if (sc->top_p < 1.0f) {
+        float acc = 0.0f;
+        for (int i = 0; i < n; i++) {
+            acc += scratch[i].p;
+            if (acc >= sc->top_p * kept) { n = i + 1; break; }
+        }
+        kept = 0.0f;
+        for (int i = 0; i < n; i++) kept += scratch[i].p;
+    }
+    float r = u * kept, acc = 0.0f;
+    for (int i = 0; i < n; i++) { acc += scratch[i].p; if (acc > r) return scratch[i].id; }
+    return scratch[n - 1].id;
+}
+
+// G responses for each of n_prompts prompts. Response j = p*G + g. Tokens include the EOS that
+// ended a response, if any; logprobs[j][t] is the model's log-probability of tokens[j][t].
+typedef struct {
+    int n;            // n_prompts * G
+    int *len;         // (n) generated tokens
+    int *eos;         // (n) 1 if the response ended with an EOS token
+    int **tokens;     // (n) -> (len)
+    float **logprobs; // (n) -> (len)
+} Generation;
+
+static void generation_free(Generation *g) {
+    for (int j = 0; j < g->n; j++) { free(g->tokens[j]); free(g->logprobs[j]); }
+    free(g->len); free(g->eos); free(g->tokens); free(g->logprobs);
+    memset(g, 0, sizeof *g);
+}
+static int is_eos(const Model *m, int tok) {
+    for (int i = 0; i < m->n_eos; i++) if (m->eos[i] == tok) return 1;
+    return 0;
+}
+
+// Prefill each prompt once, copy its cache into its G sequences, then decode all unfinished
+// sequences together, one token per step. Every response draws from its own RNG stream
+// (seed, response index), so the result does not depend on the thread count or the batch.
+static void generate(Model *m, const int *const *prompts, const int *prompt_lens, int n_prompts, int G,
+                     const SamplerConfig *sc, Generation *out, int verbose) {
+    const ModelConfig *c = &m->config;
+    int n = n_prompts * G, V = c->V, maxlen = 0;
+    int *cap = (int *)xmalloc((size_t)n * sizeof(int));
+    for (int p = 0; p < n_prompts; p++) {
+        if (prompt_lens[p] < 1) FATAL("generate: prompt %d is empty", p);
+        if (prompt_lens[p] >= c->maxT) FATAL("generate: prompt %d has %d tokens, at or beyond the context (%d)", p, prompt_lens[p], c->maxT);
+        int room = prompt_lens[p] + sc->max_new;
+        if (room > c->maxT) room = c->maxT;
+        for (int g = 0; g < G; g++) cap[p * G + g] = room;
+        if (prompt_lens[p] > maxlen) maxlen = prompt_lens[p];
+    }
+    KVCache kv;
+    kv_init(&kv, c, cap, n, maxlen > n ? maxlen : n);
+    out->n = n;
+    out->len = (int *)xcalloc((size_t)n, sizeof(int));
+    out->eos = (int *)xcalloc((size_t)n, sizeof(int));
+    out->tokens = (int **)xmalloc((size_t)n * sizeof(int *));
+    out->logprobs = (float **)xmalloc((size_t)n * sizeof(float *));
+    for (int j = 0; j < n; j++) {
+        int room = cap[j] - prompt_lens[j / G];
+        out->tokens[j] = (int *)xmalloc((size_t)(room > 0 ? room : 1) * sizeof(int));
+        out->logprobs[j] = (float *)xmalloc((size_t)(room > 0 ? room : 1) * sizeof(float));
+    }
+    uint64_t *rng = (uint64_t *)xmalloc((size_t)n * sizeof(uint64_t));
+    for (int j = 0; j < n; j++) rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
+    float *logits = (float *)xmalloc((size_t)n * V * sizeof(float));
+    int *tok = (int *)xmalloc((size_t)(maxlen > n ? maxlen : n) * sizeof(int));
+    int *seq = (int *)xmalloc((size_t)(maxlen > n ? maxlen : n) * sizeof(int));
+    int *pos = (int *)xmalloc((size_t)(maxlen > n ? maxlen : n) * sizeof(int));
+    int *active = (int *)xmalloc((size_t)n * sizeof(int));
+    int *rows = (int *)xmalloc((size_t)n * sizeof(int));
+    for (int j = 0; j < n; j++) rows[j] = j;
+    ProbId *scratch = NULL;
+    int n_threads = 1;
+#ifdef _OPENMP
+    n_threads = omp_get_max_threads();
+#endif
+    scratch = (ProbId *)xmalloc((size_t)n_threads * V * sizeof(ProbId));
+    size_t kvd = (size_t)c->NKV * c->HD;
+    int n_active = 0;
+    for (int p = 0; p < n_prompts; p++) {
+        int P = prompt_lens[p], s0 = p * G, last = P - 1;
+        for (int t = 0; t < P; t++) { tok[t] = prompts[p][t]; seq[t] = s0; pos[t] = t; }
+        model_step(m, &kv, tok, seq, pos, P, &last, 1, logits);
+        for (int g = 1; g < G; g++)   // the G responses share the prompt's keys and values
+            for (int l = 0; l < c->L; l++)
+                for (int w = 0; w < 2; w++)
+                    memcpy(kv_at(&kv, c, s0 + g, l, w, 0), kv_at(&kv, c, s0, l, w, 0), (size_t)P * kvd * sizeof(float));
+        for (int g = 0; g < G; g++) {
+            int j = s0 + g;
+            if (cap[j] <= P) continue;   // no room for even one token
+            active[n_active++] = j;
+        }
+        // sample the first token of each of the G responses from the shared logits
+        for (int a = n_active - 1; a >= 0 && active[a] >= s0; a--) {
+            int j = active[a];
+            int t0 = sample_token(logits, V, sc, &rng[j], scratch);
+            out->tokens[j][0] = t0;
+            out->logprobs[j][0] = row_logprob(logits, V, t0);
+            out->len[j] = 1;
+        }
+    }
+    // drop the responses that are already finished after one token
+    int w = 0;
+    for (int a = 0; a < n_active; a++) {
+        int j = active[a], P = prompt_lens[j / G];
+        int t0 = out->tokens[j][0];
+        if (is_eos(m, t0) && out->len[j] >= sc->min_new) { out->eos[j] = 1; continue; }
+        if (out->len[j] >= sc->max_new || P + out->len[j] >= cap[j]) continue;
+        active[w++] = j;
+    }
+    n_active = w;
+    int step = 0;
+    double t_start = now_seconds();
+    while (n_active > 0) {
+        for (int a = 0; a < n_active; a++) {
+            int j = active[a];
+            tok[a] = out->tokens[j][out->len[j] - 1];
+            seq[a] = j;
+            pos[a] = prompt_lens[j / G] + out->len[j] - 1;
+        }
+        model_step(m, &kv, tok, seq, pos, n_active, rows, n_active, logits);
+        #pragma omp parallel for schedule(dynamic, 1)
+        for (int a = 0; a < n_active; a++) {
+            int j = active[a], th = 0;
+#ifdef _OPENMP
+            th = omp_get_thread_num();
+#endif
+            const float *row = logits + (size_t)a * V;
+            int t = sample_token(row, V, sc, &rng[j], scratch + (size_t)th * V);
+            out->tokens[j][out->len[j]] = t;
+            out->logprobs[j][out->len[j]] = row_logprob(row, V, t);
+            out->len[j]++;
+        }
+        w = 0;
+        for (int a = 0; a < n_active; a++) {
+            int j = active[a], P = prompt_lens[j / G];
+            int t = out->tokens[j][out->len[j] - 1];
+            if (is_eos(m, t) && out->len[j] >= sc->min_new) { out->eos[j] = 1; continue; }
+            if (out->len[j] >= sc->max_new || P + out->len[j] >= kv.cap[j]) continue;
+            active[w++] = j;
+        }
+        n_active = w;
+        step++;
+        if (verbose && (step % 64 == 0 || n_active == 0)) {
+            fprintf(stderr, "\r  generating: step %d, %d/%d responses still running, %.1f s", step, n_active, n, now_seconds() - t_start);
+            if (n_active == 0) fputc('\n', stderr);
+        }
+    }
+    free(cap); free(rng); free(logits); free(tok); free(seq); free(pos); free(active); free(rows); free(scratch);
+    kv_free(&kv);
+}
+
+// ----------------------------------------------------------------------------
+// 6. main: a smoke run. Until the EMPO loop lands, ./train_empo loads a model (by default the
 // small committed one), and trains it with AdamW on a fixed random batch so the loss must fall.
 #ifndef TESTING
 

@@ -6,6 +6,7 @@ For each config it writes into dev/fixtures/:
                   layout), and the losses of 10 torch.optim.AdamW steps with grad-norm clipping.
 Run: make fixtures   (needs torch + transformers; never needed to build or test)
 """
+import json
 import os
 import struct
 import sys
@@ -87,6 +88,33 @@ def masked_nll(logits, targets, mask):
     return -(w * logp).sum() / w.sum()
 
 
+def greedy_fixture(model, path, V, seed):
+    """transformers' greedy generate() on prompts of different lengths, one prompt at a time (so
+    no padding conventions get involved). The EOS id is picked from a first run so that one
+    response really stops early and the others run to max_new."""
+    g = torch.Generator().manual_seed(seed + 7)
+    prompts = [torch.randint(0, V, (n,), generator=g).tolist() for n in (3, 7, 12, 1)]
+    max_new = 20
+
+    def run(eos):
+        outs = []
+        for p in prompts:
+            x = torch.tensor([p])
+            y = model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=max_new,
+                               eos_token_id=eos, pad_token_id=eos if eos is not None else 0, use_cache=True)
+            outs.append(y[0, len(p):].tolist())
+        return outs
+
+    with torch.no_grad():
+        first = run(None)
+        eos = first[1][9]  # prompt 1 stops at (or before) its 10th token
+        outs = run(eos)
+    tmp = path + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"eos": eos, "max_new": max_new, "prompts": prompts, "outputs": outs}, f)
+    os.replace(tmp, path)
+
+
 def make(name, cfg, seed):
     torch.manual_seed(seed)
     hf = Qwen2Config(vocab_size=cfg["V"], hidden_size=cfg["C"], intermediate_size=cfg["I"],
@@ -104,6 +132,9 @@ def make(name, cfg, seed):
                 p.copy_(0.3 * torch.randn_like(p))
     params = our_tensors(model, cfg, "data")
     write_checkpoint(os.path.join(OUT, name + ".bin"), cfg, params)
+
+    if name == "qwen2_tied":
+        greedy_fixture(model, os.path.join(OUT, name + "_greedy.json"), cfg["V"], seed)
 
     B, T, V = cfg["B"], cfg["T"], cfg["V"]
     g = torch.Generator().manual_seed(seed + 1)

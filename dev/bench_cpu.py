@@ -1,0 +1,64 @@
+"""
+CPU benchmark, side by side in one run: train_empo.c vs PyTorch eager (transformers' Qwen2ForCausalLM)
+on the same config and thread count. One training step = forward + backward + AdamW, fp32.
+Reports the best of N iterations for each and the ratio. Run: make bench
+"""
+import json
+import os
+import subprocess
+import sys
+import time
+
+CFG = dict(V=32000, C=512, L=8, NH=8, NKV=2, I=1408, B=4, T=256)
+ITERS = int(os.environ.get("ITERS", "5"))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def bench_ours(threads):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    args = [os.path.join(ROOT, "bench_cpu")] + [str(CFG[k]) for k in "V C L NH NKV I B T".split()] + [str(ITERS)]
+    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def bench_torch(threads):
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    torch.set_num_threads(threads)
+    cfg = Qwen2Config(vocab_size=CFG["V"], hidden_size=CFG["C"], intermediate_size=CFG["I"], num_hidden_layers=CFG["L"],
+                      num_attention_heads=CFG["NH"], num_key_value_heads=CFG["NKV"], max_position_embeddings=4096,
+                      tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
+    model = Qwen2ForCausalLM(cfg).float()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
+    x = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
+    y = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
+    best_step, best_fwd = 1e30, 1e30
+    for it in range(ITERS + 1):
+        t0 = time.perf_counter()
+        logits = model(input_ids=x).logits
+        loss = torch.nn.functional.cross_entropy(logits.view(-1, CFG["V"]), y.view(-1))
+        t1 = time.perf_counter()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        t2 = time.perf_counter()
+        if it > 0:
+            best_step, best_fwd = min(best_step, t2 - t0), min(best_fwd, t1 - t0)
+    n = sum(p.numel() for p in model.parameters())
+    return dict(params=n, fwd_s=best_fwd, step_s=best_step, tok_s=CFG["B"] * CFG["T"] / best_step,
+                torch=torch.__version__)
+
+
+if __name__ == "__main__":
+    threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
+    print(f"config {CFG}, {threads} threads, best of {ITERS} iterations")
+    ours = bench_ours(threads)
+    print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ours['step_s']*1e3:8.1f} ms | {ours['tok_s']:8.1f} tok/s")
+    try:
+        ref = bench_torch(threads)
+    except ImportError as e:
+        print(f"PyTorch reference skipped: {e}")
+        sys.exit(0)
+    print(f"PyTorch: {ref['params']} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ref['step_s']*1e3:8.1f} ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
+    print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward {ref['fwd_s']/ours['fwd_s']:.2f}x")
