@@ -1066,26 +1066,848 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
 }
 
 // ----------------------------------------------------------------------------
-// 6. main: a smoke run. Until the EMPO loop lands, ./train_empo loads a model (by default the
-// small committed one), and trains it with AdamW on a fixed random batch so the loss must fall.
-#ifndef TESTING
+// 6. questions, prompts and answers
 
-#define DEFAULT_MODEL "dev/fixtures/qwen2_tied.bin"
+#include "tokenizer.h"
+#include "semantic_cluster.h"
 
-static void usage(void) {
-    printf("usage: ./train_empo [options]\n"
-           "Smoke run (until the EMPO loop lands): load a Qwen2 checkpoint, then forward + backward +\n"
-           "AdamW steps on one fixed random batch, printing the loss; it must fall.\n"
-           "  -m FILE   checkpoint (.bin, see doc/formats.md)     default " DEFAULT_MODEL "\n"
-           "  -b INT    batch size                                 default 4\n"
-           "  -t INT    sequence length (<= the model's max)       default 64\n"
-           "  -n INT    AdamW steps                                default 20\n"
-           "  -l FLOAT  learning rate                              default 1e-3\n"
-           "  -s INT    seed for the random batch                  default 1337\n"
-           "  -h        this help\n");
+typedef struct { char *problem, *answer, *solution; } Problem;
+typedef struct { Problem *items; int n, cap; const char *path; } ProblemSet;
+
+static char *xstrdup(const char *s) { size_t n = strlen(s) + 1; char *d = (char *)xmalloc(n); memcpy(d, s, n); return d; }
+
+// A field that should be text; numbers are accepted too (some data sets store answers as numbers).
+static char *json_text_field(const JDoc *d, int root, const char *key) {
+    int i = json_get(d, root, key);
+    if (json_type(d, i) == J_STR) return xstrdup(json_str(d, i));
+    if (json_type(d, i) == J_NUM) { char b[64]; snprintf(b, sizeof b, "%.17g", json_num(d, i, 0)); return xstrdup(b); }
+    return NULL;
+}
+static int problems_add(const JDoc *d, int root, int line, void *user) {
+    ProblemSet *ps = (ProblemSet *)user;
+    char *prob = json_text_field(d, root, "problem");
+    if (!prob) { fprintf(stderr, "%s:%d: no \"problem\" string; line skipped\n", ps->path, line); return 0; }
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? ps->cap * 2 : 256;
+        ps->items = (Problem *)realloc(ps->items, (size_t)ps->cap * sizeof(Problem));
+        if (!ps->items) FATAL("out of memory reading %s", ps->path);
+    }
+    Problem *p = &ps->items[ps->n++];
+    p->problem = prob;
+    p->answer = json_text_field(d, root, "answer");
+    p->solution = json_text_field(d, root, "solution");
+    return 0;
+}
+// Reads {problem, answer?, solution?} lines. A malformed line is reported with its line number
+// and skipped; an unreadable file, or one with no usable line, is fatal.
+static void problems_load(ProblemSet *ps, const char *path) {
+    memset(ps, 0, sizeof *ps);
+    ps->path = path;
+    if (jsonl_foreach(path, 0, problems_add, ps) < 0) FATAL("cannot read %s", path);
+    if (ps->n == 0) FATAL("%s: no usable {\"problem\": ...} lines", path);
+}
+static void problems_free(ProblemSet *ps) {
+    for (int i = 0; i < ps->n; i++) { free(ps->items[i].problem); free(ps->items[i].answer); free(ps->items[i].solution); }
+    free(ps->items);
+    memset(ps, 0, sizeof *ps);
 }
 
-// Parses a whole-string integer/float flag value, or exits with a message naming the flag.
+// The model's tokenizer, from the blob its checkpoint carries.
+static void load_tokenizer(Tokenizer *tok, const Model *m, const char *model_path) {
+    char err[512];
+    if (!m->tok) FATAL("%s: this checkpoint carries no tokenizer (import it with ./convert, see doc/tokenizer.md)", model_path);
+    if (tokenizer_from_blob(tok, m->tok, m->tok_bytes, err, sizeof err) != 0) FATAL("%s: tokenizer: %s", model_path, err);
+    if (tok->n_vocab > m->config.V) FATAL("%s: tokenizer has %d ids but the model only %d", model_path, tok->n_vocab, m->config.V);
+}
+
+// Prompt ids for a problem, or exits: a prompt that can't leave room for an answer is an error.
+static int encode_prompt(const Tokenizer *tok, int template_id, const char *problem, int maxT, int **ids) {
+    int n = chat_template_encode(tok, template_id, problem, ids);
+    if (n < 0) FATAL("cannot apply the chat template (does the tokenizer have <|im_start|> and <|im_end|>?)");
+    if (n >= maxT) FATAL("a prompt has %d tokens, beyond the model's context of %d: \"%.60s...\"", n, maxT, problem);
+    return n;
+}
+
+// The response text (without a final EOS), malloc'd.
+static char *decode_response(const Model *m, const Tokenizer *tok, const Generation *g, int j) {
+    int n = g->len[j] - (g->eos[j] ? 1 : 0);
+    size_t len;
+    char *s = tokenizer_decode(tok, g->tokens[j], n, &len);
+    if (!s) FATAL("out of memory decoding a response");
+    return s;
+}
+
+// ----------------------------------------------------------------------------
+// 7. rollouts and rewards: the heart of EMPO
+
+enum { REWARD_EMPO, REWARD_GRPO, REWARD_TTRL };
+static const char *const REWARD_NAMES[] = {"empo", "grpo", "ttrl"};
+#define ANSWER_CAP 1024
+
+typedef struct {
+    int n_prompts, G, n;        // n = n_prompts * G responses; response j answers prompt j / G
+    int **prompt_ids, *prompt_len;
+    Generation gen;
+    char **answer;              // (n) extracted final answer, NULL if none
+    float *reward, *adv;        // (n)
+    SemanticGroup *group;       // (n_prompts)
+    int *keep;                  // (n_prompts) 1 if the group goes into the loss
+} Rollouts;
+
+static void rollouts_free(Rollouts *r) {
+    for (int p = 0; p < r->n_prompts; p++) free(r->prompt_ids[p]);
+    for (int j = 0; j < r->n; j++) free(r->answer[j]);
+    free(r->prompt_ids); free(r->prompt_len); free(r->answer); free(r->reward); free(r->adv); free(r->group); free(r->keep);
+    generation_free(&r->gen);
+    memset(r, 0, sizeof *r);
+}
+
+// Samples G responses to each problem and extracts their answers.
+static void rollouts_sample(Rollouts *r, Model *m, const Tokenizer *tok, int template_id, const Problem *const *probs,
+                            int n_prompts, int G, const SamplerConfig *sc, int verbose) {
+    if (G > SC_MAX_G) FATAL("G = %d responses per prompt is more than %d", G, SC_MAX_G);
+    memset(r, 0, sizeof *r);
+    r->n_prompts = n_prompts; r->G = G; r->n = n_prompts * G;
+    r->prompt_ids = (int **)xmalloc((size_t)n_prompts * sizeof(int *));
+    r->prompt_len = (int *)xmalloc((size_t)n_prompts * sizeof(int));
+    for (int p = 0; p < n_prompts; p++)
+        r->prompt_len[p] = encode_prompt(tok, template_id, probs[p]->problem, m->config.maxT, &r->prompt_ids[p]);
+    generate(m, (const int *const *)r->prompt_ids, r->prompt_len, n_prompts, G, sc, &r->gen, verbose);
+    r->answer = (char **)xcalloc((size_t)r->n, sizeof(char *));
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int j = 0; j < r->n; j++) {
+        char *text = decode_response(m, tok, &r->gen, j);
+        char buf[ANSWER_CAP];
+        if (math_extract_answer(text, buf, sizeof buf)) r->answer[j] = xstrdup(buf);
+        free(text);
+    }
+    r->reward = (float *)xcalloc((size_t)r->n, sizeof(float));
+    r->adv = (float *)xcalloc((size_t)r->n, sizeof(float));
+    r->group = (SemanticGroup *)xcalloc((size_t)n_prompts, sizeof(SemanticGroup));
+    r->keep = (int *)xcalloc((size_t)n_prompts, sizeof(int));
+}
+
+// Clusters each group's answers by mathematical equivalence, then rewards:
+//   empo: r_i = p(cluster of i), the share of the G answers equal to i's (0 without an answer);
+//   grpo: r_i = 1 if i's answer equals the gold answer (the supervised baseline);
+//   ttrl: r_i = 1 if i's answer equals the group's majority answer.
+// Advantages are normalized within each group. Unsupervised groups (empo, ttrl) whose semantic
+// entropy falls outside [ent_lo, ent_hi) are dropped: at H = log G every answer differs, so there
+// is no consensus to learn from.
+static void rollouts_score(Rollouts *r, const Problem *const *probs, int reward, float ent_lo, float ent_hi) {
+    int G = r->G;
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int p = 0; p < r->n_prompts; p++) {
+        SemanticGroup *g = &r->group[p];
+        semantic_cluster((const char *const *)(r->answer + (size_t)p * G), G, g);
+        float *rw = r->reward + (size_t)p * G;
+        for (int i = 0; i < G; i++) {
+            const char *a = r->answer[p * G + i];
+            if (reward == REWARD_EMPO) rw[i] = g->reward[i];
+            else if (reward == REWARD_GRPO) rw[i] = a && probs[p]->answer && math_answers_equal(a, probs[p]->answer) ? 1.0f : 0.0f;
+            else rw[i] = a && g->majority >= 0 && g->cluster[i] == g->cluster[g->majority] ? 1.0f : 0.0f;
+        }
+        group_advantages(rw, G, r->adv + (size_t)p * G);
+        r->keep[p] = reward == REWARD_GRPO ? 1 : entropy_in_band(g->entropy, ent_lo, ent_hi);
+    }
+}
+
+// ----------------------------------------------------------------------------
+// 8. the policy-gradient step
+
+typedef struct {
+    float lr, beta1, beta2, eps, weight_decay, grad_clip;
+    float clip_eps;   // PPO clip range; 0 = off (the paper: off)
+    float kl_beta;    // KL-to-reference weight (k3 estimator); 0 = off (the paper: off)
+    int micro;        // responses per forward/backward (gradient accumulation over micro-batches)
+} TrainConfig;
+
+// The EMPO/GRPO objective on one micro-batch, after model_forward(inputs, targets) has left the
+// current log-probs in m->acts.logp. Row b is one response with advantage adv[b]; resp_mask marks
+// its response tokens (n_b of them). Per token:
+//   loss_t = -min(ratio * A, clip(ratio, 1-eps, 1+eps) * A) + beta * kl_t,  ratio = exp(logp - old_logp)
+//   kl_t   = exp(ref - logp) - (ref - logp) - 1            (k3: unbiased, always >= 0)
+// averaged over a response's tokens, then summed with weight `scale` (1 / responses in the whole
+// batch, so micro-batches add up to the mean). Sets m->dlogp; returns the loss.
+static float policy_objective(Model *m, int B, int T, const float *resp_mask, const float *adv, const float *old_logp,
+                              const float *ref_logp, float clip_eps, float kl_beta, float scale) {
+    const float *logp = m->acts.logp;
+    double loss = 0.0;
+    for (int b = 0; b < B; b++) {
+        float n = 0.0f;
+        for (int t = 0; t < T; t++) n += resp_mask[b * T + t];
+        float w = n > 0 ? scale / n : 0.0f, A = adv[b];
+        for (int t = 0; t < T; t++) {
+            int i = b * T + t;
+            m->dlogp[i] = 0.0f;
+            if (resp_mask[i] == 0.0f) continue;
+            // without clipping, ratio = exp(logp - logp.detach()): 1 in value, the gradient is A * dlogp
+            float ratio = clip_eps > 0.0f && old_logp ? expf(logp[i] - old_logp[i]) : 1.0f;
+            float obj = ratio * A, dobj = ratio * A;   // d obj / d logp
+            if (clip_eps > 0.0f) {
+                float rc = fminf(fmaxf(ratio, 1.0f - clip_eps), 1.0f + clip_eps);
+                if (rc * A < obj) { obj = rc * A; dobj = 0.0f; }   // the clipped branch is flat in logp
+            }
+            float lt = -obj, dt = -dobj;
+            if (kl_beta > 0.0f && ref_logp) {
+                float dr = ref_logp[i] - logp[i];
+                lt += kl_beta * (expf(dr) - dr - 1.0f);
+                dt += kl_beta * (1.0f - expf(dr));
+            }
+            loss += (double)w * lt;
+            m->dlogp[i] = w * dt;
+        }
+    }
+    return (float)loss;
+}
+
+// Packs responses idx[0..n) of the rollouts as training rows: prompt + response, right-padded.
+// inputs/targets (n, T): targets are the next tokens, -1 on padding; resp_mask marks the targets
+// that are response tokens; old_logp holds their sampling-time log-probs. Returns T.
+static int pack_rollouts(const Rollouts *r, const int *idx, int n, int maxT, int *inputs, int *targets, float *resp_mask,
+                         float *old_logp) {
+    int T = 1;
+    for (int k = 0; k < n; k++) {
+        int j = idx[k], L = r->prompt_len[j / r->G] + r->gen.len[j] - 1;
+        if (L > T) T = L;
+    }
+    if (T > maxT) T = maxT;
+    for (int k = 0; k < n; k++) {
+        int j = idx[k], P = r->prompt_len[j / r->G], R = r->gen.len[j];
+        const int *prompt = r->prompt_ids[j / r->G];
+        for (int t = 0; t < T; t++) {
+            int s = t < P ? prompt[t] : t - P < R ? r->gen.tokens[j][t - P] : -1;       // token at t
+            int s1 = t + 1 < P ? prompt[t + 1] : t + 1 - P < R ? r->gen.tokens[j][t + 1 - P] : -1;   // at t+1
+            inputs[k * T + t] = s >= 0 ? s : 0;
+            targets[k * T + t] = s1;
+            int is_resp = t + 1 >= P && s1 >= 0;
+            resp_mask[k * T + t] = is_resp ? 1.0f : 0.0f;
+            old_logp[k * T + t] = is_resp ? r->gen.logprobs[j][t + 1 - P] : 0.0f;
+        }
+    }
+    return T;
+}
+
+// One optimizer step on the kept groups. Responses with zero advantage (and no KL term) give no
+// gradient, so they are skipped, but they still count in the mean over responses.
+// Returns the loss; *grad_norm gets the norm before clipping.
+static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const TrainConfig *tc, float *grad_norm, int *n_trained) {
+    int *idx = (int *)xmalloc((size_t)r->n * sizeof(int)), n = 0, n_total = 0;
+    for (int j = 0; j < r->n; j++) {
+        if (!r->keep[j / r->G]) continue;
+        n_total++;
+        if (r->adv[j] != 0.0f || tc->kl_beta > 0.0f) idx[n++] = j;
+    }
+    *n_trained = n;
+    *grad_norm = 0.0f;
+    if (n == 0) { free(idx); return 0.0f; }
+    int maxT = m->config.maxT, mb = tc->micro;
+    int *inputs = (int *)xmalloc((size_t)mb * maxT * sizeof(int)), *targets = (int *)xmalloc((size_t)mb * maxT * sizeof(int));
+    float *mask = (float *)xmalloc((size_t)mb * maxT * sizeof(float)), *old = (float *)xmalloc((size_t)mb * maxT * sizeof(float));
+    float *adv = (float *)xmalloc((size_t)mb * sizeof(float)), *ref_logp = NULL;
+    if (ref) ref_logp = (float *)xmalloc((size_t)mb * maxT * sizeof(float));
+    model_zero_grad(m);
+    float loss = 0.0f;
+    for (int k0 = 0; k0 < n; k0 += mb) {
+        int B = n - k0 < mb ? n - k0 : mb;
+        int T = pack_rollouts(r, idx + k0, B, maxT, inputs, targets, mask, old);
+        for (int b = 0; b < B; b++) adv[b] = r->adv[idx[k0 + b]];
+        if (ref) {
+            model_forward(ref, inputs, targets, NULL, B, T);
+            memcpy(ref_logp, ref->acts.logp, (size_t)B * T * sizeof(float));
+        }
+        model_forward(m, inputs, targets, NULL, B, T);
+        loss += policy_objective(m, B, T, mask, adv, old, ref_logp, tc->clip_eps, tc->kl_beta, 1.0f / n_total);
+        model_backward(m);
+    }
+    *grad_norm = model_update(m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip);
+    free(idx); free(inputs); free(targets); free(mask); free(old); free(adv); free(ref_logp);
+    return loss;
+}
+
+// ----------------------------------------------------------------------------
+// 9. evaluation: the paper's protocol is greedy pass@1; with G > 1 samples also maj@G and pass@G
+
+typedef struct { float greedy, maj, pass, entropy, mean_len; int n; } EvalResult;
+
+// Evaluates every problem with a gold answer. Writes one JSONL record per problem to out_jsonl
+// (NULL: none). batch = prompts generated together.
+static EvalResult evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
+                           float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
+    EvalResult res;
+    memset(&res, 0, sizeof res);
+    FILE *f = NULL;
+    char tmp_path[1024];
+    if (out_jsonl) {
+        snprintf(tmp_path, sizeof tmp_path, "%s.tmp", out_jsonl);
+        f = fopen(tmp_path, "w");
+        if (!f) FATAL("cannot write %s", tmp_path);
+    }
+    const Problem **probs = (const Problem **)xmalloc((size_t)ps->n * sizeof(Problem *));
+    int n = 0;
+    for (int i = 0; i < ps->n; i++) if (ps->items[i].answer) probs[n++] = &ps->items[i];
+    if (n == 0) FATAL("%s: no problem has an \"answer\" to evaluate against", ps->path);
+    double t0 = now_seconds(), len_sum = 0;
+    int n_greedy = 0, n_maj = 0, n_pass = 0;
+    double ent_sum = 0;
+    SamplerConfig greedy = {0.0f, 1.0f, 0, max_new, 0, seed};
+    SamplerConfig sampled = {temperature, 1.0f, 0, max_new, 0, seed};
+    for (int i0 = 0; i0 < n; i0 += batch) {
+        int nb = n - i0 < batch ? n - i0 : batch;
+        Rollouts rg, rs;
+        rollouts_sample(&rg, m, tok, template_id, probs + i0, nb, 1, &greedy, 0);
+        if (G > 1) { rollouts_sample(&rs, m, tok, template_id, probs + i0, nb, G, &sampled, 0); rollouts_score(&rs, probs + i0, REWARD_EMPO, 0, 1e9f); }
+        for (int k = 0; k < nb; k++) {
+            const Problem *p = probs[i0 + k];
+            int ok = rg.answer[k] && math_answers_equal(rg.answer[k], p->answer);
+            n_greedy += ok;
+            len_sum += rg.gen.len[k];
+            int maj_ok = 0, pass_ok = 0;
+            if (G > 1) {
+                SemanticGroup *g = &rs.group[k];
+                const char *maj = g->majority >= 0 ? rs.answer[k * G + g->majority] : NULL;
+                maj_ok = maj && math_answers_equal(maj, p->answer);
+                for (int c = 0; c < g->n_clusters && !pass_ok; c++) pass_ok = math_answers_equal(rs.answer[k * G + g->rep[c]], p->answer);
+                n_maj += maj_ok; n_pass += pass_ok; ent_sum += g->entropy;
+            }
+            if (f) {
+                char *text = decode_response(m, tok, &rg.gen, k);
+                fputs("{\"problem\": ", f); json_write_str(f, p->problem, strlen(p->problem));
+                fputs(", \"response\": ", f); json_write_str(f, text, strlen(text));
+                fputs(", \"extracted\": ", f);
+                if (rg.answer[k]) json_write_str(f, rg.answer[k], strlen(rg.answer[k])); else fputs("null", f);
+                fputs(", \"gold\": ", f); json_write_str(f, p->answer, strlen(p->answer));
+                fprintf(f, ", \"correct\": %s", ok ? "true" : "false");
+                if (G > 1) fprintf(f, ", \"maj_correct\": %s, \"pass_correct\": %s, \"entropy\": %.4f", maj_ok ? "true" : "false",
+                                   pass_ok ? "true" : "false", rs.group[k].entropy);
+                fputs("}\n", f);
+                free(text);
+            }
+        }
+        rollouts_free(&rg);
+        if (G > 1) rollouts_free(&rs);
+        if (verbose) {
+            int done = i0 + nb;
+            fprintf(stderr, "\r  eval %d/%d | greedy %.1f%%", done, n, 100.0 * n_greedy / done);
+            if (G > 1) fprintf(stderr, " | maj@%d %.1f%% | pass@%d %.1f%%", G, 100.0 * n_maj / done, G, 100.0 * n_pass / done);
+            fprintf(stderr, " | %.1f s   ", now_seconds() - t0);
+            if (done == n) fputc('\n', stderr);
+        }
+    }
+    if (f) {
+        int bad = ferror(f);
+        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) FATAL("cannot write %s", out_jsonl);
+    }
+    res.n = n;
+    res.greedy = (float)n_greedy / n;
+    res.maj = G > 1 ? (float)n_maj / n : res.greedy;
+    res.pass = G > 1 ? (float)n_pass / n : res.greedy;
+    res.entropy = G > 1 ? (float)(ent_sum / n) : 0.0f;
+    res.mean_len = (float)(len_sum / n);
+    free(probs);
+    return res;
+}
+
+// ----------------------------------------------------------------------------
+// 10. the run: data order, checkpoints that resume exactly, the log and its plot
+
+// The data order: a fresh permutation every epoch, from (seed, epoch) alone, so a resumed run
+// sees the same prompts as an uninterrupted one.
+typedef struct { uint64_t seed; int n, epoch, cursor; int *perm; } DataOrder;
+static void data_order_shuffle(DataOrder *d) {
+    uint64_t rng = (d->seed + 1) * 0x9E3779B97F4A7C15ull + (uint64_t)d->epoch * 0xBF58476D1CE4E5B9ull + 1;
+    for (int i = 0; i < d->n; i++) d->perm[i] = i;
+    for (int i = d->n - 1; i > 0; i--) { int k = (int)(random_u32(&rng) % (uint32_t)(i + 1)); int t = d->perm[i]; d->perm[i] = d->perm[k]; d->perm[k] = t; }
+}
+static void data_order_init(DataOrder *d, int n, uint64_t seed, int epoch, int cursor) {
+    d->seed = seed; d->n = n; d->epoch = epoch; d->cursor = cursor;
+    d->perm = (int *)xmalloc((size_t)n * sizeof(int));
+    data_order_shuffle(d);
+}
+static int data_order_next(DataOrder *d) {
+    if (d->cursor >= d->n) { d->epoch++; d->cursor = 0; data_order_shuffle(d); }
+    return d->perm[d->cursor++];
+}
+
+// Training state next to the model: out/state.bin holds the step, the data position, and the
+// AdamW moments, so that --resume continues bit-identically (the model itself is saved in fp32).
+#define STATE_MAGIC 0x53504D45u   // "EMPS"
+#define STATE_VERSION 1
+typedef struct { const Model *m; int32_t h[16]; } StateWrite;
+static int state_body(FILE *f, const void *user) {
+    const StateWrite *s = (const StateWrite *)user;
+    if (fwrite(s->h, sizeof s->h, 1, f) != 1) return -1;
+    size_t n = s->m->num_parameters;
+    if (s->m->m_memory && (fwrite(s->m->m_memory, 4, n, f) != n || fwrite(s->m->v_memory, 4, n, f) != n)) return -1;
+    return 0;
+}
+static void save_run_state(const char *dir, const Model *m, int step, const DataOrder *d, uint64_t seed) {
+    char path[1024], err[512];
+    snprintf(path, sizeof path, "%s/model.bin", dir);
+    if (model_save(m, path, CKPT_DTYPE_FP32, err, sizeof err) != 0) FATAL("%s", err);
+    StateWrite s;
+    memset(&s, 0, sizeof s);
+    s.m = m;
+    s.h[0] = (int32_t)STATE_MAGIC; s.h[1] = STATE_VERSION; s.h[2] = step; s.h[3] = d->epoch; s.h[4] = d->cursor;
+    s.h[5] = m->adam_step; s.h[6] = (int32_t)(seed & 0x7fffffff); s.h[7] = m->m_memory != NULL;
+    s.h[8] = (int32_t)(m->num_parameters & 0x7fffffff); s.h[9] = (int32_t)(m->num_parameters >> 31);
+    snprintf(path, sizeof path, "%s/state.bin", dir);
+    if (write_file_atomic(path, state_body, &s, err, sizeof err) != 0) FATAL("%s", err);
+}
+// Loads dir/state.bin into m (AdamW moments) and returns the step; the data position goes to d.
+static int load_run_state(const char *dir, Model *m, int *epoch, int *cursor, uint64_t seed) {
+    char path[1024];
+    snprintf(path, sizeof path, "%s/state.bin", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) FATAL("cannot open %s to resume from", path);
+    int32_t h[16];
+    if (fread(h, sizeof h, 1, f) != 1 || (uint32_t)h[0] != STATE_MAGIC) FATAL("%s: not an empo.c training state", path);
+    if (h[1] != STATE_VERSION) FATAL("%s: unsupported state version %d", path, h[1]);
+    size_t n = (size_t)(uint32_t)h[8] | ((size_t)(uint32_t)h[9] << 31);
+    if (n != m->num_parameters) FATAL("%s: state is for %zu parameters, the model has %zu", path, n, m->num_parameters);
+    if (h[6] != (int32_t)(seed & 0x7fffffff)) FATAL("%s: saved with seed %d; pass the same -s to resume exactly", path, h[6]);
+    if (h[7]) {
+        m->m_memory = (float *)xmalloc(n * sizeof(float));
+        m->v_memory = (float *)xmalloc(n * sizeof(float));
+        if (fread(m->m_memory, 4, n, f) != n || fread(m->v_memory, 4, n, f) != n) FATAL("%s: truncated", path);
+    }
+    if (fgetc(f) != EOF) FATAL("%s: trailing data", path);
+    fclose(f);
+    m->adam_step = h[5];
+    *epoch = h[3]; *cursor = h[4];
+    return h[2];
+}
+
+// The curves: an SVG with four panels (accuracy, reward, entropy, response length) drawn from
+// the run's log.jsonl, with no dependencies.
+typedef struct { const char *key, *label; } Series;
+typedef struct { int n, cap; float *x, *y; } Curve;
+static void curve_add(Curve *c, float x, float y) {
+    if (c->n == c->cap) {
+        c->cap = c->cap ? 2 * c->cap : 64;
+        c->x = (float *)realloc(c->x, (size_t)c->cap * sizeof(float)); c->y = (float *)realloc(c->y, (size_t)c->cap * sizeof(float));
+        if (!c->x || !c->y) FATAL("out of memory plotting");
+    }
+    c->x[c->n] = x; c->y[c->n] = y; c->n++;
+}
+#define PLOT_SERIES 6
+static const Series PLOT[PLOT_SERIES] = {{"eval_greedy", "greedy pass@1"}, {"eval_maj", "maj@G"}, {"reward", "mean reward"},
+                                         {"entropy", "semantic entropy"}, {"eval_entropy", "eval entropy"}, {"resp_len", "response length"}};
+static int plot_collect(const JDoc *d, int root, int line, void *user) {
+    Curve *c = (Curve *)user;
+    int st = json_get(d, root, "step");
+    if (json_type(d, st) != J_NUM) return 0;
+    for (int s = 0; s < PLOT_SERIES; s++) {
+        int v = json_get(d, root, PLOT[s].key);
+        if (json_type(d, v) == J_NUM) curve_add(&c[s], (float)json_num(d, st, 0), (float)json_num(d, v, 0));
+    }
+    return 0;
+}
+static int svg_body(FILE *f, const void *user) {
+    const Curve *c = (const Curve *)user;
+    static const char *colors[PLOT_SERIES] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
+    static const int panel_of[PLOT_SERIES] = {0, 0, 1, 2, 2, 3};
+    static const char *titles[4] = {"held-out accuracy", "mean reward", "semantic entropy", "response length (tokens)"};
+    int W = 900, H = 640, pw = 400, ph = 250;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    for (int p = 0; p < 4; p++) {
+        int ox = 60 + (p % 2) * (pw + 60), oy = 40 + (p / 2) * (ph + 60);
+        float x0 = 1e30f, x1 = -1e30f, y0 = 1e30f, y1 = -1e30f;
+        for (int s = 0; s < PLOT_SERIES; s++) {
+            if (panel_of[s] != p) continue;
+            for (int i = 0; i < c[s].n; i++) {
+                x0 = fminf(x0, c[s].x[i]); x1 = fmaxf(x1, c[s].x[i]); y0 = fminf(y0, c[s].y[i]); y1 = fmaxf(y1, c[s].y[i]);
+            }
+        }
+        fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s</text>\n", ox, oy - 10, titles[p]);
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n", ox, oy, pw, ph);
+        if (x0 > x1) continue;   // nothing logged for this panel
+        if (p == 0) { y0 = 0.0f; y1 = fmaxf(y1, 1e-3f); }
+        if (x1 == x0) x1 = x0 + 1;
+        if (y1 == y0) { y1 += 0.5f; y0 -= 0.5f; }
+        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.3g</text>\n", ox - 4, oy + 10, y1);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.3g</text>\n", ox - 4, oy + ph, y0);
+        fprintf(f, "<text x=\"%d\" y=\"%d\">step %.0f</text>\n", ox, oy + ph + 15, x0);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">step %.0f</text>\n", ox + pw, oy + ph + 15, x1);
+        int legend = 0;
+        for (int s = 0; s < PLOT_SERIES; s++) {
+            if (panel_of[s] != p || c[s].n == 0) continue;
+            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", colors[s]);
+            for (int i = 0; i < c[s].n; i++)
+                fprintf(f, "%.1f,%.1f ", ox + (c[s].x[i] - x0) / (x1 - x0) * pw, oy + ph - (c[s].y[i] - y0) / (y1 - y0) * ph);
+            fprintf(f, "\"/>\n<text x=\"%d\" y=\"%d\" fill=\"%s\">%s</text>\n", ox + 8, oy + 16 + 14 * legend++, colors[s], PLOT[s].label);
+        }
+    }
+    fprintf(f, "</svg>\n");
+    return ferror(f) ? -1 : 0;
+}
+static void write_plot(const char *dir) {
+    char log_path[1024], svg_path[1024], err[512];
+    snprintf(log_path, sizeof log_path, "%s/log.jsonl", dir);
+    snprintf(svg_path, sizeof svg_path, "%s/curves.svg", dir);
+    Curve c[PLOT_SERIES];
+    memset(c, 0, sizeof c);
+    if (jsonl_foreach(log_path, 0, plot_collect, c) < 0) return;
+    if (write_file_atomic(svg_path, svg_body, c, err, sizeof err) != 0) fprintf(stderr, "warning: %s\n", err);
+    for (int s = 0; s < PLOT_SERIES; s++) { free(c[s].x); free(c[s].y); }
+}
+
+// ----------------------------------------------------------------------------
+// 11. the modes: EMPO training (and its supervised/TTRL baselines), SFT, eval, one prompt
+
+enum { MODE_TRAIN, MODE_SFT, MODE_EVAL, MODE_PROMPT, MODE_TOKENIZE };
+typedef struct {
+    int mode;
+    const char *model_path, *data_path, *eval_path, *out_dir, *resume_dir, *prompt_text, *init_spec;
+    int reward, G, prompts_per_step, steps, max_new, eval_max_new, eval_every, ckpt_every, eval_G, eval_batch;
+    int template_id;   // -1: chosen by the tokenizer (CoT for Qwen vocabularies, plain for small ones)
+    int top_k, save_dtype, quiet;
+    float temperature, top_p, eval_temperature, ent_lo, ent_hi;   // ent_hi < 0: log G
+    uint64_t seed;
+    TrainConfig tc;
+} RunConfig;
+
+static int make_dir(const char *dir) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
+    return strchr(dir, '\'') ? -1 : system(cmd);
+}
+
+// A fresh model with the byte-level tokenizer: "C=128,L=4,NH=4,NKV=2,I=384,T=256".
+static void model_init_spec(Model *m, const char *spec, uint64_t seed) {
+    ModelConfig c = {0};
+    c.C = 128; c.L = 4; c.NH = 4; c.NKV = 2; c.I = 384; c.maxT = 256; c.tied = 1; c.qkv_bias = 1;
+    c.rope_theta = 10000.0f; c.rms_eps = 1e-6f;
+    const char *s = spec;
+    while (*s) {
+        char key[8]; int val, used;
+        if (sscanf(s, "%7[A-Za-z]=%d%n", key, &val, &used) != 2) FATAL("--init: cannot read '%s' (expected e.g. C=128,L=4,NH=4,NKV=2,I=384,T=256)", s);
+        if (!strcmp(key, "C")) c.C = val; else if (!strcmp(key, "L")) c.L = val; else if (!strcmp(key, "NH")) c.NH = val;
+        else if (!strcmp(key, "NKV")) c.NKV = val; else if (!strcmp(key, "I")) c.I = val; else if (!strcmp(key, "T")) c.maxT = val;
+        else FATAL("--init: unknown key '%s' (C, L, NH, NKV, I, T)", key);
+        s += used;
+        if (*s == ',') s++;
+    }
+    Tokenizer tok;
+    if (tokenizer_init_bytes(&tok) != 0) FATAL("out of memory");
+    c.V = tok.n_vocab;
+    c.HD = c.NH > 0 ? c.C / c.NH : 0;
+    if (c.NH <= 0 || c.C % c.NH) FATAL("--init: C must be a multiple of NH");
+    const char *bad = cfg_invalid(&c);
+    if (bad) FATAL("--init: %s", bad);
+    model_init_random(m, &c, seed);
+    m->tok = tokenizer_to_blob(&tok, &m->tok_bytes);
+    m->n_eos = tokenizer_eos_ids(&tok, m->eos, CKPT_MAX_EOS);
+    tokenizer_free(&tok);
+}
+
+static void load_model_or_die(Model *m, const RunConfig *rc) {
+    char err[512];
+    if (rc->init_spec && !rc->resume_dir) { model_init_spec(m, rc->init_spec, rc->seed); return; }
+    char path[1100];
+    if (rc->resume_dir) snprintf(path, sizeof path, "%s/model.bin", rc->resume_dir);
+    else snprintf(path, sizeof path, "%s", rc->model_path);
+    if (model_load(m, path, err, sizeof err) != 0) FATAL("%s", err);
+}
+static int pick_template(const RunConfig *rc, const Tokenizer *tok) {
+    return rc->template_id >= 0 ? rc->template_id : tok->n_vocab > 1000 ? TEMPLATE_QWEN_MATH_COT : TEMPLATE_PLAIN;
+}
+
+static void log_eval(FILE *logf, int step, const EvalResult *e, int G) {
+    printf("eval  step %5d | greedy pass@1 %5.1f%% | maj@%d %5.1f%% | pass@%d %5.1f%% | entropy %.3f | length %.1f\n", step,
+           100 * e->greedy, G, 100 * e->maj, G, 100 * e->pass, e->entropy, e->mean_len);
+    fprintf(logf, "{\"step\": %d, \"eval_greedy\": %.4f, \"eval_maj\": %.4f, \"eval_pass\": %.4f, \"eval_entropy\": %.4f, \"eval_len\": %.2f}\n",
+            step, e->greedy, e->maj, e->pass, e->entropy, e->mean_len);
+    fflush(logf);
+    fflush(stdout);
+}
+
+// EMPO (or -r grpo / ttrl) training, or SFT when rc->mode == MODE_SFT. Returns the number of steps
+// run; losses[step-1] gets each step's loss when losses is not NULL.
+static int run_training(const RunConfig *rc, float *losses) {
+    Model m, ref;
+    load_model_or_die(&m, rc);
+    Tokenizer tok;
+    load_tokenizer(&tok, &m, rc->model_path);
+    int template_id = pick_template(rc, &tok);
+    int sft = rc->mode == MODE_SFT;
+    ProblemSet data, evalset;
+    problems_load(&data, rc->data_path);
+    if (sft) for (int i = 0; i < data.n; i++) if (!data.items[i].solution) FATAL("%s: problem %d has no \"solution\" for SFT", rc->data_path, i + 1);
+    if (rc->reward == REWARD_GRPO && !sft) for (int i = 0; i < data.n; i++) if (!data.items[i].answer) FATAL("%s: -r grpo needs an \"answer\" on every line (line-ordered problem %d has none)", rc->data_path, i + 1);
+    if (rc->eval_path) problems_load(&evalset, rc->eval_path);
+    int use_ref = rc->tc.kl_beta > 0.0f && !sft;
+    if (use_ref) {   // the reference policy is the starting model, frozen
+        char err[512];
+        if (rc->init_spec) FATAL("--kl needs a starting model (-m), not --init");
+        if (model_load(&ref, rc->model_path, err, sizeof err) != 0) FATAL("%s", err);
+    }
+    if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s", rc->out_dir);
+    int start = 0, epoch = 0, cursor = 0;
+    if (rc->resume_dir) start = load_run_state(rc->resume_dir, &m, &epoch, &cursor, rc->seed);
+    DataOrder order;
+    data_order_init(&order, data.n, rc->seed, epoch, cursor);
+    char log_path[1100];
+    snprintf(log_path, sizeof log_path, "%s/log.jsonl", rc->out_dir);
+    FILE *logfile = fopen(log_path, rc->resume_dir ? "a" : "w");
+    if (!logfile) FATAL("cannot write %s", log_path);
+    float ent_hi = rc->ent_hi >= 0 ? rc->ent_hi : logf(rc->G);
+    const ModelConfig *c = &m.config;
+    if (!rc->quiet) {
+        printf("%s | model %s: %.2fM params, V=%d C=%d L=%d heads %d/%d | data %s (%d prompts)\n", sft ? "SFT" : REWARD_NAMES[rc->reward],
+               rc->resume_dir ? rc->resume_dir : rc->init_spec ? "(new)" : rc->model_path, m.num_parameters / 1e6, c->V, c->C, c->L,
+               c->NH, c->NKV, rc->data_path, data.n);
+        if (!sft) printf("G=%d T=%.2f top_p=%.2f max_new=%d | %d prompts/step | lr %.2g | clip %.2g | ppo-clip %.2g | kl %.2g | entropy band [%.3f, %.3f)\n",
+                         rc->G, rc->temperature, rc->top_p, rc->max_new, rc->prompts_per_step, rc->tc.lr, rc->tc.grad_clip,
+                         rc->tc.clip_eps, rc->tc.kl_beta, rc->ent_lo, ent_hi);
+        else printf("batch %d | lr %.2g | %d steps\n", rc->prompts_per_step, rc->tc.lr, rc->steps);
+        if (rc->resume_dir) printf("resuming from %s at step %d\n", rc->resume_dir, start);
+        fflush(stdout);
+    }
+    char eval_out[1200];
+    snprintf(eval_out, sizeof eval_out, "%s/eval_last.jsonl", rc->out_dir);
+    if (rc->eval_path && start == 0 && rc->eval_every > 0) {
+        EvalResult e = evaluate(&m, &tok, template_id, &evalset, rc->eval_max_new, rc->eval_G, rc->eval_temperature, rc->seed, rc->eval_batch, eval_out, !rc->quiet);
+        log_eval(logfile, 0, &e, rc->eval_G);
+    }
+    int B = rc->prompts_per_step, maxT = c->maxT;
+    const Problem **batch = (const Problem **)xmalloc((size_t)B * sizeof(Problem *));
+    int *inputs = NULL, *targets = NULL; float *mask = NULL;
+    if (sft) {
+        inputs = (int *)xmalloc((size_t)B * maxT * sizeof(int)); targets = (int *)xmalloc((size_t)B * maxT * sizeof(int));
+        mask = (float *)xmalloc((size_t)B * maxT * sizeof(float));
+    }
+    int im_end = tokenizer_special_id(&tok, "<|im_end|>");
+    int step = start;
+    for (step = start + 1; step <= rc->steps; step++) {
+        double t0 = now_seconds(), t1, t2;
+        for (int b = 0; b < B; b++) batch[b] = &data.items[data_order_next(&order)];
+        float loss, norm;
+        char line[512];
+        if (sft) {   // cross-entropy on prompt + solution + <|im_end|>, masked to the response
+            int T = 1;
+            int **seqs = (int **)xmalloc((size_t)B * sizeof(int *)), *lens = (int *)xmalloc((size_t)B * sizeof(int)), *plens = (int *)xmalloc((size_t)B * sizeof(int));
+            for (int b = 0; b < B; b++) {
+                int *pids, *sids;
+                int P = encode_prompt(&tok, template_id, batch[b]->problem, maxT, &pids);
+                int S = tokenizer_encode(&tok, batch[b]->solution, strlen(batch[b]->solution), 0, &sids);
+                if (S < 0) FATAL("cannot encode a solution");
+                int n = P + S + 1 > maxT ? maxT : P + S + 1;
+                seqs[b] = (int *)xmalloc((size_t)(P + S + 1) * sizeof(int));
+                memcpy(seqs[b], pids, (size_t)P * sizeof(int)); memcpy(seqs[b] + P, sids, (size_t)S * sizeof(int));
+                seqs[b][P + S] = im_end;
+                lens[b] = n; plens[b] = P;
+                if (n - 1 > T) T = n - 1;
+                free(pids); free(sids);
+            }
+            for (int b = 0; b < B; b++)
+                for (int t = 0; t < T; t++) {
+                    inputs[b * T + t] = t < lens[b] ? seqs[b][t] : 0;
+                    targets[b * T + t] = t + 1 < lens[b] ? seqs[b][t + 1] : -1;
+                    mask[b * T + t] = t + 1 >= plens[b] && t + 1 < lens[b] ? 1.0f : 0.0f;
+                }
+            t1 = now_seconds();
+            model_forward(&m, inputs, targets, mask, B, T);
+            model_zero_grad(&m);
+            model_backward(&m);
+            norm = model_update(&m, rc->tc.lr, rc->tc.beta1, rc->tc.beta2, rc->tc.eps, rc->tc.weight_decay, rc->tc.grad_clip);
+            loss = m.mean_loss;
+            t2 = now_seconds();
+            for (int b = 0; b < B; b++) free(seqs[b]);
+            free(seqs); free(lens); free(plens);
+            snprintf(line, sizeof line, "{\"step\": %d, \"loss\": %.6f, \"grad_norm\": %.4f, \"time\": %.3f}", step, loss, norm, t2 - t0);
+            if (!rc->quiet) printf("step %5d/%d | loss %.4f | grad norm %.3f | %.0f ms\n", step, rc->steps, loss, norm, (t2 - t0) * 1e3);
+        } else {
+            SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, rc->seed * 1000003ull + (uint64_t)step};
+            Rollouts r;
+            rollouts_sample(&r, &m, &tok, template_id, batch, B, rc->G, &sc, !rc->quiet && B * rc->G * rc->max_new > 200000);
+            t1 = now_seconds();
+            rollouts_score(&r, batch, rc->reward, rc->ent_lo, ent_hi);
+            t2 = now_seconds();
+            int n_trained;
+            loss = train_on_rollouts(&m, use_ref ? &ref : NULL, &r, &rc->tc, &norm, &n_trained);
+            double t3 = now_seconds();
+            double rsum = 0, esum = 0, csum = 0, lsum = 0; int kept = 0; long gen_tokens = 0;
+            for (int j = 0; j < r.n; j++) { rsum += r.reward[j]; lsum += r.gen.len[j]; gen_tokens += r.gen.len[j]; }
+            for (int p = 0; p < B; p++) { esum += r.group[p].entropy; csum += r.group[p].n_clusters; kept += r.keep[p]; }
+            float tok_s = (float)(gen_tokens / (t1 - t0));
+            snprintf(line, sizeof line, "{\"step\": %d, \"reward\": %.4f, \"entropy\": %.4f, \"clusters\": %.3f, \"kept\": %.3f, \"resp_len\": %.2f, "
+                     "\"loss\": %.6f, \"grad_norm\": %.4f, \"gen_tok_s\": %.1f, \"t_gen\": %.3f, \"t_score\": %.4f, \"t_train\": %.3f}",
+                     step, rsum / r.n, esum / B, csum / B, (double)kept / B, lsum / r.n, loss, norm, tok_s, t1 - t0, t2 - t1, t3 - t2);
+            if (!rc->quiet)
+                printf("step %5d/%d | reward %.3f | entropy %.3f | clusters %.2f | kept %3.0f%% | len %5.1f | loss %+.4f | norm %.3f | %6.0f tok/s | gen %.2fs score %.3fs train %.2fs\n",
+                       step, rc->steps, rsum / r.n, esum / B, csum / B, 100.0 * kept / B, lsum / r.n, loss, norm, tok_s, t1 - t0, t2 - t1, t3 - t2);
+            rollouts_free(&r);
+        }
+        fprintf(logfile, "%s\n", line);
+        fflush(logfile);
+        fflush(stdout);
+        if (losses) losses[step - 1] = loss;
+        if (rc->eval_path && rc->eval_every > 0 && (step % rc->eval_every == 0 || step == rc->steps)) {
+            EvalResult e = evaluate(&m, &tok, template_id, &evalset, rc->eval_max_new, rc->eval_G, rc->eval_temperature, rc->seed, rc->eval_batch, eval_out, !rc->quiet);
+            log_eval(logfile, step, &e, rc->eval_G);
+            write_plot(rc->out_dir);
+        }
+        if ((rc->ckpt_every > 0 && step % rc->ckpt_every == 0) || step == rc->steps) {
+            if (rc->save_dtype == CKPT_DTYPE_FP32) save_run_state(rc->out_dir, &m, step, &order, rc->seed);
+            else {
+                char path[1100], err[512];
+                snprintf(path, sizeof path, "%s/model.bin", rc->out_dir);
+                if (model_save(&m, path, rc->save_dtype, err, sizeof err) != 0) FATAL("%s", err);
+            }
+        }
+    }
+    fclose(logfile);
+    write_plot(rc->out_dir);
+    if (!rc->quiet) printf("done: %s/model.bin, %s/log.jsonl, %s/curves.svg\n", rc->out_dir, rc->out_dir, rc->out_dir);
+    free(batch); free(inputs); free(targets); free(mask); free(order.perm);
+    problems_free(&data);
+    if (rc->eval_path) problems_free(&evalset);
+    if (use_ref) model_free(&ref);
+    tokenizer_free(&tok);
+    model_free(&m);
+    return step - 1 - start;
+}
+
+// Evaluation mode: the paper's protocol (greedy pass@1), optionally with G samples.
+static void run_eval(const RunConfig *rc) {
+    Model m;
+    load_model_or_die(&m, rc);
+    Tokenizer tok;
+    load_tokenizer(&tok, &m, rc->model_path);
+    ProblemSet ps;
+    problems_load(&ps, rc->eval_path);
+    if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s", rc->out_dir);
+    const char *base = strrchr(rc->eval_path, '/');
+    base = base ? base + 1 : rc->eval_path;
+    char out[1200];
+    snprintf(out, sizeof out, "%s/eval_%s", rc->out_dir, base);
+    if (!strstr(base, ".jsonl")) strncat(out, ".jsonl", sizeof out - strlen(out) - 1);
+    double t0 = now_seconds();
+    EvalResult e = evaluate(&m, &tok, pick_template(rc, &tok), &ps, rc->eval_max_new, rc->eval_G, rc->eval_temperature, rc->seed,
+                            rc->eval_batch, out, 1);
+    printf("%s: %d problems | greedy pass@1 %.2f%%", rc->eval_path, e.n, 100 * e.greedy);
+    if (rc->eval_G > 1) printf(" | maj@%d %.2f%% | pass@%d %.2f%% | mean semantic entropy %.3f", rc->eval_G, 100 * e.maj, rc->eval_G, 100 * e.pass, e.entropy);
+    printf(" | mean length %.1f | %.1f s\nper-problem records: %s\n", e.mean_len, now_seconds() - t0, out);
+    problems_free(&ps); tokenizer_free(&tok); model_free(&m);
+}
+
+// One question made visible: G responses, their answers, the clusters, the entropy, the rewards.
+static void run_prompt(const RunConfig *rc) {
+    Model m;
+    load_model_or_die(&m, rc);
+    Tokenizer tok;
+    load_tokenizer(&tok, &m, rc->model_path);
+    Problem p = {(char *)rc->prompt_text, NULL, NULL};
+    const Problem *pp = &p;
+    SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, rc->seed};
+    Rollouts r;
+    rollouts_sample(&r, &m, &tok, pick_template(rc, &tok), &pp, 1, rc->G, &sc, 1);
+    rollouts_score(&r, &pp, REWARD_EMPO, 0.0f, 1e9f);
+    SemanticGroup *g = &r.group[0];
+    printf("question: %s\n\n", rc->prompt_text);
+    for (int j = 0; j < r.n; j++) {
+        char *text = decode_response(&m, &tok, &r.gen, j);
+        size_t n = strlen(text);
+        for (size_t i = 0; i < n; i++) if (text[i] == '\n') text[i] = ' ';
+        if (n > 160) { memcpy(text + 70, " ... ", 5); memmove(text + 75, text + n - 85, 86); }
+        printf("[%d] %s\n    answer: %s | cluster %d | reward %.3f | advantage %+.3f | %d tokens%s\n", j, text,
+               r.answer[j] ? r.answer[j] : "(none)", g->cluster[j], r.reward[j], r.adv[j], r.gen.len[j], r.gen.eos[j] ? "" : " (cut)");
+        free(text);
+    }
+    printf("\nclusters (answers equal by math_answers_equal):\n");
+    for (int c = 0; c < g->n_clusters; c++) printf("  c%d  p = %d/%d = %.3f  \"%s\"\n", c, g->size[c], g->G, g->p[c], r.answer[g->rep[c]]);
+    if (g->n_missing) printf("  no answer: %d response(s), reward 0, each a singleton in the entropy\n", g->n_missing);
+    printf("semantic entropy H = %.4f (max log G = %.4f); the reference keeps the group if H < log G: %s\n", g->entropy,
+           logf(g->G), entropy_in_band(g->entropy, 0.0f, logf(g->G)) ? "kept" : "dropped");
+    rollouts_free(&r); tokenizer_free(&tok); model_free(&m);
+}
+
+static void run_tokenize(const RunConfig *rc) {
+    Model m;
+    load_model_or_die(&m, rc);
+    Tokenizer tok;
+    load_tokenizer(&tok, &m, rc->model_path);
+    size_t cap = 1 << 16, n = 0, r;
+    char *buf = (char *)xmalloc(cap);
+    while ((r = fread(buf + n, 1, cap - n, stdin)) > 0) {
+        n += r;
+        if (n == cap) { cap *= 2; buf = (char *)realloc(buf, cap); if (!buf) FATAL("out of memory reading stdin"); }
+    }
+    int *ids;
+    int k = tokenizer_encode(&tok, buf, n, 1, &ids);
+    if (k < 0) FATAL("cannot tokenize stdin");
+    for (int i = 0; i < k; i++) printf(i ? " %d" : "%d", ids[i]);
+    printf("\n");
+    free(ids); free(buf); tokenizer_free(&tok); model_free(&m);
+}
+
+// ----------------------------------------------------------------------------
+// 12. main
+#ifndef TESTING
+
+#define DEMO_DIR "dev/default"
+
+static void usage(void) {
+    printf(
+"usage: ./train_empo [-m model.bin] [options]\n"
+"EMPO: train a model to reason better with no labels, by rewarding answers that agree.\n"
+"With no -m, runs the embedded default: EMPO on a small starter model and a synthetic\n"
+"fraction task that ship in " DEMO_DIR "/ (minutes on a laptop; see doc/reproduce.md).\n"
+"\n"
+"modes (default: training)\n"
+"  --eval FILE      evaluate: greedy pass@1 on {problem, answer} JSONL (the paper's protocol);\n"
+"                   with -G N > 1 also maj@N / pass@N from N samples at temperature --eval-temp\n"
+"  --prompt TEXT    sample -G responses to one question and show answers, clusters, entropy, rewards\n"
+"  --sft FILE       supervised fine-tuning on {problem, solution} JSONL, loss on the response only\n"
+"  --tokenize       print the token ids of stdin (special tokens recognised), one line\n"
+"\n"
+"model and data\n"
+"  -m FILE          checkpoint (.bin; doc/formats.md). default: " DEMO_DIR "/starter.bin\n"
+"  --init SPEC      (SFT) start from a new random model with the byte tokenizer, e.g.\n"
+"                   C=128,L=4,NH=4,NKV=2,I=384,T=256\n"
+"  -d FILE          training prompts, JSONL {problem[, answer]}. default: " DEMO_DIR "/train.jsonl\n"
+"  -e FILE          held-out set for periodic evaluation (default: " DEMO_DIR "/eval.jsonl with the\n"
+"                   embedded default, none otherwise)\n"
+"  --template NAME  cot (the Qwen2.5-Math CoT prompt) or plain; default: cot for Qwen vocabularies\n"
+"  -o DIR           output: model.bin, state.bin, log.jsonl, curves.svg, eval records. default: out\n"
+"  --resume DIR     continue a run from DIR/model.bin + DIR/state.bin, exactly (same -s)\n"
+"\n"
+"EMPO                                                       real model / embedded default\n"
+"  -r NAME          reward: empo (cluster share, no labels), grpo (1 if equal to the gold\n"
+"                   answer: the supervised baseline), ttrl (1 if equal to the majority)  empo\n"
+"  -G INT           responses per prompt                                    7 / 8\n"
+"  -B INT           prompts per step                                        112 / 16\n"
+"  -x INT           steps                                                   178 (one epoch of 20K) / 60\n"
+"  -T FLOAT         sampling temperature                                    0.9 / 1.0\n"
+"  -p FLOAT         top-p                                                   1\n"
+"  -k INT           top-k (0 = off)                                         0\n"
+"  -n INT           max new tokens per response                             2048 / 48\n"
+"  --ent-lo FLOAT   keep groups with semantic entropy >= this               0\n"
+"  --ent-hi FLOAT   ... and < this (default log G, as the reference)        log G\n"
+"  --clip FLOAT     PPO clip range (0 = off, as the paper)                  0\n"
+"  --kl FLOAT       KL-to-reference weight, k3 estimator (0 = off)          0\n"
+"\n"
+"optimizer\n"
+"  -l FLOAT         learning rate (constant)                                1e-6 / 2e-4\n"
+"  -w FLOAT         AdamW weight decay                                      0\n"
+"  -c FLOAT         gradient clip (global norm; 0 = off)                    1.0\n"
+"  -b INT           micro-batch: responses per forward/backward             8 / 32\n"
+"\n"
+"evaluation, checkpoints, misc\n"
+"  -E INT           evaluate every INT steps (0 = never)                    10\n"
+"  --eval-G INT     samples per problem for maj@G in evaluation              -G\n"
+"  --eval-temp F    temperature of those samples                            -T\n"
+"  --eval-n INT     max new tokens in evaluation                            3000 / 48\n"
+"  --eval-batch INT problems generated together                              16 / 64\n"
+"  -C INT           checkpoint every INT steps (and at the end; 0 = end only) 10\n"
+"  -S NAME          checkpoint dtype: fp32 (resumes bit-exactly) or bf16     fp32\n"
+"  -s INT           seed                                                    1337\n"
+"  -q               quiet\n"
+"  -h               this help\n");
+}
+
 static int arg_int(const char *flag, const char *v, int lo, int hi) {
     char *end; long x = strtol(v, &end, 10);
     if (*v == 0 || *end != 0 || x < lo || x > hi) FATAL("flag %s: '%s' is not an integer in [%d, %d]", flag, v, lo, hi);
@@ -1098,49 +1920,88 @@ static float arg_float(const char *flag, const char *v, float lo, float hi) {
 }
 
 int main(int argc, char **argv) {
-    const char *model_path = DEFAULT_MODEL;
-    int B = 4, T = 64, steps = 20, seed = 1337;
-    float lr = 1e-3f;
+    RunConfig rc;
+    memset(&rc, 0, sizeof rc);
+    int demo = 1;
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--init") || !strcmp(argv[i], "--resume")) demo = 0;
+    // the paper's settings for real models; small ones for the embedded default
+    rc.mode = MODE_TRAIN; rc.reward = REWARD_EMPO; rc.out_dir = "out"; rc.template_id = -1; rc.seed = 1337;
+    rc.G = demo ? 8 : 7; rc.prompts_per_step = demo ? 16 : 112; rc.steps = demo ? 60 : 178;
+    rc.temperature = demo ? 1.0f : 0.9f; rc.top_p = 1.0f; rc.max_new = demo ? 48 : 2048; rc.ent_hi = -1.0f;
+    rc.eval_every = 10; rc.ckpt_every = 10; rc.eval_G = -1; rc.eval_temperature = -1.0f;
+    rc.eval_max_new = demo ? 48 : 3000; rc.eval_batch = demo ? 64 : 16; rc.save_dtype = CKPT_DTYPE_FP32;
+    rc.tc.lr = demo ? 2e-4f : 1e-6f; rc.tc.beta1 = 0.9f; rc.tc.beta2 = 0.999f; rc.tc.eps = 1e-8f; rc.tc.grad_clip = 1.0f;
+    rc.tc.micro = demo ? 32 : 8;
+    rc.model_path = DEMO_DIR "/starter.bin";
+    rc.data_path = demo ? DEMO_DIR "/train.jsonl" : NULL;
+    rc.eval_path = demo ? DEMO_DIR "/eval.jsonl" : NULL;
+    int G_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); return 0; }
+        if (!strcmp(f, "--tokenize")) { rc.mode = MODE_TOKENIZE; continue; }
+        if (!strcmp(f, "-q")) { rc.quiet = 1; continue; }
         if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);
         const char *v = argv[++i];
-        if (!strcmp(f, "-m")) model_path = v;
-        else if (!strcmp(f, "-b")) B = arg_int(f, v, 1, 1 << 16);
-        else if (!strcmp(f, "-t")) T = arg_int(f, v, 2, 1 << 20);
-        else if (!strcmp(f, "-n")) steps = arg_int(f, v, 0, 1 << 30);
-        else if (!strcmp(f, "-l")) lr = arg_float(f, v, 0.0f, 10.0f);
-        else if (!strcmp(f, "-s")) seed = arg_int(f, v, 0, 1 << 30);
+        if (!strcmp(f, "-m")) rc.model_path = v;
+        else if (!strcmp(f, "--init")) rc.init_spec = v;
+        else if (!strcmp(f, "-d")) rc.data_path = v;
+        else if (!strcmp(f, "-e")) rc.eval_path = v;
+        else if (!strcmp(f, "-o")) rc.out_dir = v;
+        else if (!strcmp(f, "--resume")) rc.resume_dir = v;
+        else if (!strcmp(f, "--eval")) { rc.mode = MODE_EVAL; rc.eval_path = v; }
+        else if (!strcmp(f, "--prompt")) { rc.mode = MODE_PROMPT; rc.prompt_text = v; }
+        else if (!strcmp(f, "--sft")) { rc.mode = MODE_SFT; rc.data_path = v; }
+        else if (!strcmp(f, "--template")) {
+            if (!strcmp(v, "cot")) rc.template_id = TEMPLATE_QWEN_MATH_COT;
+            else if (!strcmp(v, "plain")) rc.template_id = TEMPLATE_PLAIN;
+            else FATAL("flag --template: '%s' is not cot or plain", v);
+        } else if (!strcmp(f, "-r")) {
+            int k = -1;
+            for (int r = 0; r < 3; r++) if (!strcmp(v, REWARD_NAMES[r])) k = r;
+            if (k < 0) FATAL("flag -r: '%s' is not empo, grpo or ttrl", v);
+            rc.reward = k;
+        } else if (!strcmp(f, "-G")) { rc.G = arg_int(f, v, 1, SC_MAX_G); G_set = 1; }
+        else if (!strcmp(f, "-B")) rc.prompts_per_step = arg_int(f, v, 1, 1 << 20);
+        else if (!strcmp(f, "-x")) rc.steps = arg_int(f, v, 0, 1 << 30);
+        else if (!strcmp(f, "-T")) rc.temperature = arg_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "-p")) rc.top_p = arg_float(f, v, 1e-6f, 1.0f);
+        else if (!strcmp(f, "-k")) rc.top_k = arg_int(f, v, 0, 1 << 30);
+        else if (!strcmp(f, "-n")) rc.max_new = arg_int(f, v, 1, 1 << 22);
+        else if (!strcmp(f, "--ent-lo")) rc.ent_lo = arg_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "--ent-hi")) rc.ent_hi = arg_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "--clip")) rc.tc.clip_eps = arg_float(f, v, 0.0f, 1.0f);
+        else if (!strcmp(f, "--kl")) rc.tc.kl_beta = arg_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "-l")) rc.tc.lr = arg_float(f, v, 0.0f, 10.0f);
+        else if (!strcmp(f, "-w")) rc.tc.weight_decay = arg_float(f, v, 0.0f, 10.0f);
+        else if (!strcmp(f, "-c")) rc.tc.grad_clip = arg_float(f, v, 0.0f, 1e9f);
+        else if (!strcmp(f, "-b")) rc.tc.micro = arg_int(f, v, 1, 1 << 16);
+        else if (!strcmp(f, "-E")) rc.eval_every = arg_int(f, v, 0, 1 << 30);
+        else if (!strcmp(f, "--eval-G")) rc.eval_G = arg_int(f, v, 1, SC_MAX_G);
+        else if (!strcmp(f, "--eval-temp")) rc.eval_temperature = arg_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "--eval-n")) rc.eval_max_new = arg_int(f, v, 1, 1 << 22);
+        else if (!strcmp(f, "--eval-batch")) rc.eval_batch = arg_int(f, v, 1, 1 << 16);
+        else if (!strcmp(f, "-C")) rc.ckpt_every = arg_int(f, v, 0, 1 << 30);
+        else if (!strcmp(f, "-S")) {
+            if (!strcmp(v, "fp32")) rc.save_dtype = CKPT_DTYPE_FP32;
+            else if (!strcmp(v, "bf16")) rc.save_dtype = CKPT_DTYPE_BF16;
+            else FATAL("flag -S: '%s' is not fp32 or bf16", v);
+        } else if (!strcmp(f, "-s")) rc.seed = (uint64_t)arg_int(f, v, 0, 1 << 30);
         else FATAL("unknown flag %s (see -h)", f);
     }
-    Model model;
-    char err[512];
-    if (model_load(&model, model_path, err, sizeof err) != 0) FATAL("%s", err);
-    const ModelConfig *c = &model.config;
-    if (T > c->maxT) T = c->maxT;
-    printf("model %s: %zu parameters, V=%d C=%d L=%d heads=%d/%d I=%d %s\n", model_path, model.num_parameters,
-           c->V, c->C, c->L, c->NH, c->NKV, c->I, c->tied ? "tied" : "untied");
-#ifdef _OPENMP
-    printf("threads: %d\n", omp_get_max_threads());
-#endif
-    int *tokens = (int *)xmalloc((size_t)B * (T + 1) * sizeof(int));
-    uint64_t rng = (uint64_t)seed + 1;
-    for (int i = 0; i < B * (T + 1); i++) tokens[i] = (int)(random_u32(&rng) % (uint32_t)c->V);
-    int *inputs = (int *)xmalloc((size_t)B * T * sizeof(int)), *targets = (int *)xmalloc((size_t)B * T * sizeof(int));
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) { inputs[b * T + t] = tokens[b * (T + 1) + t]; targets[b * T + t] = tokens[b * (T + 1) + t + 1]; }
-    for (int step = 0; step < steps; step++) {
-        double t0 = now_seconds();
-        model_forward(&model, inputs, targets, NULL, B, T);
-        model_zero_grad(&model);
-        model_backward(&model);
-        float norm = model_update(&model, lr, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f);
-        double dt = now_seconds() - t0;
-        printf("step %3d | loss %.6f | grad norm %.4f | %.1f ms | %.0f tok/s\n", step + 1, model.mean_loss, norm, dt * 1e3, B * T / dt);
+    if (rc.eval_G < 0) rc.eval_G = rc.mode == MODE_EVAL && !G_set ? 1 : rc.G;
+    if (rc.eval_temperature < 0) rc.eval_temperature = rc.temperature;
+    if (rc.mode == MODE_EVAL && demo && !strcmp(rc.model_path, DEMO_DIR "/starter.bin")) rc.eval_max_new = rc.max_new;
+    switch (rc.mode) {
+    case MODE_TOKENIZE: run_tokenize(&rc); break;
+    case MODE_EVAL: run_eval(&rc); break;
+    case MODE_PROMPT: run_prompt(&rc); break;
+    default:
+        if (!rc.data_path) FATAL("training needs prompts: -d FILE.jsonl (see -h)");
+        if (demo && rc.mode == MODE_TRAIN)
+            printf("embedded default: EMPO on %s with %s (no labels used for training), eval on %s\n", rc.data_path, rc.model_path, rc.eval_path);
+        run_training(&rc, NULL);
     }
-    free(tokens); free(inputs); free(targets);
-    model_free(&model);
     return 0;
 }
 #endif // TESTING

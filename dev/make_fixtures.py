@@ -115,6 +115,61 @@ def greedy_fixture(model, path, V, seed):
     os.replace(tmp, path)
 
 
+def policy_fixture(model, cfg, path, seed):
+    """The EMPO policy loss on fixed rollouts, and every parameter gradient, in three variants:
+    the paper's default, with PPO clipping, and with a k3 KL penalty to a reference policy."""
+    g = torch.Generator().manual_seed(seed + 11)
+    B, T, V = 4, 20, cfg["V"]
+    inputs = torch.randint(0, V, (B, T), generator=g)
+    targets = torch.cat([inputs[:, 1:], torch.randint(0, V, (B, 1), generator=g)], dim=1)
+    prompt_len = [3, 6, 2, 9]
+    resp_len = [12, 9, 17, 6]
+    mask = torch.zeros(B, T)
+    for b in range(B):
+        mask[b, prompt_len[b] - 1:prompt_len[b] - 1 + resp_len[b]] = 1.0
+        targets[b, prompt_len[b] - 1 + resp_len[b]:] = -1
+    adv = torch.tensor([1.3, -0.4, 0.0, -0.9])
+    with torch.no_grad():
+        lp0 = torch.log_softmax(model(input_ids=inputs).logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+    old_logp = lp0 + 0.3 * torch.randn(B, T, generator=g)   # so that ratios leave the clip range
+    ref_logp = lp0 + 0.5 * torch.randn(B, T, generator=g)
+    variants = [("default", 0.0, 0.0), ("clip", 0.2, 0.0), ("kl", 0.0, 0.05)]
+    out = []
+    for _, eps, beta in variants:
+        model.zero_grad(set_to_none=True)
+        logp = torch.log_softmax(model(input_ids=inputs).logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        A = adv[:, None]
+        if eps > 0:
+            ratio = torch.exp(logp - old_logp)
+            obj = torch.min(ratio * A, torch.clamp(ratio, 1 - eps, 1 + eps) * A)
+        else:
+            obj = torch.exp(logp - logp.detach()) * A
+        per_tok = -obj
+        if beta > 0:
+            d = ref_logp - logp
+            per_tok = per_tok + beta * (torch.exp(d) - d - 1)
+        loss = ((per_tok * mask).sum(1) / mask.sum(1)).mean()
+        loss.backward()
+        out.append((loss.item(), our_tensors(model, cfg, "grad")))
+    model.zero_grad(set_to_none=True)
+    h = [0] * 16
+    h[0] = 0x4C4F504D  # "MPOL"
+    h[1], h[2], h[3] = 1, B, T
+    with open(path + ".tmp", "wb") as f:
+        f.write(b"".join(i32(x) for x in h))
+        f.write(inputs.numpy().astype("<i4").tobytes())
+        f.write(targets.numpy().astype("<i4").tobytes())
+        f.write(mask.numpy().astype("<f4").tobytes())
+        f.write(adv.numpy().astype("<f4").tobytes())
+        f.write(old_logp.numpy().astype("<f4").tobytes())
+        f.write(ref_logp.numpy().astype("<f4").tobytes())
+        for (name, eps, beta), (loss, grads) in zip(variants, out):
+            f.write(np.array([eps, beta, loss], dtype="<f4").tobytes())
+            f.write(grads.astype("<f4").tobytes())
+    os.replace(path + ".tmp", path)
+    print("policy fixture:", ", ".join(f"{v[0]} loss {o[0]:.6f}" for v, o in zip(variants, out)))
+
+
 def make(name, cfg, seed):
     torch.manual_seed(seed)
     hf = Qwen2Config(vocab_size=cfg["V"], hidden_size=cfg["C"], intermediate_size=cfg["I"],
@@ -135,6 +190,8 @@ def make(name, cfg, seed):
 
     if name == "qwen2_tied":
         greedy_fixture(model, os.path.join(OUT, name + "_greedy.json"), cfg["V"], seed)
+    else:
+        policy_fixture(model, cfg, os.path.join(OUT, name + "_policy.bin"), seed)
 
     B, T, V = cfg["B"], cfg["T"], cfg["V"]
     g = torch.Generator().manual_seed(seed + 1)
