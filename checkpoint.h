@@ -167,7 +167,7 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     int ok = 1;
     if (el == 4) ok = fread(ck->params, 4, ck->num_params, f) == ck->num_params;
     else {   // convert in chunks to keep the extra memory small
-        enum { CH = 1 << 16 };
+        const size_t CH = (size_t)1 << 16;
         uint16_t *buf = (uint16_t *)malloc(CH * sizeof(uint16_t));
         ok = buf != NULL;
         for (size_t i = 0; ok && i < ck->num_params; i += CH) {
@@ -218,7 +218,7 @@ static inline int ckpt__body(FILE *f, const void *user) {
     if (ck->dtype == CKPT_DTYPE_FP32) {
         if (fwrite(ck->params, 4, ck->num_params, f) != ck->num_params) return -1;
     } else {
-        enum { CH = 1 << 16 };
+        const size_t CH = (size_t)1 << 16;
         uint16_t *buf = (uint16_t *)malloc(CH * sizeof(uint16_t));
         if (!buf) return -1;
         for (size_t i = 0; i < ck->num_params; i += CH) {

@@ -4,6 +4,7 @@
 // Ends with "empo: N passed, N failed".
 #define TESTING
 #include "train_empo.c"
+#include <sys/wait.h>
 
 static int n_pass = 0, n_fail = 0;
 static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -382,6 +383,134 @@ static void test_policy_loss(void) {
     model_free(&m);
 }
 
+// ----------------------------------------------------------------------------
+// end to end on the starter model that ships in dev/default (byte tokenizer, plain template)
+
+#define STARTER DEMO_DIR "/starter.bin"
+
+// Runs a shell command, returns its exit status and (up to cap bytes of) its stdout+stderr.
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    char full[2048];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+
+// Evaluation gives the expected accuracy on a JSONL made for the test: the gold answers are the
+// model's own greedy answers for half of the problems and a wrong number for the others.
+static void test_eval_accuracy(void) {
+    Model m; char err[512];
+    if (model_load(&m, STARTER, err, sizeof err) != 0) { check(0, "%s", err); return; }
+    Tokenizer tok;
+    load_tokenizer(&tok, &m, STARTER);
+    ProblemSet ps;
+    problems_load(&ps, DEMO_DIR "/eval.jsonl");
+    enum { N = 8 };
+    const Problem *probs[N];
+    for (int i = 0; i < N; i++) probs[i] = &ps.items[i];
+    SamplerConfig greedy = {0.0f, 1.0f, 0, 48, 0, 1};
+    Rollouts r;
+    rollouts_sample(&r, &m, &tok, TEMPLATE_PLAIN, probs, N, 1, &greedy, 0);
+    const char *path = "/tmp/empo_test_eval.jsonl";
+    FILE *f = fopen(path, "w");
+    int expect = 0;
+    for (int i = 0; i < N; i++) {
+        const char *gold = (i % 2 == 0 && r.answer[i]) ? r.answer[i] : "987654";
+        expect += i % 2 == 0 && r.answer[i] != NULL;
+        fputs("{\"problem\": ", f); json_write_str(f, probs[i]->problem, strlen(probs[i]->problem));
+        fputs(", \"answer\": ", f); json_write_str(f, gold, strlen(gold)); fputs("}\n", f);
+    }
+    fclose(f);
+    ProblemSet test;
+    problems_load(&test, path);
+    const char *records = "/tmp/empo_test_eval_records.jsonl";
+    EvalResult e = evaluate(&m, &tok, TEMPLATE_PLAIN, &test, 48, 1, 1.0f, 1, 3, records, 0);
+    int lines = 0;
+    char *txt = read_whole_file(records, NULL);
+    for (char *c = txt; c && *c; c++) lines += *c == '\n';
+    check(e.n == N && fabsf(e.greedy - (float)expect / N) < 1e-6f && lines == N && txt && strstr(txt, "\"correct\": true"),
+          "eval on a made-up JSONL: greedy accuracy %.3f, expected %d/%d; %d records written", e.greedy, expect, N, lines);
+    free(txt);
+    rollouts_free(&r); problems_free(&ps); problems_free(&test); tokenizer_free(&tok); model_free(&m);
+    remove(path); remove(records);
+}
+
+// Killing a run and resuming it from its last checkpoint repeats the uninterrupted run bit for bit
+// (gradient norms of every step and the final weights), and the same seed gives the same run.
+static void test_resume(void) {
+    RunConfig rc;
+    run_config_defaults(&rc, 1);
+    rc.model_path = STARTER; rc.eval_path = NULL; rc.quiet = 1;
+    rc.prompts_per_step = 3; rc.G = 4; rc.max_new = 40; rc.steps = 4; rc.ckpt_every = 2; rc.tc.micro = 5; rc.tc.lr = 1e-3f;
+    float la[4], na[4], lb[4], nb[4];
+    rc.out_dir = "/tmp/empo_test_run_a";
+    run_training(&rc, la, na);
+    rc.out_dir = "/tmp/empo_test_run_b"; rc.steps = 2;   // "killed" after step 2's checkpoint
+    run_training(&rc, lb, nb);
+    rc.resume_dir = "/tmp/empo_test_run_b"; rc.steps = 4;
+    run_training(&rc, lb, nb);
+    int same = 1, nonzero = 0;
+    for (int i = 0; i < 4; i++) { same &= memcmp(&na[i], &nb[i], 4) == 0 && memcmp(&la[i], &lb[i], 4) == 0; nonzero += na[i] > 0; }
+    Checkpoint a, b; char err[512];
+    int ok = ckpt_load("/tmp/empo_test_run_a/model.bin", &a, err, sizeof err) == 0 && ckpt_load("/tmp/empo_test_run_b/model.bin", &b, err, sizeof err) == 0;
+    int wsame = ok && a.num_params == b.num_params && memcmp(a.params, b.params, a.num_params * 4) == 0;
+    if (ok) { ckpt_free(&a); ckpt_free(&b); }
+    check(same && wsame && nonzero >= 2, "EMPO run resumed after step 2 repeats the straight run bit for bit: grad norms %.4f %.4f %.4f %.4f, weights %s",
+          na[0], na[1], na[2], na[3], wsame ? "identical" : "DIFFER");
+    char buf[4096];
+    int rc1 = run_cmd("rm -rf /tmp/empo_test_run_a /tmp/empo_test_run_b", buf, sizeof buf);
+    (void)rc1;
+}
+
+// SFT learns: the masked response loss falls on a tiny new model (also exercises --init).
+static void test_sft(void) {
+    RunConfig rc;
+    run_config_defaults(&rc, 0);
+    rc.mode = MODE_SFT; rc.init_spec = "C=32,L=1,NH=2,NKV=1,I=64,T=128"; rc.data_path = DEMO_DIR "/sft.jsonl";
+    rc.eval_path = NULL; rc.quiet = 1; rc.prompts_per_step = 8; rc.steps = 30; rc.ckpt_every = 0; rc.tc.lr = 3e-3f;
+    rc.out_dir = "/tmp/empo_test_sft";
+    float loss[30];
+    run_training(&rc, loss, NULL);
+    check(loss[29] < 0.6f * loss[0], "SFT on a new tiny model: response loss %.3f -> %.3f in 30 steps", loss[0], loss[29]);
+    char buf[256];
+    run_cmd("rm -rf /tmp/empo_test_sft", buf, sizeof buf);
+}
+
+// The command line: bad input gives one clear error and a non-zero exit; --tokenize; --prompt.
+static void expect_cmd(const char *what, const char *cmd, int want_fail, const char *needle) {
+    char out[65536];
+    int st = run_cmd(cmd, out, sizeof out);
+    int ok = (want_fail ? st != 0 : st == 0) && strstr(out, needle) != NULL;
+    char *nl = strchr(out, '\n');
+    if (want_fail && nl) *nl = 0;
+    check(ok, "%s: exit %d, %s", what, st, want_fail ? out : needle);
+}
+static void test_cli(void) {
+    write_text("/tmp/empo_bad.jsonl", "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n{\"problem\": oops}\n\n{\"answer\": \"3\"}\n{\"problem\": \"What is 1/3 * 3/4?\", \"answer\": \"1/4\"}\n");
+    write_text("/tmp/empo_empty.jsonl", "");
+    expect_cmd("malformed JSONL lines are reported by line number and skipped", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 0, "empo_bad.jsonl:2: malformed JSON");
+    expect_cmd("a line without a problem is reported and skipped", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 0, "empo_bad.jsonl:4: no \"problem\"");
+    expect_cmd("an empty data file", "./train_empo --eval /tmp/empo_empty.jsonl -o /tmp/empo_cli", 1, "no usable");
+    expect_cmd("a missing data file", "./train_empo -m " STARTER " -d /tmp/empo_nope.jsonl -o /tmp/empo_cli", 1, "cannot read /tmp/empo_nope.jsonl");
+    char cmd[1024], longp[400];
+    memset(longp, 'x', sizeof longp - 1); longp[sizeof longp - 1] = 0;
+    snprintf(cmd, sizeof cmd, "./train_empo --prompt '%s'", longp);
+    expect_cmd("a prompt longer than the context", cmd, 1, "beyond the model's context");
+    expect_cmd("a missing checkpoint", "./train_empo -m /tmp/empo_nope.bin --eval /tmp/empo_bad.jsonl", 1, "/tmp/empo_nope.bin");
+    expect_cmd("an unknown flag", "./train_empo --frobnicate 3", 1, "unknown flag --frobnicate");
+    expect_cmd("a bad number", "./train_empo -T hot", 1, "flag -T: 'hot'");
+    expect_cmd("--tokenize (special tokens recognised)", "printf '<|im_start|>hi' | ./train_empo -m " STARTER " --tokenize", 0, "257 104 105\n");
+    expect_cmd("--prompt shows answers, clusters, entropy and rewards", "./train_empo --prompt 'What is 1/2 + 1/4?' -G 6", 0, "semantic entropy H =");
+    expect_cmd("-h documents the flags", "./train_empo -h", 0, "--eval FILE");
+    char buf[256];
+    run_cmd("rm -rf /tmp/empo_cli /tmp/empo_bad.jsonl /tmp/empo_empty.jsonl", buf, sizeof buf);
+}
+
 int main(void) {
     test_fixture("qwen2_tied");
     test_fixture("qwen2_untied");
@@ -391,6 +520,10 @@ int main(void) {
     test_sampling();
     test_logprobs();
     test_policy_loss();
+    test_eval_accuracy();
+    test_resume();
+    test_sft();
+    test_cli();
     printf("empo: %d passed, %d failed\n", n_pass, n_fail);
     return n_fail ? 1 : 0;
 }

@@ -121,13 +121,21 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                 for (int p = 0; p < np; p++) {
                     float *dst = Bp + (size_t)p * kc * GEMM_NR;
                     int n0 = jc + p * GEMM_NR, nn = N - n0 < GEMM_NR ? N - n0 : GEMM_NR;
-                    for (int k = 0; k < kc; k++) {
-                        const float *src = B + (long)(pc + k) * rsb + (long)n0 * csb;
-                        int j = 0;
-                        if (csb == 1) for (; j < nn; j++) dst[j] = src[j];
-                        else for (; j < nn; j++) dst[j] = src[(long)j * csb];
-                        for (; j < GEMM_NR; j++) dst[j] = 0.0f;
-                        dst += GEMM_NR;
+                    if (rsb == 1) {   // B^T is row-major (a weight matrix): read each of its rows contiguously
+                        for (int j = 0; j < GEMM_NR; j++) {
+                            const float *src = B + pc + (long)(n0 + j) * csb;
+                            if (j < nn) for (int k = 0; k < kc; k++) dst[k * GEMM_NR + j] = src[k];
+                            else for (int k = 0; k < kc; k++) dst[k * GEMM_NR + j] = 0.0f;
+                        }
+                    } else {
+                        for (int k = 0; k < kc; k++) {
+                            const float *src = B + (long)(pc + k) * rsb + (long)n0 * csb;
+                            int j = 0;
+                            if (csb == 1) for (; j < nn; j++) dst[j] = src[j];
+                            else for (; j < nn; j++) dst[j] = src[(long)j * csb];
+                            for (; j < GEMM_NR; j++) dst[j] = 0.0f;
+                            dst += GEMM_NR;
+                        }
                     }
                 }   // implicit barrier: Bp is ready for everyone
                 #pragma omp for schedule(static, 1)
@@ -161,9 +169,39 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
     free(Bp);
 }
 
+// Few rows (decoding a handful of sequences): the time is all in streaming the weights once, so
+// skip GEMM's packing and take 4 weight rows at a time, each dotted with every input row while it
+// sits in L1. out (M, OC) = inp (M, C) @ weight^T (OC, C).
+static void matmul_few_rows(float *out, const float *inp, const float *weight, int M, int C, int OC) {
+    #pragma omp parallel for schedule(static)
+    for (int o = 0; o < OC; o += 4) {
+        int no = OC - o < 4 ? OC - o : 4;
+        const float *w[4];
+        for (int r = 0; r < 4; r++) w[r] = weight + (size_t)(o + (r < no ? r : 0)) * C;
+        for (int m = 0; m < M; m++) {
+            const float *x = inp + (size_t)m * C;
+            gemm_v8 acc[4];
+            memset(acc, 0, sizeof acc);
+            int k = 0;
+            for (; k + 8 <= C; k += 8) {
+                gemm_v8 xv, wv;
+                memcpy(&xv, x + k, 32);
+                for (int r = 0; r < 4; r++) { memcpy(&wv, w[r] + k, 32); acc[r] += xv * wv; }
+            }
+            for (int r = 0; r < no; r++) {
+                float s = 0.0f;
+                for (int j = 0; j < 8; j++) s += acc[r][j];
+                for (int kk = k; kk < C; kk++) s += x[kk] * w[r][kk];
+                out[(size_t)m * OC + o + r] = s;
+            }
+        }
+    }
+}
+
 // out (M, OC) = inp (M, C) @ weight^T (OC, C) + bias (OC)
 static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int M, int C, int OC) {
-    sgemm(M, OC, C, inp, C, 1, weight, 1, C, out, OC, 0);
+    if (M < 8) matmul_few_rows(out, inp, weight, M, C, OC);
+    else sgemm(M, OC, C, inp, C, 1, weight, 1, C, out, OC, 0);
     if (bias) {
         #pragma omp parallel for
         for (int m = 0; m < M; m++)
@@ -208,6 +246,7 @@ static void rmsnorm_forward(float *out, float *rstd, const float *x, const float
     for (int n = 0; n < N; n++) {
         const float *xn = x + (size_t)n * C;
         float ss = 0.0f;
+        #pragma omp simd reduction(+:ss)
         for (int c = 0; c < C; c++) ss += xn[c] * xn[c];
         float r = 1.0f / sqrtf(ss / C + eps);
         rstd[n] = r;
@@ -222,6 +261,7 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dout, const floa
     for (int n = 0; n < N; n++) {
         const float *xn = x + (size_t)n * C, *g = dout + (size_t)n * C;
         float r = rstd[n], dot = 0.0f;
+        #pragma omp simd reduction(+:dot)
         for (int c = 0; c < C; c++) dot += w[c] * g[c] * xn[c] * r;
         dot /= C;
         float *d = dx + (size_t)n * C;
@@ -285,6 +325,7 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
                 for (int t2 = 0; t2 <= t; t2++) {
                     const float *k = qkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + hk) * HD;
                     float s = 0.0f;
+                    #pragma omp simd reduction(+:s)
                     for (int d = 0; d < HD; d++) s += q[d] * k[d];
                     s *= scale;
                     a[t2] = s;
@@ -328,6 +369,7 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                             const float *v = qkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + NKV + hk) * HD;
                             float *dv = dqkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + NKV + hk) * HD;
                             float s = 0.0f;
+                            #pragma omp simd reduction(+:s)
                             for (int d = 0; d < HD; d++) { s += g[d] * v[d]; dv[d] += a[t2] * g[d]; }
                             datt[t2] = s;
                             dot += s * a[t2];
@@ -701,11 +743,22 @@ static void model_backward(Model *m) {
     embedding_backward(g->wte, s->dresidual, m->inputs, N, C);
 }
 
-// Global L2 norm of all gradients.
+// Global L2 norm of all gradients. Summed in fixed chunks, then in order, so that the result does
+// not depend on the thread count or schedule (resumed runs must repeat bit for bit).
 static float model_grad_norm(const Model *m) {
+    enum { CHUNK = 1 << 16 };
+    size_t n = m->num_parameters, nchunks = (n + CHUNK - 1) / CHUNK;
+    double *part = (double *)xcalloc(nchunks, sizeof(double));
+    #pragma omp parallel for schedule(static)
+    for (size_t c = 0; c < nchunks; c++) {
+        double s = 0.0;
+        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
+        for (size_t i = c * CHUNK; i < end; i++) s += (double)m->grads_memory[i] * m->grads_memory[i];
+        part[c] = s;
+    }
     double ss = 0.0;
-    #pragma omp parallel for reduction(+:ss)
-    for (size_t i = 0; i < m->num_parameters; i++) ss += (double)m->grads_memory[i] * m->grads_memory[i];
+    for (size_t c = 0; c < nchunks; c++) ss += part[c];
+    free(part);
     return (float)sqrt(ss);
 }
 
@@ -812,6 +865,7 @@ static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, 
                 for (int p = 0; p < P; p++) {
                     const float *k = K + (size_t)p * kvd;
                     float s = 0.0f;
+                    #pragma omp simd reduction(+:s)
                     for (int d = 0; d < HD; d++) s += q[d] * k[d];
                     s *= scale;
                     sc[p] = s;
@@ -1624,8 +1678,8 @@ static void log_eval(FILE *logf, int step, const EvalResult *e, int G) {
 }
 
 // EMPO (or -r grpo / ttrl) training, or SFT when rc->mode == MODE_SFT. Returns the number of steps
-// run; losses[step-1] gets each step's loss when losses is not NULL.
-static int run_training(const RunConfig *rc, float *losses) {
+// run; losses[step-1] and norms[step-1] get each step's loss and gradient norm when not NULL.
+static int run_training(const RunConfig *rc, float *losses, float *norms) {
     Model m, ref;
     load_model_or_die(&m, rc);
     Tokenizer tok;
@@ -1744,6 +1798,7 @@ static int run_training(const RunConfig *rc, float *losses) {
         fflush(logfile);
         fflush(stdout);
         if (losses) losses[step - 1] = loss;
+        if (norms) norms[step - 1] = norm;
         if (rc->eval_path && rc->eval_every > 0 && (step % rc->eval_every == 0 || step == rc->steps)) {
             EvalResult e = evaluate(&m, &tok, template_id, &evalset, rc->eval_max_new, rc->eval_G, rc->eval_temperature, rc->seed, rc->eval_batch, eval_out, !rc->quiet);
             log_eval(logfile, step, &e, rc->eval_G);
@@ -1843,11 +1898,25 @@ static void run_tokenize(const RunConfig *rc) {
     free(ids); free(buf); tokenizer_free(&tok); model_free(&m);
 }
 
+// The paper's settings for real models (demo = 0); small ones for the embedded default run.
+#define DEMO_DIR "dev/default"
+static void run_config_defaults(RunConfig *rc, int demo) {
+    memset(rc, 0, sizeof *rc);
+    rc->mode = MODE_TRAIN; rc->reward = REWARD_EMPO; rc->out_dir = "out"; rc->template_id = -1; rc->seed = 1337;
+    rc->G = demo ? 8 : 7; rc->prompts_per_step = demo ? 16 : 112; rc->steps = demo ? 60 : 178;
+    rc->temperature = demo ? 1.0f : 0.9f; rc->top_p = 1.0f; rc->max_new = demo ? 48 : 2048; rc->ent_hi = -1.0f;
+    rc->eval_every = 10; rc->ckpt_every = 10; rc->eval_G = -1; rc->eval_temperature = -1.0f;
+    rc->eval_max_new = demo ? 48 : 3000; rc->eval_batch = demo ? 64 : 16; rc->save_dtype = CKPT_DTYPE_FP32;
+    rc->tc.lr = demo ? 2e-4f : 1e-6f; rc->tc.beta1 = 0.9f; rc->tc.beta2 = 0.999f; rc->tc.eps = 1e-8f; rc->tc.grad_clip = 1.0f;
+    rc->tc.micro = demo ? 32 : 8;
+    rc->model_path = DEMO_DIR "/starter.bin";
+    rc->data_path = demo ? DEMO_DIR "/train.jsonl" : NULL;
+    rc->eval_path = demo ? DEMO_DIR "/eval.jsonl" : NULL;
+}
+
 // ----------------------------------------------------------------------------
 // 12. main
 #ifndef TESTING
-
-#define DEMO_DIR "dev/default"
 
 static void usage(void) {
     printf(
@@ -1921,20 +1990,9 @@ static float arg_float(const char *flag, const char *v, float lo, float hi) {
 
 int main(int argc, char **argv) {
     RunConfig rc;
-    memset(&rc, 0, sizeof rc);
     int demo = 1;
     for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "-m") || !strcmp(argv[i], "--init") || !strcmp(argv[i], "--resume")) demo = 0;
-    // the paper's settings for real models; small ones for the embedded default
-    rc.mode = MODE_TRAIN; rc.reward = REWARD_EMPO; rc.out_dir = "out"; rc.template_id = -1; rc.seed = 1337;
-    rc.G = demo ? 8 : 7; rc.prompts_per_step = demo ? 16 : 112; rc.steps = demo ? 60 : 178;
-    rc.temperature = demo ? 1.0f : 0.9f; rc.top_p = 1.0f; rc.max_new = demo ? 48 : 2048; rc.ent_hi = -1.0f;
-    rc.eval_every = 10; rc.ckpt_every = 10; rc.eval_G = -1; rc.eval_temperature = -1.0f;
-    rc.eval_max_new = demo ? 48 : 3000; rc.eval_batch = demo ? 64 : 16; rc.save_dtype = CKPT_DTYPE_FP32;
-    rc.tc.lr = demo ? 2e-4f : 1e-6f; rc.tc.beta1 = 0.9f; rc.tc.beta2 = 0.999f; rc.tc.eps = 1e-8f; rc.tc.grad_clip = 1.0f;
-    rc.tc.micro = demo ? 32 : 8;
-    rc.model_path = DEMO_DIR "/starter.bin";
-    rc.data_path = demo ? DEMO_DIR "/train.jsonl" : NULL;
-    rc.eval_path = demo ? DEMO_DIR "/eval.jsonl" : NULL;
+    run_config_defaults(&rc, demo);
     int G_set = 0;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
@@ -2000,7 +2058,7 @@ int main(int argc, char **argv) {
         if (!rc.data_path) FATAL("training needs prompts: -d FILE.jsonl (see -h)");
         if (demo && rc.mode == MODE_TRAIN)
             printf("embedded default: EMPO on %s with %s (no labels used for training), eval on %s\n", rc.data_path, rc.model_path, rc.eval_path);
-        run_training(&rc, NULL);
+        run_training(&rc, NULL, NULL);
     }
     return 0;
 }

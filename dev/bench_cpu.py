@@ -1,7 +1,10 @@
 """
-CPU benchmark, side by side in one run: train_empo.c vs PyTorch eager (transformers' Qwen2ForCausalLM)
-on the same config and thread count. One training step = forward + backward + AdamW, fp32.
-Reports the best of N iterations for each and the ratio. Run: make bench
+CPU benchmarks, side by side in one run: train_empo.c vs PyTorch eager (transformers' Qwen2ForCausalLM)
+on the same mid-size config and thread count, fp32.
+  train: one training step = forward + backward + AdamW (B=4, T=256)
+  decode: greedy generation with a KV cache, 32-token prompts, 64 new tokens, at batch 1 and 56
+          (8 prompts x G=7), against transformers' generate()
+Reports the best of N iterations for each and the ratios. Run: make bench
 """
 import json
 import os
@@ -21,14 +24,44 @@ def bench_ours(threads):
     return json.loads(out)
 
 
-def bench_torch(threads):
-    import torch
+GEN = dict(P=32, N=64)
+
+
+def bench_ours_gen(threads, batch):
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+    args = [os.path.join(ROOT, "bench_cpu"), "gen"] + [str(CFG[k]) for k in "V C L NH NKV I".split()]
+    args += [str(batch), str(GEN["P"]), str(GEN["N"]), "2"]
+    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def torch_model():
     from transformers import Qwen2Config, Qwen2ForCausalLM
-    torch.set_num_threads(threads)
     cfg = Qwen2Config(vocab_size=CFG["V"], hidden_size=CFG["C"], intermediate_size=CFG["I"], num_hidden_layers=CFG["L"],
                       num_attention_heads=CFG["NH"], num_key_value_heads=CFG["NKV"], max_position_embeddings=4096,
-                      tie_word_embeddings=False, use_cache=False, attn_implementation="sdpa")
-    model = Qwen2ForCausalLM(cfg).float()
+                      tie_word_embeddings=False, attn_implementation="sdpa")
+    return Qwen2ForCausalLM(cfg).float()
+
+
+def bench_torch_gen(threads, batch):
+    import torch
+    torch.set_num_threads(threads)
+    model = torch_model().eval()
+    x = torch.randint(0, CFG["V"], (batch, GEN["P"]))
+    best = 1e30
+    with torch.no_grad():
+        for _ in range(2):
+            t0 = time.perf_counter()
+            model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=GEN["N"],
+                           min_new_tokens=GEN["N"], pad_token_id=0, eos_token_id=None)
+            best = min(best, time.perf_counter() - t0)
+    return dict(time_s=best, tok_s=batch * GEN["N"] / best)
+
+
+def bench_torch(threads):
+    import torch
+    torch.set_num_threads(threads)
+    model = torch_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     x = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
     y = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
@@ -62,3 +95,8 @@ if __name__ == "__main__":
         sys.exit(0)
     print(f"PyTorch: {ref['params']} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ref['step_s']*1e3:8.1f} ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
     print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward {ref['fwd_s']/ours['fwd_s']:.2f}x")
+    print(f"decode: {GEN['P']}-token prompts, {GEN['N']} new tokens, greedy, KV cache")
+    for batch in (1, 56):
+        o = bench_ours_gen(threads, batch)
+        r = bench_torch_gen(threads, batch)
+        print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s | HF generate {r['tok_s']:8.1f} tok/s | ratio {r['time_s']/o['time_s']:.2f}x")

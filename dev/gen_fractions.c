@@ -19,7 +19,6 @@ static uint32_t rnd(uint32_t n) {   // xorshift64*, uniform in [0, n)
     return (uint32_t)((rng_state * 0x2545F4914F6CDD1Dull) >> 33) % n;
 }
 static int gcd(int a, int b) { if (a < 0) a = -a; if (b < 0) b = -b; while (b) { int t = a % b; a = b; b = t; } return a; }
-static int lcm(int a, int b) { return a / gcd(a, b) * b; }
 
 // n/d in lowest terms as a/b, b > 0
 static void reduce(int n, int d, int *a, int *b) { int g = gcd(n, d); if (g == 0) g = 1; *a = n / g; *b = d / g; if (*b < 0) { *a = -*a; *b = -*b; } }
@@ -51,29 +50,38 @@ static void format_answer(char *out, size_t cap, int a, int b, int style) {
 typedef struct { int a, b, c, d, op; } Task;   // a/b op c/d, op 0 '+', 1 '-', 2 '*'
 static const char OPS[3] = {'+', '-', '*'};
 
-// The worked solution and the answer (in the canonical a/b form, for the gold field).
-static void solve(const Task *t, char *sol, size_t cap, char *gold, size_t gcap, int style) {
+// The worked solution and the answer (in the canonical a/b form, for the gold field). The common
+// denominator is simply b*d (no lcm to know); the result is reduced only half of the time, since an
+// unreduced fraction is the same answer: 22/24, 11/12, \frac{11}{12} all land in one cluster.
+static void solve(const Task *t, char *sol, size_t cap, char *gold, size_t gcap, int style, int reduce_it) {
     int num, den;
     char work[160];
     if (t->op == 2) {
         num = t->a * t->c; den = t->b * t->d;
         snprintf(work, sizeof work, "%d/%d * %d/%d = %d/%d", t->a, t->b, t->c, t->d, num, den);
+    } else if (t->b == t->d) {
+        num = t->op == 0 ? t->a + t->c : t->a - t->c; den = t->b;
+        snprintf(work, sizeof work, "%d/%d %c %d/%d = %d/%d", t->a, t->b, OPS[t->op], t->c, t->d, num, den);
     } else {
-        int L = lcm(t->b, t->d), x = t->a * (L / t->b), y = t->c * (L / t->d);
-        num = t->op == 0 ? x + y : x - y; den = L;
-        if (L == t->b && L == t->d) snprintf(work, sizeof work, "%d/%d %c %d/%d = %d/%d", t->a, t->b, OPS[t->op], t->c, t->d, num, den);
-        else snprintf(work, sizeof work, "%d/%d %c %d/%d = %d/%d %c %d/%d = %d/%d", t->a, t->b, OPS[t->op], t->c, t->d, x, L,
-                      OPS[t->op], y, L, num, den);
+        int x = t->a * t->d, y = t->c * t->b;
+        num = t->op == 0 ? x + y : x - y; den = t->b * t->d;
+        snprintf(work, sizeof work, "%d/%d %c %d/%d = %d/%d %c %d/%d = %d/%d", t->a, t->b, OPS[t->op], t->c, t->d, x, den,
+                 OPS[t->op], y, den, num, den);
     }
     int a, b;
     reduce(num, den, &a, &b);
-    if (a != num || b != den) {
-        size_t n = strlen(work);
-        if (b == 1) snprintf(work + n, sizeof work - n, " = %d", a);
-        else snprintf(work + n, sizeof work - n, " = %d/%d", a, b);
-    }
     char ans[64];
-    format_answer(ans, sizeof ans, a, b, style);
+    if (reduce_it || num == 0 || den == 1) {
+        if (a != num || b != den) {
+            size_t n = strlen(work);
+            if (b == 1) snprintf(work + n, sizeof work - n, " = %d", a);
+            else snprintf(work + n, sizeof work - n, " = %d/%d", a, b);
+        }
+        format_answer(ans, sizeof ans, a, b, style);
+    } else if (style == 1) {   // unreduced, as a \frac
+        if (num < 0) snprintf(ans, sizeof ans, "-\\frac{%d}{%d}", -num, den);
+        else snprintf(ans, sizeof ans, "\\frac{%d}{%d}", num, den);
+    } else snprintf(ans, sizeof ans, "%d/%d", num, den);
     snprintf(sol, cap, "%s, so \\boxed{%s}.", work, ans);
     format_answer(gold, gcap, a, b, 0);
 }
@@ -110,7 +118,7 @@ int main(int argc, char **argv) {
         for (int i = 0; i < count; i++) {
             const Task *t = file == 0 ? &all[i] : &all[n_eval + (int)rnd((uint32_t)(n - n_eval))];
             snprintf(prob, sizeof prob, "What is %d/%d %c %d/%d?", t->a, t->b, OPS[t->op], t->c, t->d);
-            solve(t, sol, sizeof sol, gold, sizeof gold, (int)rnd(3));
+            solve(t, sol, sizeof sol, gold, sizeof gold, (int)rnd(3), (int)rnd(2));
             fputs("{\"problem\": ", f); json_str(f, prob);
             if (file == 1) { fputs(", \"solution\": ", f); json_str(f, sol); }
             fputs(", \"answer\": ", f); json_str(f, gold);
