@@ -185,3 +185,15 @@ dev-cuda: $(DEV_CUDA)
 clean: clean_cuda
 clean_cuda:
 	rm -f $(CUDA_TARGETS) $(DEV_CUDA)
+
+# emu-cuda: train_empo.cu's kernels and the whole of test_empo_cu, run on the CPU by a small CUDA
+# emulator in fp32 (dev/cuda/emulate.py, dev/cuda/emu_test.cpp). No GPU and no nvcc needed: it
+# checks indexing, masking, synchronization and the model's wiring against the PyTorch fixtures.
+# About a minute on 1 core.
+CXX ?= g++
+.PHONY: emu-cuda
+dev/cache/emu_cuda: dev/cuda/emu_test.cpp dev/cuda/emulate.py train_empo.cu test_empo_cu.cu $(HEADERS)
+	$(PYTHON) dev/cuda/emulate.py
+	$(CXX) -std=c++20 -O2 -DNORM_BLOCKS=32 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-parameter $< -o $@
+emu-cuda: dev/cache/emu_cuda
+	./dev/cache/emu_cuda

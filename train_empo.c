@@ -1664,6 +1664,10 @@ static void load_model_or_die(Model *m, const RunConfig *rc) {
     else snprintf(path, sizeof path, "%s", rc->model_path);
     if (model_load(m, path, err, sizeof err) != 0) FATAL("%s", err);
 }
+static void load_model_and_tokenizer(Model *m, Tokenizer *tok, const RunConfig *rc) {
+    load_model_or_die(m, rc);
+    load_tokenizer(tok, m, rc->model_path);
+}
 static int pick_template(const RunConfig *rc, const Tokenizer *tok) {
     return rc->template_id >= 0 ? rc->template_id : tok->n_vocab > 1000 ? TEMPLATE_QWEN_MATH_COT : TEMPLATE_PLAIN;
 }
@@ -1681,9 +1685,8 @@ static void log_eval(FILE *logf, int step, const EvalResult *e, int G) {
 // run; losses[step-1] and norms[step-1] get each step's loss and gradient norm when not NULL.
 static int run_training(const RunConfig *rc, float *losses, float *norms) {
     Model m, ref;
-    load_model_or_die(&m, rc);
     Tokenizer tok;
-    load_tokenizer(&tok, &m, rc->model_path);
+    load_model_and_tokenizer(&m, &tok, rc);
     int template_id = pick_template(rc, &tok);
     int sft = rc->mode == MODE_SFT;
     ProblemSet data, evalset;
@@ -1828,9 +1831,8 @@ static int run_training(const RunConfig *rc, float *losses, float *norms) {
 // Evaluation mode: the paper's protocol (greedy pass@1), optionally with G samples.
 static void run_eval(const RunConfig *rc) {
     Model m;
-    load_model_or_die(&m, rc);
     Tokenizer tok;
-    load_tokenizer(&tok, &m, rc->model_path);
+    load_model_and_tokenizer(&m, &tok, rc);
     ProblemSet ps;
     problems_load(&ps, rc->eval_path);
     if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s", rc->out_dir);
@@ -1851,9 +1853,8 @@ static void run_eval(const RunConfig *rc) {
 // One question made visible: G responses, their answers, the clusters, the entropy, the rewards.
 static void run_prompt(const RunConfig *rc) {
     Model m;
-    load_model_or_die(&m, rc);
     Tokenizer tok;
-    load_tokenizer(&tok, &m, rc->model_path);
+    load_model_and_tokenizer(&m, &tok, rc);
     Problem p = {(char *)rc->prompt_text, NULL, NULL};
     const Problem *pp = &p;
     SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, rc->seed};
@@ -1881,9 +1882,8 @@ static void run_prompt(const RunConfig *rc) {
 
 static void run_tokenize(const RunConfig *rc) {
     Model m;
-    load_model_or_die(&m, rc);
     Tokenizer tok;
-    load_tokenizer(&tok, &m, rc->model_path);
+    load_model_and_tokenizer(&m, &tok, rc);
     size_t cap = 1 << 16, n = 0, r;
     char *buf = (char *)xmalloc(cap);
     while ((r = fread(buf + n, 1, cap - n, stdin)) > 0) {

@@ -4,6 +4,8 @@ on the same mid-size config and thread count, fp32.
   train: one training step = forward + backward + AdamW (B=4, T=256)
   decode: greedy generation with a KV cache, 32-token prompts, 64 new tokens, at batch 1 and 56
           (8 prompts x G=7), against transformers' generate()
+  empo:   one EMPO step (8 prompts x G=7, 64-token prompts, 64 new tokens forced, random model):
+          the generate / score / train split (empo.c only)
 Reports the best of N iterations for each and the ratios. Run: make bench
 """
 import json
@@ -95,6 +97,11 @@ if __name__ == "__main__":
         sys.exit(0)
     print(f"PyTorch: {ref['params']} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ref['step_s']*1e3:8.1f} ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
     print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward {ref['fwd_s']/ours['fwd_s']:.2f}x")
+    args = [os.path.join(ROOT, "bench_cpu"), "empo"] + [str(CFG[k]) for k in "V C L NH NKV I".split()] + ["8", "7", "64", "64"]
+    e = json.loads(subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True,
+                                  capture_output=True, text=True).stdout)
+    print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score {e['score_s']*1e3:.1f} ms"
+          f" + train {e['train_s']:.2f} s ({1/e['step_s']:.3f} steps/s)")
     print(f"decode: {GEN['P']}-token prompts, {GEN['N']} new tokens, greedy, KV cache")
     for batch in (1, 56):
         o = bench_ours_gen(threads, batch)

@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Benchmark: math_answers_equal (C) vs math_verify.verify (Python) on the same fixture pairs.
+
+Usage: python dev/bench_math.py ./dev/cache/bench_math [--pairs 1000]
+The C figure is parse-both-strings-and-compare per call (math_answers_equal); the Python figure is
+verify(parse(a), parse(b)) per call, the same work. Python verify on pre-parsed answers is shown too.
+Both run on one thread of this machine, in this one run.
+"""
+import argparse, json, logging, os, subprocess, sys, time
+
+logging.disable(logging.CRITICAL)
+from math_verify import parse, verify  # noqa: E402
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("c_bench")
+    ap.add_argument("--pairs", type=int, default=1000)
+    ap.add_argument("--fixture", default=os.path.join(ROOT, "dev", "fixtures", "math_agreement.jsonl"))
+    args = ap.parse_args()
+    pairs = []
+    with open(args.fixture, encoding="utf-8") as f:
+        for line in f:
+            if len(pairs) >= args.pairs:
+                break
+            r = json.loads(line)
+            pairs.append((r["a"], r["b"]))
+    out = subprocess.run([args.c_bench, args.fixture, str(len(pairs))], capture_output=True, text=True, check=True).stdout
+    vals = dict(l.split()[0:2] for l in out.splitlines() if l.strip())
+    c_rate, c_parsed = float(vals["c_calls_per_s"]), float(vals["c_parsed_calls_per_s"])
+
+    t0 = time.perf_counter()
+    for a, b in pairs:
+        verify(parse("\\boxed{" + a + "}"), parse("\\boxed{" + b + "}"))
+    py_rate = len(pairs) / (time.perf_counter() - t0)
+    parsed = [(parse("\\boxed{" + a + "}"), parse("\\boxed{" + b + "}")) for a, b in pairs]
+    t0 = time.perf_counter()
+    for pa, pb in parsed:
+        verify(pa, pb)
+    py_verify = len(pairs) / (time.perf_counter() - t0)
+
+    print("pairs: %d (first of %s)" % (len(pairs), os.path.relpath(args.fixture, ROOT)))
+    print("C      math_answers_equal (parse + compare): %12.0f calls/s" % c_rate)
+    print("Python verify(parse(a), parse(b)):           %12.1f calls/s" % py_rate)
+    print("ratio (same work):                           %12.0fx" % (c_rate / py_rate))
+    print("C      math_parsed_equal (pre-parsed):       %12.0f calls/s" % c_parsed)
+    print("Python verify only (pre-parsed):             %12.1f calls/s" % py_verify)
+    print("ratio (pre-parsed):                          %12.0fx" % (c_parsed / py_verify))
+
+
+if __name__ == "__main__":
+    main()
