@@ -63,7 +63,7 @@ default-data: gen_fractions
 
 # The starter: a new 0.8M-parameter Qwen2 with the byte tokenizer, SFT on worked solutions, stopped
 # early on purpose (its maj@8 is clearly above its greedy accuracy: the gap EMPO converts).
-STARTER_STEPS ?= 450
+STARTER_STEPS ?= 600
 starter: train_empo
 	./train_empo --init C=128,L=4,NH=4,NKV=2,I=384,T=128 --sft dev/default/sft.jsonl -B 32 -x $(STARTER_STEPS) \
 	  -l 1e-3 -E 0 -C 0 -S bf16 -s 1 -o out/starter
@@ -187,13 +187,43 @@ clean_cuda:
 	rm -f $(CUDA_TARGETS) $(DEV_CUDA)
 
 # emu-cuda: train_empo.cu's kernels and the whole of test_empo_cu, run on the CPU by a small CUDA
-# emulator in fp32 (dev/cuda/emulate.py, dev/cuda/emu_test.cpp). No GPU and no nvcc needed: it
-# checks indexing, masking, synchronization and the model's wiring against the PyTorch fixtures.
-# About a minute on 1 core.
+# emulator (dev/cuda/emulate.py, dev/cuda/emu_test.cpp), in the fp32 build and in the bf16 build
+# (software bf16). No GPU and no nvcc needed: it checks indexing, masking, synchronization and the
+# model's wiring against the PyTorch fixtures. About 4 minutes on one core.
 CXX ?= g++
+EMU_FLAGS = -std=c++20 -O2 -DNORM_BLOCKS=32 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-parameter
 .PHONY: emu-cuda
-dev/cache/emu_cuda: dev/cuda/emu_test.cpp dev/cuda/emulate.py train_empo.cu test_empo_cu.cu $(HEADERS)
+dev/cache/emu_model.inc: dev/cuda/emulate.py train_empo.cu test_empo_cu.cu
 	$(PYTHON) dev/cuda/emulate.py
-	$(CXX) -std=c++20 -O2 -DNORM_BLOCKS=32 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function -Wno-unused-parameter $< -o $@
-emu-cuda: dev/cache/emu_cuda
-	./dev/cache/emu_cuda
+dev/cache/emu_cuda: dev/cuda/emu_test.cpp dev/cache/emu_model.inc $(HEADERS)
+	$(CXX) $(EMU_FLAGS) $< -o $@
+dev/cache/emu_cuda_bf16: dev/cuda/emu_test.cpp dev/cache/emu_model.inc $(HEADERS)
+	$(CXX) $(EMU_FLAGS) -DEMU_BF16 $< -o $@
+emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16
+	./dev/cache/emu_cuda && ./dev/cache/emu_cuda_bf16
+
+# --- free-form / verifier (issue 9) ---
+# test_freeform: extraction, guards, stub-judge clustering, the batched verifier vs transformers,
+# multiple choice, and --task freeform end to end on dev/freeform. fixtures_freeform remakes the
+# verifier fixture (torch + transformers) and the tiny task (standard library only).
+# bench_verifier: judged pairs/s at the 1.5B verifier shape, random weights (~6 GB of RAM).
+TESTS += test_freeform
+test: test_freeform   # `test: $(TESTS)` above was expanded before this line
+.PHONY: fixtures_freeform bench_verifier_run
+
+test_freeform: test_freeform.c train_empo.c $(HEADERS) | train_empo
+	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
+fixtures_freeform:
+	$(PYTHON) dev/make_verifier_fixture.py
+	python3 dev/gen_freeform.py
+
+bench_verifier: dev/bench_verifier.c train_empo.c $(HEADERS)
+	$(CC) $(CFLAGS) -I. $< $(LDLIBS) -o $@
+
+bench_verifier_run: bench_verifier
+	OMP_NUM_THREADS=$${OMP_NUM_THREADS:-2} ./bench_verifier
+
+clean: clean_freeform
+clean_freeform:
+	rm -f bench_verifier

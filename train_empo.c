@@ -1124,6 +1124,11 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
 
 #include "tokenizer.h"
 #include "semantic_cluster.h"
+#include "freeform.h"
+
+// Set while --task freeform runs (section 11b): answers are then free-form text, extracted by
+// ff_extract_answer and clustered by its judge, and evaluate() hands over to freeform_evaluate.
+static FreeformScorer *freeform_active = NULL;
 
 typedef struct { char *problem, *answer, *solution; } Problem;
 typedef struct { Problem *items; int n, cap; const char *path; } ProblemSet;
@@ -1232,7 +1237,8 @@ static void rollouts_sample(Rollouts *r, Model *m, const Tokenizer *tok, int tem
     for (int j = 0; j < r->n; j++) {
         char *text = decode_response(m, tok, &r->gen, j);
         char buf[ANSWER_CAP];
-        if (math_extract_answer(text, buf, sizeof buf)) r->answer[j] = xstrdup(buf);
+        int found = freeform_active ? ff_extract_answer(text, buf, sizeof buf) : math_extract_answer(text, buf, sizeof buf);
+        if (found) r->answer[j] = xstrdup(buf);
         free(text);
     }
     r->reward = (float *)xcalloc((size_t)r->n, sizeof(float));
@@ -1250,10 +1256,21 @@ static void rollouts_sample(Rollouts *r, Model *m, const Tokenizer *tok, int tem
 // is no consensus to learn from.
 static void rollouts_score(Rollouts *r, const Problem *const *probs, int reward, float ent_lo, float ent_hi) {
     int G = r->G;
+    if (freeform_active) {   // --task freeform: every group's pairs in one batched judge call, guarded rewards (freeform.h)
+        const char **qs = (const char **)xmalloc((size_t)r->n_prompts * sizeof(char *));
+        for (int p = 0; p < r->n_prompts; p++) qs[p] = probs[p]->problem;
+        long n_pairs = 0;
+        double t0 = now_seconds();
+        if (freeform_cluster_batch((const char *const *)r->answer, qs, r->n_prompts, G, freeform_active->judge, freeform_active->ctx,
+                                   &freeform_active->cfg, r->group, NULL, &n_pairs) != 0) FATAL("the equivalence judge failed");
+        freeform_active->seconds += now_seconds() - t0;
+        freeform_active->n_pairs += n_pairs;
+        free(qs);
+    }
     #pragma omp parallel for schedule(dynamic, 1)
     for (int p = 0; p < r->n_prompts; p++) {
         SemanticGroup *g = &r->group[p];
-        semantic_cluster((const char *const *)(r->answer + (size_t)p * G), G, g);
+        if (!freeform_active) semantic_cluster((const char *const *)(r->answer + (size_t)p * G), G, g);
         float *rw = r->reward + (size_t)p * G;
         for (int i = 0; i < G; i++) {
             const char *a = r->answer[p * G + i];
@@ -1386,8 +1403,11 @@ typedef struct { float greedy, maj, pass, entropy, mean_len; int n; } EvalResult
 
 // Evaluates every problem with a gold answer. Writes one JSONL record per problem to out_jsonl
 // (NULL: none). batch = prompts generated together.
+static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
+                                    float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose);   // section 11b
 static EvalResult evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
                            float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
+    if (freeform_active) return freeform_evaluate(m, tok, template_id, ps, max_new, G, temperature, seed, batch, out_jsonl, verbose);
     EvalResult res;
     memset(&res, 0, sizeof res);
     FILE *f = NULL;
@@ -1620,7 +1640,16 @@ typedef struct {
     float temperature, top_p, eval_temperature, ent_lo, ent_hi;   // ent_hi < 0: log G
     uint64_t seed;
     TrainConfig tc;
+    // --task freeform (section 11b, doc/freeform.md)
+    int task;                                        // TASK_MATH or TASK_FREEFORM
+    const char *verifier_path, *judge_template_path; // -R, --judge-template (NULL: the default template)
+    int judge_batch;                                 // pairs per verifier pass (KV cache memory)
+    FreeformConfig ff;                               // judge direction/threshold and the reward guards
 } RunConfig;
+enum { TASK_MATH, TASK_FREEFORM };
+static void freeform_begin(const RunConfig *rc);     // section 11b: loads -R and sets freeform_active
+static void freeform_end(const RunConfig *rc);
+static void freeform_problems_load(ProblemSet *ps, const char *path);
 
 static int make_dir(const char *dir) {
     char cmd[1200];
@@ -1690,10 +1719,11 @@ static int run_training(const RunConfig *rc, float *losses, float *norms) {
     int template_id = pick_template(rc, &tok);
     int sft = rc->mode == MODE_SFT;
     ProblemSet data, evalset;
-    problems_load(&data, rc->data_path);
+    if (rc->task == TASK_FREEFORM) freeform_problems_load(&data, rc->data_path); else problems_load(&data, rc->data_path);
     if (sft) for (int i = 0; i < data.n; i++) if (!data.items[i].solution) FATAL("%s: problem %d has no \"solution\" for SFT", rc->data_path, i + 1);
     if (rc->reward == REWARD_GRPO && !sft) for (int i = 0; i < data.n; i++) if (!data.items[i].answer) FATAL("%s: -r grpo needs an \"answer\" on every line (line-ordered problem %d has none)", rc->data_path, i + 1);
-    if (rc->eval_path) problems_load(&evalset, rc->eval_path);
+    if (rc->eval_path) { if (rc->task == TASK_FREEFORM) freeform_problems_load(&evalset, rc->eval_path); else problems_load(&evalset, rc->eval_path); }
+    freeform_begin(rc);   // --task freeform: the judge (-R) for rewards and evaluation
     int use_ref = rc->tc.kl_beta > 0.0f && !sft;
     if (use_ref) {   // the reference policy is the starting model, frozen
         char err[512];
@@ -1709,7 +1739,8 @@ static int run_training(const RunConfig *rc, float *losses, float *norms) {
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", rc->out_dir);
     FILE *logfile = fopen(log_path, rc->resume_dir ? "a" : "w");
     if (!logfile) FATAL("cannot write %s", log_path);
-    float ent_hi = rc->ent_hi >= 0 ? rc->ent_hi : logf(rc->G);
+    // free-form: no entropy filter by default, as the reference's natural-reasoning reward (its low-confidence cutoff plays that part)
+    float ent_hi = rc->ent_hi >= 0 ? rc->ent_hi : rc->task == TASK_FREEFORM ? INFINITY : logf(rc->G);
     const ModelConfig *c = &m.config;
     if (!rc->quiet) {
         printf("%s | model %s: %.2fM params, V=%d C=%d L=%d heads %d/%d | data %s (%d prompts)\n", sft ? "SFT" : REWARD_NAMES[rc->reward],
@@ -1823,6 +1854,7 @@ static int run_training(const RunConfig *rc, float *losses, float *norms) {
     problems_free(&data);
     if (rc->eval_path) problems_free(&evalset);
     if (use_ref) model_free(&ref);
+    freeform_end(rc);
     tokenizer_free(&tok);
     model_free(&m);
     return step - 1 - start;
@@ -1834,7 +1866,8 @@ static void run_eval(const RunConfig *rc) {
     Tokenizer tok;
     load_model_and_tokenizer(&m, &tok, rc);
     ProblemSet ps;
-    problems_load(&ps, rc->eval_path);
+    if (rc->task == TASK_FREEFORM) freeform_problems_load(&ps, rc->eval_path); else problems_load(&ps, rc->eval_path);
+    freeform_begin(rc);   // --task freeform: multiple choice by letter, free-form answers by the judge
     if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s", rc->out_dir);
     const char *base = strrchr(rc->eval_path, '/');
     base = base ? base + 1 : rc->eval_path;
@@ -1847,6 +1880,7 @@ static void run_eval(const RunConfig *rc) {
     printf("%s: %d problems | greedy pass@1 %.2f%%", rc->eval_path, e.n, 100 * e.greedy);
     if (rc->eval_G > 1) printf(" | maj@%d %.2f%% | pass@%d %.2f%% | mean semantic entropy %.3f", rc->eval_G, 100 * e.maj, rc->eval_G, 100 * e.pass, e.entropy);
     printf(" | mean length %.1f | %.1f s\nper-problem records: %s\n", e.mean_len, now_seconds() - t0, out);
+    freeform_end(rc);
     problems_free(&ps); tokenizer_free(&tok); model_free(&m);
 }
 
@@ -1903,15 +1937,427 @@ static void run_tokenize(const RunConfig *rc) {
 static void run_config_defaults(RunConfig *rc, int demo) {
     memset(rc, 0, sizeof *rc);
     rc->mode = MODE_TRAIN; rc->reward = REWARD_EMPO; rc->out_dir = "out"; rc->template_id = -1; rc->seed = 1337;
-    rc->G = demo ? 8 : 7; rc->prompts_per_step = demo ? 16 : 112; rc->steps = demo ? 60 : 178;
-    rc->temperature = demo ? 1.0f : 0.9f; rc->top_p = 1.0f; rc->max_new = demo ? 48 : 2048; rc->ent_hi = -1.0f;
-    rc->eval_every = 10; rc->ckpt_every = 10; rc->eval_G = -1; rc->eval_temperature = -1.0f;
-    rc->eval_max_new = demo ? 48 : 3000; rc->eval_batch = demo ? 64 : 16; rc->save_dtype = CKPT_DTYPE_FP32;
+    rc->G = demo ? 8 : 7; rc->prompts_per_step = demo ? 16 : 112; rc->steps = demo ? 30 : 178;
+    rc->temperature = demo ? 1.0f : 0.9f; rc->top_p = 1.0f; rc->max_new = demo ? 80 : 2048; rc->ent_hi = -1.0f;
+    rc->eval_every = demo ? 5 : 10; rc->ckpt_every = 10; rc->eval_G = -1; rc->eval_temperature = -1.0f;
+    rc->eval_max_new = demo ? 80 : 3000; rc->eval_batch = demo ? 64 : 16; rc->save_dtype = CKPT_DTYPE_FP32;
     rc->tc.lr = demo ? 2e-4f : 1e-6f; rc->tc.beta1 = 0.9f; rc->tc.beta2 = 0.999f; rc->tc.eps = 1e-8f; rc->tc.grad_clip = 1.0f;
     rc->tc.micro = demo ? 32 : 8;
     rc->model_path = DEMO_DIR "/starter.bin";
     rc->data_path = demo ? DEMO_DIR "/train.jsonl" : NULL;
     rc->eval_path = demo ? DEMO_DIR "/eval.jsonl" : NULL;
+    freeform_config_default(&rc->ff); rc->judge_batch = 256;   // --task freeform: the reference's guards
+}
+
+// ----------------------------------------------------------------------------
+// 11b. free-form answers and the verifier judge
+//
+// --task freeform: questions whose answers are phrases or sentences (natural_reasoning, MMLU-Pro,
+// GPQA). Answers are extracted by ff_extract_answer (freeform.h) and clustered by a judge: with
+// -R, a second checkpoint asked "is the student's answer equivalent to the ground truth?", its
+// verdict read from the next-token probabilities of " Yes" and " No"; without -R, normalized
+// string equality. The guards and the clustering are in freeform.h; this section holds the model
+// side (the batched verifier), the data format, and multiple-choice evaluation. doc/freeform.md.
+
+// The verifier model and what it needs to turn a pair of answers into a verdict.
+typedef struct {
+    Model m;
+    Tokenizer tok;
+    int yes_id, no_id;   // first tokens of " Yes" and " No" (of "Yes" and "No" when those collide, as in a byte vocabulary)
+    char *tmpl;          // judge template with {question} {a} {b}
+    int max_seqs;        // pairs per pass: the KV cache holds max_seqs x prompt length x L x 2 x NKV*HD floats
+    int max_tokens;      // tokens per model_step: bounds the scratch (max_tokens x (3C + QKV + 3I) floats)
+    long n_pairs, n_tokens, n_shared, n_too_long;   // judged, computed, copied from a shared prefix, too long to judge
+    double seconds;
+} Verifier;
+
+// One model_step over the pending tokens; the rows that end a sequence give log P(yes), log P(no).
+static void verifier__step(Model *m, KVCache *kv, const int *tok, const int *seq, const int *pos, int N, const int *rows,
+                           const int *owner, int n_out, float *logits, int yes_id, int no_id, float *lp_yes, float *lp_no) {
+    int V = m->config.V;
+    model_step(m, kv, tok, seq, pos, N, rows, n_out, logits);
+    for (int j = 0; j < n_out; j++) {
+        const float *row = logits + (size_t)j * V;
+        float maxv = -FLT_MAX;
+        for (int v = 0; v < V; v++) if (row[v] > maxv) maxv = row[v];
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)(row[v] - maxv));
+        float lse = maxv + (float)log(sum);
+        lp_yes[owner[j]] = row[yes_id] - lse;
+        lp_no[owner[j]] = row[no_id] - lse;
+    }
+}
+
+// Next-token log-probabilities of yes_id and no_id after each of n token sequences, in one batched
+// pass. Sequences that share a prefix with the first sequence of their run (the pairs of one
+// question) compute it once: that sequence goes through whole, then its keys and values for the
+// common prefix are copied into the others, which run only their own tokens, all of them together
+// (as generate() shares a prompt among its G responses). Every lens[s] >= 1. The pass is cut into
+// waves of max_seqs sequences (the KV cache) and model_step calls of max_tokens tokens (the scratch).
+static void verifier_logprobs_ids(Model *m, const int *const *ids, const int *lens, int n, int yes_id, int no_id, int max_seqs,
+                                  int max_tokens, float *lp_yes, float *lp_no, long *n_computed, long *n_shared) {
+    const ModelConfig *c = &m->config;
+    size_t kvd = (size_t)c->NKV * c->HD;
+    int rows_cap = max_seqs < max_tokens ? max_seqs : max_tokens;
+    float *logits = (float *)xmalloc((size_t)rows_cap * c->V * sizeof(float));
+    int *tok = (int *)xmalloc((size_t)max_tokens * sizeof(int)), *seq = (int *)xmalloc((size_t)max_tokens * sizeof(int));
+    int *pos = (int *)xmalloc((size_t)max_tokens * sizeof(int)), *rows = (int *)xmalloc((size_t)max_tokens * sizeof(int));
+    int *owner = (int *)xmalloc((size_t)max_tokens * sizeof(int));   // the sequence (global index) of each output row
+    int *lead = (int *)xmalloc((size_t)max_seqs * sizeof(int)), *start = (int *)xmalloc((size_t)max_seqs * sizeof(int));
+    for (int w0 = 0; w0 < n; w0 += max_seqs) {
+        int nw = n - w0 < max_seqs ? n - w0 : max_seqs;
+        KVCache kv;
+        kv_init(&kv, c, lens + w0, nw, max_tokens);
+        // runs: a sequence joins the current run when it shares at least one token with its leader
+        for (int s = 0; s < nw; s++) {
+            int L = s > 0 ? lead[s - 1] : -1, P = 0;
+            if (L >= 0) {
+                const int *x = ids[w0 + s], *y = ids[w0 + L];
+                int lim = lens[w0 + s] - 1 < lens[w0 + L] ? lens[w0 + s] - 1 : lens[w0 + L];   // keep >= 1 own token
+                while (P < lim && x[P] == y[P]) P++;
+            }
+            lead[s] = P > 0 ? L : s;
+            start[s] = P;
+        }
+        for (int pass = 0; pass < 2; pass++) {   // 0: the leaders, whole; 1: the others, their own tokens
+            int N = 0, n_out = 0;
+            for (int s = 0; s < nw; s++) {
+                if ((lead[s] == s) != (pass == 0)) continue;
+                if (pass == 1) {
+                    for (int l = 0; l < c->L; l++)
+                        for (int w = 0; w < 2; w++)
+                            memcpy(kv_at(&kv, c, s, l, w, 0), kv_at(&kv, c, lead[s], l, w, 0), (size_t)start[s] * kvd * sizeof(float));
+                    if (n_shared) *n_shared += start[s];
+                }
+                for (int t = start[s]; t < lens[w0 + s]; t++) {
+                    tok[N] = ids[w0 + s][t]; seq[N] = s; pos[N] = t;
+                    if (t == lens[w0 + s] - 1) { rows[n_out] = N; owner[n_out] = w0 + s; n_out++; }
+                    N++;
+                    if (N == max_tokens || n_out == rows_cap) {
+                        verifier__step(m, &kv, tok, seq, pos, N, rows, owner, n_out, logits, yes_id, no_id, lp_yes, lp_no);
+                        if (n_computed) *n_computed += N;
+                        N = 0; n_out = 0;
+                    }
+                }
+            }
+            if (N > 0) {
+                verifier__step(m, &kv, tok, seq, pos, N, rows, owner, n_out, logits, yes_id, no_id, lp_yes, lp_no);
+                if (n_computed) *n_computed += N;
+            }
+        }
+        kv_free(&kv);
+    }
+    free(logits); free(tok); free(seq); free(pos); free(rows); free(owner); free(lead); free(start);
+}
+
+// The first token of text, or -1.
+static int verifier__first_token(const Tokenizer *tok, const char *text) {
+    int *ids, n = tokenizer_encode(tok, text, strlen(text), 0, &ids), id = n > 0 ? ids[0] : -1;
+    free(ids);
+    return id;
+}
+
+// Loads -R: the checkpoint, its tokenizer, the template (NULL: the default), the decision tokens.
+static void verifier_load(Verifier *v, const char *path, const char *template_path, int max_seqs) {
+    char err[512];
+    memset(v, 0, sizeof *v);
+    if (model_load(&v->m, path, err, sizeof err) != 0) FATAL("-R: %s", err);
+    load_tokenizer(&v->tok, &v->m, path);
+    if (template_path) {
+        v->tmpl = read_whole_file(template_path, NULL);
+        if (!v->tmpl) FATAL("--judge-template: cannot read %s", template_path);
+    } else v->tmpl = xstrdup(FF_DEFAULT_JUDGE_TEMPLATE);
+    const char *bad = ff_template_invalid(v->tmpl);
+    if (bad) FATAL("--judge-template %s: %s", template_path ? template_path : "(default)", bad);
+    // " Yes" / " No" are one token each in the Qwen2 vocabulary; a byte vocabulary spells both
+    // with a leading space, so there the words without the space decide.
+    v->yes_id = verifier__first_token(&v->tok, " Yes");
+    v->no_id = verifier__first_token(&v->tok, " No");
+    if (v->yes_id == v->no_id) { v->yes_id = verifier__first_token(&v->tok, "Yes"); v->no_id = verifier__first_token(&v->tok, "No"); }
+    if (v->yes_id < 0 || v->no_id < 0 || v->yes_id == v->no_id) FATAL("-R %s: the tokenizer cannot tell \" Yes\" from \" No\" by their first token", path);
+    v->max_seqs = max_seqs > 0 ? max_seqs : 256;
+    v->max_tokens = 2048;
+}
+static void verifier_free(Verifier *v) {
+    free(v->tmpl); tokenizer_free(&v->tok); model_free(&v->m);
+    memset(v, 0, sizeof *v);
+}
+
+// The JudgeFn of freeform.h for a Verifier: renders each pair's prompt, tokenizes it (special
+// tokens recognised, as a Hugging Face tokenizer does), and returns P(Yes) / (P(Yes) + P(No)).
+// A prompt beyond the verifier's context is not judged: P(Yes) = 0, i.e. "not equivalent".
+static int verifier_judge(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n, float *p_yes) {
+    Verifier *v = (Verifier *)ctx;
+    double t0 = now_seconds();
+    int **ids = (int **)xcalloc((size_t)(n ? n : 1), sizeof(int *)), *lens = (int *)xcalloc((size_t)(n ? n : 1), sizeof(int));
+    int *idx = (int *)xmalloc((size_t)(n ? n : 1) * sizeof(int)), m = 0;
+    for (int k = 0; k < n; k++) {
+        p_yes[k] = 0.0f;
+        char *prompt = ff_render_judge_prompt(v->tmpl, q[k], a[k], b[k]);
+        if (!prompt) FATAL("out of memory rendering a judge prompt");
+        lens[k] = tokenizer_encode(&v->tok, prompt, strlen(prompt), 1, &ids[k]);
+        free(prompt);
+        if (lens[k] < 0) FATAL("cannot tokenize a judge prompt");
+        if (lens[k] >= 1 && lens[k] <= v->m.config.maxT) idx[m++] = k;
+        else v->n_too_long++;
+    }
+    // the judged sequences, in order (pairs of one question stay next to each other)
+    const int **sel = (const int **)xmalloc((size_t)(m ? m : 1) * sizeof(int *));
+    int *sel_len = (int *)xmalloc((size_t)(m ? m : 1) * sizeof(int));
+    float *ly = (float *)xmalloc((size_t)(m ? m : 1) * sizeof(float)), *ln = (float *)xmalloc((size_t)(m ? m : 1) * sizeof(float));
+    for (int j = 0; j < m; j++) { sel[j] = ids[idx[j]]; sel_len[j] = lens[idx[j]]; }
+    if (m > 0) verifier_logprobs_ids(&v->m, sel, sel_len, m, v->yes_id, v->no_id, v->max_seqs, v->max_tokens, ly, ln, &v->n_tokens, &v->n_shared);
+    for (int j = 0; j < m; j++) p_yes[idx[j]] = 1.0f / (1.0f + expf(ln[j] - ly[j]));   // softmax over {Yes, No}
+    for (int k = 0; k < n; k++) free(ids[k]);
+    free(ids); free(lens); free(idx); free(sel); free(sel_len); free(ly); free(ln);
+    v->n_pairs += n;
+    v->seconds += now_seconds() - t0;
+    return 0;
+}
+
+// --task freeform while a run is on: the judge and its settings (freeform_active points here).
+static Verifier freeform_verifier;
+static FreeformScorer freeform_scorer;
+
+static void freeform_begin(const RunConfig *rc) {
+    if (rc->task != TASK_FREEFORM) return;
+    memset(&freeform_scorer, 0, sizeof freeform_scorer);
+    freeform_scorer.cfg = rc->ff;
+    if (rc->verifier_path) {
+        verifier_load(&freeform_verifier, rc->verifier_path, rc->judge_template_path, rc->judge_batch);
+        freeform_scorer.judge = verifier_judge;
+        freeform_scorer.ctx = &freeform_verifier;
+        if (!rc->quiet) printf("verifier %s: %.2fM params, V=%d L=%d | %s | threshold %.2f | Yes/No token ids %d/%d\n", rc->verifier_path,
+                               freeform_verifier.m.num_parameters / 1e6, freeform_verifier.m.config.V, freeform_verifier.m.config.L,
+                               rc->ff.bidirectional ? "bidirectional" : "one-way", rc->ff.threshold, freeform_verifier.yes_id, freeform_verifier.no_id);
+    } else {
+        freeform_scorer.judge = ff_exact_judge;
+        if (!rc->quiet) printf("--task freeform without -R: answers are equal only when their normalized text is\n");
+    }
+    freeform_active = &freeform_scorer;
+}
+static void freeform_end(const RunConfig *rc) {
+    if (!freeform_active) return;
+    if (freeform_scorer.ctx) {
+        Verifier *v = &freeform_verifier;
+        if (!rc->quiet && v->n_pairs)
+            printf("verifier: %ld pairs judged in %.2f s (%.1f pairs/s), %ld tokens computed, %ld from shared prefixes, %ld too long\n",
+                   v->n_pairs, v->seconds, v->n_pairs / (v->seconds > 0 ? v->seconds : 1e-9), v->n_tokens, v->n_shared, v->n_too_long);
+        verifier_free(v);
+    }
+    freeform_active = NULL;
+}
+
+// The free-form data format, one JSON object a line:
+//   {"question": "...", "answer": "..."}                       free-form (answer optional: unlabeled training)
+//   {"question": "...", "choices": ["...", ...], "answer": "B"} multiple choice: answer a letter or an option's text
+// "problem" is accepted for "question", and "answer_index" (0-based) for a missing or unmatched
+// "answer". A multiple-choice item becomes a Problem whose text lists the options (ff_render_mc),
+// whose answer is the letter, and whose `solution` holds the options one a line: that is how
+// evaluation tells the two kinds apart. Bad lines are reported with their number and skipped.
+typedef struct { ProblemSet *ps; const char *path; } FreeformLoad;
+static int freeform_add(const JDoc *d, int root, int line, void *user) {
+    FreeformLoad *fl = (FreeformLoad *)user;
+    ProblemSet *ps = fl->ps;
+    char *q = json_text_field(d, root, "question");
+    if (!q) q = json_text_field(d, root, "problem");
+    if (!q) { fprintf(stderr, "%s:%d: no \"question\" string; line skipped\n", fl->path, line); return 0; }
+    char *answer = json_text_field(d, root, "answer"), *solution = NULL, *text = q;
+    int ch = json_get(d, root, "choices");
+    if (ch >= 0) {
+        int nc = json_type(d, ch) == J_ARR ? json_len(d, ch) : -1;
+        const char *opts[FF_MAX_CHOICES];
+        int ok = nc >= 2 && nc <= FF_MAX_CHOICES;
+        for (int i = 0; ok && i < nc; i++) ok = (opts[i] = json_str(d, json_at(d, ch, i))) != NULL && !strchr(opts[i], '\n');
+        if (!ok) {
+            fprintf(stderr, "%s:%d: \"choices\" must be 2 to %d one-line strings; line skipped\n", fl->path, line, FF_MAX_CHOICES);
+            free(q); free(answer); return 0;
+        }
+        int gold = ff_gold_letter(answer, opts, nc);
+        int ai = json_get(d, root, "answer_index");
+        if (gold < 0 && json_type(d, ai) == J_NUM) { double x = json_num(d, ai, -1); if (x >= 0 && x < nc && x == (int)x) gold = (int)x; }
+        free(answer); answer = NULL;
+        if (gold < 0 && (json_get(d, root, "answer") >= 0 || ai >= 0)) {
+            fprintf(stderr, "%s:%d: \"answer\" is neither a letter A-%c nor the text of an option; line skipped\n", fl->path, line, 'A' + nc - 1);
+            free(q); return 0;
+        }
+        if (gold >= 0) { char l[2] = {(char)('A' + gold), 0}; answer = xstrdup(l); }
+        text = ff_render_mc(q, opts, nc);
+        if (!text) FATAL("out of memory reading %s", fl->path);
+        size_t len = 0;
+        for (int i = 0; i < nc; i++) len += strlen(opts[i]) + 1;
+        solution = (char *)xmalloc(len + 1);
+        solution[0] = 0;
+        for (int i = 0; i < nc; i++) { strcat(solution, opts[i]); if (i + 1 < nc) strcat(solution, "\n"); }
+        free(q);
+    }
+    if (ps->n == ps->cap) {
+        ps->cap = ps->cap ? ps->cap * 2 : 256;
+        ps->items = (Problem *)realloc(ps->items, (size_t)ps->cap * sizeof(Problem));
+        if (!ps->items) FATAL("out of memory reading %s", fl->path);
+    }
+    Problem *p = &ps->items[ps->n++];
+    p->problem = text; p->answer = answer; p->solution = solution;
+    return 0;
+}
+static void freeform_problems_load(ProblemSet *ps, const char *path) {
+    memset(ps, 0, sizeof *ps);
+    ps->path = path;
+    FreeformLoad fl = {ps, path};
+    if (jsonl_foreach(path, 0, freeform_add, &fl) < 0) FATAL("cannot read %s", path);
+    if (ps->n == 0) FATAL("%s: no usable {\"question\": ...} lines", path);
+}
+
+// The options of a multiple-choice Problem (see freeform_add): pointers into a copy, n returned; 0 if free-form.
+static int freeform_choices(const Problem *p, char **copy, const char *opts[FF_MAX_CHOICES]) {
+    *copy = NULL;
+    if (!p->solution) return 0;
+    *copy = xstrdup(p->solution);
+    int n = 0;
+    for (char *s = *copy; n < FF_MAX_CHOICES;) {
+        opts[n++] = s;
+        char *nl = strchr(s, '\n');
+        if (!nl) break;
+        *nl = 0; s = nl + 1;
+    }
+    return n;
+}
+
+// Evaluation for --task freeform (evaluate() hands over to it). Multiple choice: the letter in
+// the last \boxed{} against the gold letter; maj@G and pass@G over the G samples' letters (a
+// response without a letter is a singleton, as in the entropy). Free-form items with an answer:
+// the judge decides, with the gold answer as ground truth (one direction, as the reference's
+// accuracy reward); maj@G takes the largest cluster's representative.
+static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
+                                    float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
+    EvalResult res;
+    memset(&res, 0, sizeof res);
+    FreeformScorer *fs = freeform_active;
+    FILE *f = NULL;
+    char tmp_path[1024];
+    if (out_jsonl) {
+        snprintf(tmp_path, sizeof tmp_path, "%s.tmp", out_jsonl);
+        f = fopen(tmp_path, "w");
+        if (!f) FATAL("cannot write %s", tmp_path);
+    }
+    const Problem **probs = (const Problem **)xmalloc((size_t)ps->n * sizeof(Problem *));
+    int n = 0;
+    for (int i = 0; i < ps->n; i++) if (ps->items[i].answer) probs[n++] = &ps->items[i];
+    if (n == 0) FATAL("%s: no question has an \"answer\" to evaluate against", ps->path);
+    double t0 = now_seconds(), len_sum = 0, ent_sum = 0;
+    int n_greedy = 0, n_maj = 0, n_pass = 0;
+    SamplerConfig greedy = {0.0f, 1.0f, 0, max_new, 0, seed};
+    SamplerConfig sampled = {temperature, 1.0f, 0, max_new, 0, seed};
+    for (int i0 = 0; i0 < n; i0 += batch) {
+        int nb = n - i0 < batch ? n - i0 : batch;
+        Rollouts rg, rs;
+        rollouts_sample(&rg, m, tok, template_id, probs + i0, nb, 1, &greedy, 0);
+        int n_free = 0;
+        for (int k = 0; k < nb; k++) n_free += probs[i0 + k]->solution == NULL;
+        if (G > 1) {   // only free-form items need clusters (multiple choice counts letters)
+            rollouts_sample(&rs, m, tok, template_id, probs + i0, nb, G, &sampled, 0);
+            if (n_free > 0) rollouts_score(&rs, probs + i0, REWARD_EMPO, 0, 1e30f);
+        }
+        // free-form items: every (gold, candidate) pair of the batch in one judge call:
+        // slot k*(1+G) is the greedy answer, then up to G cluster representatives
+        int slots = nb * (1 + G);
+        const char **jq = (const char **)xcalloc((size_t)slots, sizeof(char *)), **ja = (const char **)xcalloc((size_t)slots, sizeof(char *));
+        const char **jb = (const char **)xcalloc((size_t)slots, sizeof(char *));
+        int *slot = (int *)xmalloc((size_t)slots * sizeof(int)), nj = 0;
+        float *py = (float *)xcalloc((size_t)slots, sizeof(float)), *verdict = (float *)xcalloc((size_t)slots, sizeof(float));
+        for (int k = 0; k < nb; k++) {
+            const Problem *p = probs[i0 + k];
+            if (p->solution) continue;   // multiple choice: no judge needed
+            int cand[SC_MAX_G + 1], nc = 0;
+            cand[nc++] = rg.answer[k] ? k : -1;
+            if (G > 1) for (int c = 0; c < rs.group[k].n_clusters; c++) cand[nc++] = c;
+            for (int j = 0; j < nc; j++) {
+                const char *ans = j == 0 ? (rg.answer[k] ? rg.answer[k] : NULL) : rs.answer[k * G + rs.group[k].rep[cand[j]]];
+                if (!ans) continue;
+                jq[nj] = p->problem; ja[nj] = p->answer; jb[nj] = ans; slot[nj] = k * (1 + G) + j; nj++;
+            }
+        }
+        if (nj > 0 && fs->judge(fs->ctx, jq, ja, jb, nj, py) != 0) FATAL("the judge failed");
+        for (int j = 0; j < nj; j++) verdict[slot[j]] = py[j] > fs->cfg.threshold ? 1.0f : 0.0f;
+        for (int k = 0; k < nb; k++) {
+            const Problem *p = probs[i0 + k];
+            char *copy;
+            const char *opts[FF_MAX_CHOICES];
+            int nc = freeform_choices(p, &copy, opts), gold = p->answer[0] - 'A';
+            char *text = decode_response(m, tok, &rg.gen, k);
+            int ok, maj_ok = 0, pass_ok = 0, letter = -1;
+            float H = 0.0f;
+            if (nc > 0) {
+                letter = ff_extract_letter(text, opts, nc);
+                ok = letter == gold;
+                if (G > 1) {
+                    int count[FF_MAX_CHOICES] = {0}, none = 0, best = -1;
+                    for (int g = 0; g < G; g++) {
+                        char *t = decode_response(m, tok, &rs.gen, k * G + g);
+                        int l = ff_extract_letter(t, opts, nc);
+                        free(t);
+                        if (l < 0) { none++; continue; }
+                        count[l]++;
+                        pass_ok |= l == gold;
+                    }
+                    for (int l = 0; l < nc; l++) {
+                        if (count[l] > 0 && (best < 0 || count[l] > count[best])) best = l;
+                        if (count[l] > 0) H -= (float)count[l] / G * logf((float)count[l] / G);
+                    }
+                    H += none * (1.0f / G) * logf((float)G);
+                    maj_ok = best >= 0 && best == gold;
+                }
+            } else {
+                ok = verdict[k * (1 + G)] > 0.5f;
+                if (G > 1) {
+                    SemanticGroup *g = &rs.group[k];
+                    for (int c = 0; c < g->n_clusters; c++) {
+                        int v = verdict[k * (1 + G) + 1 + c] > 0.5f;
+                        pass_ok |= v;
+                        if (g->majority >= 0 && g->rep[c] == g->majority) maj_ok = v;
+                    }
+                    H = g->entropy;
+                }
+            }
+            n_greedy += ok; n_maj += maj_ok; n_pass += pass_ok; ent_sum += H;
+            len_sum += rg.gen.len[k];
+            if (f) {
+                fputs("{\"question\": ", f); json_write_str(f, p->problem, strlen(p->problem));
+                fputs(", \"response\": ", f); json_write_str(f, text, strlen(text));
+                fputs(", \"extracted\": ", f);
+                if (nc > 0 && letter >= 0) fprintf(f, "\"%c\"", 'A' + letter);
+                else if (nc == 0 && rg.answer[k]) json_write_str(f, rg.answer[k], strlen(rg.answer[k]));
+                else fputs("null", f);
+                fputs(", \"gold\": ", f); json_write_str(f, p->answer, strlen(p->answer));
+                fprintf(f, ", \"kind\": \"%s\", \"correct\": %s", nc > 0 ? "choice" : "free", ok ? "true" : "false");
+                if (G > 1) fprintf(f, ", \"maj_correct\": %s, \"pass_correct\": %s, \"entropy\": %.4f", maj_ok ? "true" : "false", pass_ok ? "true" : "false", H);
+                fputs("}\n", f);
+            }
+            free(text); free(copy);
+        }
+        free(jq); free(ja); free(jb); free(slot); free(py); free(verdict);
+        rollouts_free(&rg);
+        if (G > 1) rollouts_free(&rs);
+        if (verbose) {
+            int done = i0 + nb;
+            fprintf(stderr, "\r  eval %d/%d | greedy %.1f%%", done, n, 100.0 * n_greedy / done);
+            if (G > 1) fprintf(stderr, " | maj@%d %.1f%% | pass@%d %.1f%%", G, 100.0 * n_maj / done, G, 100.0 * n_pass / done);
+            fprintf(stderr, " | %.1f s   ", now_seconds() - t0);
+            if (done == n) fputc('\n', stderr);
+        }
+    }
+    if (f) {
+        int bad = ferror(f);
+        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) FATAL("cannot write %s", out_jsonl);
+    }
+    res.n = n;
+    res.greedy = (float)n_greedy / n;
+    res.maj = G > 1 ? (float)n_maj / n : res.greedy;
+    res.pass = G > 1 ? (float)n_pass / n : res.greedy;
+    res.entropy = G > 1 ? (float)(ent_sum / n) : 0.0f;
+    res.mean_len = (float)(len_sum / n);
+    free(probs);
+    return res;
 }
 
 // ----------------------------------------------------------------------------
@@ -1948,11 +2394,11 @@ static void usage(void) {
 "                   answer: the supervised baseline), ttrl (1 if equal to the majority)  empo\n"
 "  -G INT           responses per prompt                                    7 / 8\n"
 "  -B INT           prompts per step                                        112 / 16\n"
-"  -x INT           steps                                                   178 (one epoch of 20K) / 60\n"
+"  -x INT           steps                                                   178 (one epoch of 20K) / 30\n"
 "  -T FLOAT         sampling temperature                                    0.9 / 1.0\n"
 "  -p FLOAT         top-p                                                   1\n"
 "  -k INT           top-k (0 = off)                                         0\n"
-"  -n INT           max new tokens per response                             2048 / 48\n"
+"  -n INT           max new tokens per response                             2048 / 80\n"
 "  --ent-lo FLOAT   keep groups with semantic entropy >= this               0\n"
 "  --ent-hi FLOAT   ... and < this (default log G, as the reference)        log G\n"
 "  --clip FLOAT     PPO clip range (0 = off, as the paper)                  0\n"
@@ -1965,15 +2411,30 @@ static void usage(void) {
 "  -b INT           micro-batch: responses per forward/backward             8 / 32\n"
 "\n"
 "evaluation, checkpoints, misc\n"
-"  -E INT           evaluate every INT steps (0 = never)                    10\n"
+"  -E INT           evaluate every INT steps (0 = never)                    10 / 5\n"
 "  --eval-G INT     samples per problem for maj@G in evaluation              -G\n"
 "  --eval-temp F    temperature of those samples                            -T\n"
-"  --eval-n INT     max new tokens in evaluation                            3000 / 48\n"
+"  --eval-n INT     max new tokens in evaluation                            3000 / 80\n"
 "  --eval-batch INT problems generated together                              16 / 64\n"
 "  -C INT           checkpoint every INT steps (and at the end; 0 = end only) 10\n"
 "  -S NAME          checkpoint dtype: fp32 (resumes bit-exactly) or bf16     fp32\n"
 "  -s INT           seed                                                    1337\n"
 "  -q               quiet\n"
+"\n"
+"free-form answers (doc/freeform.md)\n"
+"  --task NAME      math (\\boxed{} answers, math_verify) or freeform: phrases and sentences,\n"
+"                   data {question, choices?, answer?} JSONL, clustered by a judge   math\n"
+"  -R FILE          verifier checkpoint that judges equivalence (e.g. general-verifier);\n"
+"                   without it, freeform answers are equal only as normalized text\n"
+"  --judge-template FILE  prompt with {question} {a} {b}; default: general-verifier's format\n"
+"  --judge-mode M   both (Yes in both directions) or oneway (EMPO reference)   both\n"
+"  --judge-threshold F  equivalent when P(Yes)/(P(Yes)+P(No)) > F             0.5\n"
+"  --judge-batch INT  pairs per verifier pass (KV cache memory)               256\n"
+"  --copy-rouge F   reward 0 if ROUGE-L precision vs the question > F          0.8\n"
+"  --copy-substring 0|1  reward 0 if the answer is a substring of the question 1\n"
+"  --no-answer-reward F  reward of a response without an answer             -0.5\n"
+"  --min-share F    all rewards 0 if the largest cluster's share < F (> 1 cluster) 0.2\n"
+"                   (freeform: --ent-hi defaults to no limit, as the reference)\n"
 "  -h               this help\n");
 }
 
@@ -2045,11 +2506,31 @@ int main(int argc, char **argv) {
             else if (!strcmp(v, "bf16")) rc.save_dtype = CKPT_DTYPE_BF16;
             else FATAL("flag -S: '%s' is not fp32 or bf16", v);
         } else if (!strcmp(f, "-s")) rc.seed = (uint64_t)arg_int(f, v, 0, 1 << 30);
+        else if (!strcmp(f, "--task")) {   // free-form answers and the verifier judge: section 11b, doc/freeform.md
+            if (!strcmp(v, "math")) rc.task = TASK_MATH;
+            else if (!strcmp(v, "freeform")) rc.task = TASK_FREEFORM;
+            else FATAL("flag --task: '%s' is not math or freeform", v);
+        } else if (!strcmp(f, "-R")) rc.verifier_path = v;
+        else if (!strcmp(f, "--judge-template")) rc.judge_template_path = v;
+        else if (!strcmp(f, "--judge-threshold")) rc.ff.threshold = arg_float(f, v, 0.0f, 1.0f);
+        else if (!strcmp(f, "--judge-mode")) {
+            if (!strcmp(v, "both")) rc.ff.bidirectional = 1;
+            else if (!strcmp(v, "oneway")) rc.ff.bidirectional = 0;
+            else FATAL("flag --judge-mode: '%s' is not both or oneway", v);
+        } else if (!strcmp(f, "--judge-batch")) rc.judge_batch = arg_int(f, v, 1, 1 << 16);
+        else if (!strcmp(f, "--copy-rouge")) rc.ff.copy_rouge = arg_float(f, v, 0.0f, 1.0f);
+        else if (!strcmp(f, "--copy-substring")) rc.ff.copy_substring = arg_int(f, v, 0, 1);
+        else if (!strcmp(f, "--no-answer-reward")) rc.ff.no_answer_reward = arg_float(f, v, -10.0f, 10.0f);
+        else if (!strcmp(f, "--min-share")) rc.ff.min_share = arg_float(f, v, 0.0f, 1.0f);
         else FATAL("unknown flag %s (see -h)", f);
     }
     if (rc.eval_G < 0) rc.eval_G = rc.mode == MODE_EVAL && !G_set ? 1 : rc.G;
     if (rc.eval_temperature < 0) rc.eval_temperature = rc.temperature;
     if (rc.mode == MODE_EVAL && demo && !strcmp(rc.model_path, DEMO_DIR "/starter.bin")) rc.eval_max_new = rc.max_new;
+    if (rc.task != TASK_FREEFORM && (rc.verifier_path || rc.judge_template_path)) FATAL("-R and --judge-template need --task freeform");
+    if (rc.task == TASK_FREEFORM && (rc.mode == MODE_SFT || rc.mode == MODE_PROMPT || rc.mode == MODE_TOKENIZE))
+        FATAL("--task freeform works with training and --eval only");
+    if (rc.task == TASK_FREEFORM && rc.reward == REWARD_GRPO) FATAL("--task freeform: -r grpo is not supported (use empo or ttrl)");
     switch (rc.mode) {
     case MODE_TOKENIZE: run_tokenize(&rc); break;
     case MODE_EVAL: run_eval(&rc); break;
