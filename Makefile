@@ -2,7 +2,6 @@ SHELL := /bin/bash
 # empo.c build. `make` builds train_empo; `make test` builds and runs every test binary and ends
 # with one line "N passed, N failed"; `make bench` runs the CPU benchmarks; `make fixtures`
 # regenerates the committed reference fixtures (needs Python + PyTorch, dev/ only).
-CC ?= gcc
 CFLAGS ?= -O3 -Wall -Wextra -Wno-unused-function -Wno-unused-parameter
 CFLAGS += -std=gnu11
 LDLIBS = -lm
@@ -23,7 +22,7 @@ endif
 PYTHON ?= $(firstword $(wildcard dev/venv/bin/python) python3)
 
 HEADERS = $(wildcard *.h)
-TESTS = test_empo test_math
+TESTS = test_empo test_math test_tokenizer test_freeform
 
 .PHONY: all test bench fixtures fuzz clean venv default-data starter
 
@@ -38,13 +37,14 @@ test_empo: test_empo.c train_empo.c $(HEADERS) | train_empo
 bench_cpu: dev/bench_cpu.c train_empo.c $(HEADERS)
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
-# Benchmarks print side-by-side figures against the Python reference (PyTorch/HF) in the same run.
-# PYTHON must have torch + transformers (e.g. a venv: make bench PYTHON=/path/to/venv/bin/python).
-bench: bench_cpu
+# Benchmarks print side-by-side figures against the Python reference (PyTorch/HF, HF tokenizers,
+# Math-Verify) in the same run. PYTHON needs torch, transformers, tokenizers and math-verify
+# (`make venv`). The 1.5B verifier benchmark is separate: make bench_verifier_run (6 GB of RAM).
+bench: bench_cpu bench_tokenizer bench_math
 	$(PYTHON) dev/bench_cpu.py
 
-# Regenerates the committed reference fixtures (needs torch + transformers).
-fixtures:
+# Regenerates every committed reference fixture (needs the same Python).
+fixtures: fixtures_math fixtures_tokenizer fixtures_freeform
 	$(PYTHON) dev/make_fixtures.py
 
 # Each test binary ends with "NAME: N passed, N failed"; the last line here is the total.
@@ -108,8 +108,6 @@ fuzz: fuzz_math_run
 # convert: HF folder <-> .bin (dev/convert.c). test_tokenizer: tokenizer + converter tests.
 # fixtures_tokenizer needs PYTHON with tokenizers/transformers/torch (e.g. PYTHON=/opt/pyref/bin/python).
 all: convert
-TESTS += test_tokenizer
-test: test_tokenizer   # `test: $(TESTS)` above was expanded before this line
 .PHONY: fixtures_tokenizer bench_tokenizer fuzz_tokenizer_run
 FUZZ_CC ?= clang
 FUZZ_SECONDS ?= 60
@@ -207,8 +205,6 @@ emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16
 # multiple choice, and --task freeform end to end on dev/freeform. fixtures_freeform remakes the
 # verifier fixture (torch + transformers) and the tiny task (standard library only).
 # bench_verifier: judged pairs/s at the 1.5B verifier shape, random weights (~6 GB of RAM).
-TESTS += test_freeform
-test: test_freeform   # `test: $(TESTS)` above was expanded before this line
 .PHONY: fixtures_freeform bench_verifier_run
 
 test_freeform: test_freeform.c train_empo.c $(HEADERS) | train_empo

@@ -1582,7 +1582,7 @@ static int svg_body(FILE *f, const void *user) {
     static const char *colors[PLOT_SERIES] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
     static const int panel_of[PLOT_SERIES] = {0, 0, 1, 2, 2, 3};
     static const char *titles[4] = {"held-out accuracy", "mean reward", "semantic entropy", "response length (tokens)"};
-    int W = 900, H = 640, pw = 400, ph = 250;
+    int W = 980, H = 640, pw = 400, ph = 250;
     fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" font-size=\"12\">\n", W, H);
     fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
     for (int p = 0; p < 4; p++) {
@@ -1597,7 +1597,7 @@ static int svg_body(FILE *f, const void *user) {
         fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s</text>\n", ox, oy - 10, titles[p]);
         fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n", ox, oy, pw, ph);
         if (x0 > x1) continue;   // nothing logged for this panel
-        if (p == 0) { y0 = 0.0f; y1 = fmaxf(y1, 1e-3f); }
+        if (p == 0) { y0 = 0.0f; y1 = 1.0f; }   // accuracy: always the full range
         if (x1 == x0) x1 = x0 + 1;
         if (y1 == y0) { y1 += 0.5f; y0 -= 0.5f; }
         fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.3g</text>\n", ox - 4, oy + 10, y1);
