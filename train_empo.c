@@ -63,6 +63,8 @@ typedef float gemm_v8 __attribute__((vector_size(32)));
 
 // C[6x16] (+)= sum_k Ap[k][0..6) * Bp[k][0..16). Ap, Bp packed; C row stride ldc.
 static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C, long ldc, int mr, int nr, int accumulate) {
+    // C's tile is needed only after the K loop: start fetching it now so the loads don't stall
+    for (int i = 0; i < mr; i++) { __builtin_prefetch(C + (long)i * ldc, 1); __builtin_prefetch(C + (long)i * ldc + 15, 1); }
     gemm_v8 c[GEMM_MR][2];
     memset(c, 0, sizeof c);
     for (int k = 0; k < K; k++) {
