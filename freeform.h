@@ -258,27 +258,6 @@ static inline char *ff_render_judge_prompt(const char *tmpl, const char *q, cons
 // ---------------------------------------------------------------------------------------------
 // Clustering on an equality table
 
-// From cluster assignments (G, cluster[], has_answer[], n_clusters, size[], rep[], n_missing set),
-// the rest of the group: p(c) = |c| / G, the semantic entropy with each missing answer a
-// singleton, the majority, and the plain EMPO rewards and advantages. The same computation as the
-// tail of semantic_cluster_parsed, so that the two settings agree on entropy and rewards.
-static inline void semantic_group_finish(SemanticGroup *out) {
-    int G = out->G;
-    double H = 0;
-    out->majority = -1;
-    for (int c = 0; c < out->n_clusters; c++) {
-        out->p[c] = (float)out->size[c] / (float)G;
-        double p = (double)out->size[c] / G;
-        H -= p * log(p);
-        if (out->majority < 0 || out->size[c] > out->size[out->cluster[out->majority]]) out->majority = out->rep[c];
-    }
-    if (out->n_missing > 0) H += out->n_missing * (1.0 / G) * log((double)G);
-    out->entropy = (float)H;
-    out->majority_share = out->majority >= 0 ? out->p[out->cluster[out->majority]] : 0.0f;
-    for (int i = 0; i < G; i++) out->reward[i] = out->cluster[i] >= 0 ? out->p[out->cluster[i]] : 0.0f;
-    group_advantages(out->reward, G, out->advantage);
-}
-
 // Greedy first-representative clustering (as semantic_cluster_parsed) when equality is a table:
 // answer i is one of U distinct answers, uid[i] (-1: no answer), and distinct answers u, v are
 // equal when eq[u * U + v] (the caller makes it symmetric). An answer joins the first cluster

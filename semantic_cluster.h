@@ -48,6 +48,27 @@ static inline void group_advantages(const float *r, int G, float *adv) {
 // also dropping groups that are already certain. Keeps lo <= H < hi.
 static inline int entropy_in_band(float H, float lo, float hi) { return H >= lo && H < hi; }
 
+// From cluster assignments (G, cluster[], has_answer[], n_clusters, size[], rep[], n_missing set),
+// the rest of the group: p(c) = |c| / G, the semantic entropy with each missing answer a
+// singleton, the majority, and the plain EMPO rewards and advantages. Shared by the math
+// clustering below and the judge-table clustering of freeform.h, so both agree on all of it.
+static inline void semantic_group_finish(SemanticGroup *out) {
+    int G = out->G;
+    double H = 0;
+    out->majority = -1;
+    for (int c = 0; c < out->n_clusters; c++) {
+        out->p[c] = (float)out->size[c] / (float)G;
+        double p = (double)out->size[c] / G;
+        H -= p * log(p);
+        if (out->majority < 0 || out->size[c] > out->size[out->cluster[out->majority]]) out->majority = out->rep[c];
+    }
+    if (out->n_missing > 0) H += out->n_missing * (1.0 / G) * log((double)G);
+    out->entropy = (float)H;
+    out->majority_share = out->majority >= 0 ? out->p[out->cluster[out->majority]] : 0.0f;
+    for (int i = 0; i < G; i++) out->reward[i] = out->cluster[i] >= 0 ? out->p[out->cluster[i]] : 0.0f;
+    group_advantages(out->reward, G, out->advantage);
+}
+
 // Clusters already-parsed answers (NULL entry = no answer). Greedy as the EMPO reference: an
 // answer joins the first cluster whose representative it equals, else it starts a new one.
 static inline void semantic_cluster_parsed(const MathAnswer *const *ans, int G, SemanticGroup *out) {
@@ -66,18 +87,7 @@ static inline void semantic_cluster_parsed(const MathAnswer *const *ans, int G, 
         out->cluster[i] = c;
         out->size[c]++;
     }
-    double H = 0;
-    for (int c = 0; c < out->n_clusters; c++) {
-        out->p[c] = (float)out->size[c] / (float)G;
-        double p = (double)out->size[c] / G;
-        H -= p * log(p);
-        if (out->majority < 0 || out->size[c] > out->size[out->cluster[out->majority]]) out->majority = out->rep[c];
-    }
-    if (out->n_missing > 0) H += out->n_missing * (1.0 / G) * log((double)G);   // -(1/G) log(1/G) each
-    out->entropy = (float)H;
-    if (out->majority >= 0) out->majority_share = out->p[out->cluster[out->majority]];
-    for (int i = 0; i < G; i++) out->reward[i] = out->cluster[i] >= 0 ? out->p[out->cluster[i]] : 0.0f;
-    group_advantages(out->reward, G, out->advantage);
+    semantic_group_finish(out);
 }
 
 // Same from extracted answer strings: NULL or "" means no answer.

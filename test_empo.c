@@ -4,31 +4,9 @@
 // Ends with "empo: N passed, N failed".
 #define TESTING
 #include "train_empo.c"
-#include <sys/wait.h>
+#include "test_util.h"
 
-static int n_pass = 0, n_fail = 0;
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...) {
-    va_list ap; va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) n_pass++; else n_fail++;
-}
 
-// Max abs error relative to the reference tensor's scale: max|a-b| / max|b|. Scale-relative,
-// because gradients hold many entries near zero whose elementwise relative error means nothing.
-static float rel_err(const float *a, const float *b, size_t n, float *max_abs) {
-    float e = 0.0f, s = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        float d = fabsf(a[i] - b[i]);
-        if (!(d <= e)) e = d;   // NaN counts as an infinite error
-        if (fabsf(b[i]) > s) s = fabsf(b[i]);
-    }
-    if (max_abs) *max_abs = e;
-    return s > 0 ? e / s : e;
-}
 
 typedef struct {
     int B, T, steps;
@@ -113,12 +91,6 @@ static void test_fixture(const char *name) {
 }
 
 // The loader must reject damaged files with a message, never crash or accept garbage.
-static void write_bytes(const char *path, const void *p, size_t n) {
-    FILE *f = fopen(path, "wb");
-    if (!f) FATAL("cannot write %s", path);
-    if (n) fwrite(p, 1, n, f);
-    fclose(f);
-}
 static void expect_reject(const char *what, const void *bytes, size_t n, const char *needle) {
     const char *path = "/tmp/empo_test_bad.bin";
     write_bytes(path, bytes, n);
@@ -388,18 +360,6 @@ static void test_policy_loss(void) {
 
 #define STARTER DEMO_DIR "/starter.bin"
 
-// Runs a shell command, returns its exit status and (up to cap bytes of) its stdout+stderr.
-static int run_cmd(const char *cmd, char *out, size_t cap) {
-    char full[2048];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
 
 // Evaluation gives the expected accuracy on a JSONL made for the test: the gold answers are the
 // model's own greedy answers for half of the problems and a wrong number for the others.
@@ -483,14 +443,6 @@ static void test_sft(void) {
 }
 
 // The command line: bad input gives one clear error and a non-zero exit; --tokenize; --prompt.
-static void expect_cmd(const char *what, const char *cmd, int want_fail, const char *needle) {
-    char out[65536];
-    int st = run_cmd(cmd, out, sizeof out);
-    int ok = (want_fail ? st != 0 : st == 0) && strstr(out, needle) != NULL;
-    char *nl = strchr(out, '\n');
-    if (want_fail && nl) *nl = 0;
-    check(ok, "%s: exit %d, %s", what, st, want_fail ? out : needle);
-}
 static void test_cli(void) {
     write_text("/tmp/empo_bad.jsonl", "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n{\"problem\": oops}\n\n{\"answer\": \"3\"}\n{\"problem\": \"What is 1/3 * 3/4?\", \"answer\": \"1/4\"}\n");
     write_text("/tmp/empo_empty.jsonl", "");
@@ -525,6 +477,5 @@ int main(void) {
     test_resume();
     test_sft();
     test_cli();
-    printf("empo: %d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_summary("empo");
 }

@@ -7,31 +7,9 @@
 // Without a GPU it prints "SKIP: no CUDA device" and exits 0. Ends with "empo_cu: N passed, N failed".
 #define TESTING
 #include "train_empo.cu"
-#include <stdarg.h>
+#include "test_util.h"
 
-static int n_pass = 0, n_fail = 0;
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...) {
-    va_list ap; va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    fflush(stdout);
-    if (ok) n_pass++; else n_fail++;
-}
 
-// max|a-b| / max|b|: scale-relative, as test_empo.c (gradients hold many near-zero entries).
-static float rel_err(const float *a, const float *b, size_t n, float *max_abs) {
-    float e = 0.0f, s = 0.0f;
-    for (size_t i = 0; i < n; i++) {
-        float d = fabsf(a[i] - b[i]);
-        if (!(d <= e)) e = d;   // NaN counts as an infinite error
-        if (fabsf(b[i]) > s) s = fabsf(b[i]);
-    }
-    if (max_abs) *max_abs = e;
-    return s > 0 ? e / s : e;
-}
 
 // Tolerances.
 // fp32 build: the same math as torch in fp32 with another summation order (cuBLAS, tree
@@ -340,6 +318,5 @@ int main(void) {
     test_attention(1, 300, 6, 1, 64);     // DPL 2, GQA 6:1
     test_bad_input();
     printf("cuBLASLt declined %d matmul calls (done by cublasGemmEx instead)\n", g_lt_fallbacks);
-    printf("empo_cu: %d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_summary("empo_cu");
 }

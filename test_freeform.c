@@ -10,18 +10,8 @@
 // Ends with "freeform: N passed, N failed".
 #define TESTING
 #include "train_empo.c"
-#include <sys/wait.h>
+#include "test_util.h"
 
-static int n_pass = 0, n_fail = 0;
-static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static void check(int ok, const char *fmt, ...) {
-    va_list ap; va_start(ap, fmt);
-    printf("%s ", ok ? "PASS" : "FAIL");
-    vprintf(fmt, ap);
-    printf("\n");
-    va_end(ap);
-    if (ok) n_pass++; else n_fail++;
-}
 static int feq(float a, float b, float tol) { return fabsf(a - b) <= tol; }
 
 // ----------------------------------------------------------------------------
@@ -289,29 +279,6 @@ static void test_mc(void) {
 // ----------------------------------------------------------------------------
 // end to end: --task freeform on the tiny task
 
-static int run_cmd(const char *cmd, char *out, size_t cap) {
-    char full[2048];
-    snprintf(full, sizeof full, "%s 2>&1", cmd);
-    FILE *p = popen(full, "r");
-    if (!p) return -1;
-    size_t n = fread(out, 1, cap - 1, p);
-    out[n] = 0;
-    int st = pclose(p);
-    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
-}
-static void expect_cmd(const char *what, const char *cmd, int want_fail, const char *needle) {
-    char out[65536];
-    int st = run_cmd(cmd, out, sizeof out);
-    int ok = (want_fail ? st != 0 : st == 0) && strstr(out, needle) != NULL;
-    const char *line = strstr(out, needle);
-    if (want_fail && line) { while (line > out && line[-1] != '\n') line--; }
-    char shown[200];
-    snprintf(shown, sizeof shown, "%.199s", want_fail && line ? line : needle);
-    char *nl = strchr(shown, '\n');
-    if (nl) *nl = 0;
-    check(ok, "%s: exit %d, %s", what, st, shown);
-    if (!ok) printf("%s\n", out);
-}
 static int count_lines(const char *path, const char *needle) {
     char *t = read_whole_file(path, NULL);
     int n = 0;
@@ -380,6 +347,5 @@ int main(void) {
     test_verifier_vs_hf();
     test_mc();
     test_end_to_end();
-    printf("freeform: %d passed, %d failed\n", n_pass, n_fail);
-    return n_fail ? 1 : 0;
+    return test_summary("freeform");
 }

@@ -1403,6 +1403,32 @@ static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const Tr
 
 typedef struct { float greedy, maj, pass, entropy, mean_len; int n; } EvalResult;
 
+// The progress line of an evaluation, rewritten in place on stderr.
+static void eval_progress(int done, int n, int n_greedy, int n_maj, int n_pass, int G, double t0) {
+    fprintf(stderr, "\r  eval %d/%d | greedy %.1f%%", done, n, 100.0 * n_greedy / done);
+    if (G > 1) fprintf(stderr, " | maj@%d %.1f%% | pass@%d %.1f%%", G, 100.0 * n_maj / done, G, 100.0 * n_pass / done);
+    fprintf(stderr, " | %.1f s   ", now_seconds() - t0);
+    if (done == n) fputc('\n', stderr);
+}
+// Closes the per-problem records (written to tmp_path, renamed over out_jsonl) and turns the
+// counts into rates. f may be NULL (no records).
+static EvalResult eval_result(FILE *f, const char *tmp_path, const char *out_jsonl, int n, int n_greedy, int n_maj,
+                              int n_pass, int G, double ent_sum, double len_sum) {
+    if (f) {
+        int bad = ferror(f);
+        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) FATAL("cannot write %s", out_jsonl);
+    }
+    EvalResult res;
+    memset(&res, 0, sizeof res);
+    res.n = n;
+    res.greedy = (float)n_greedy / n;
+    res.maj = G > 1 ? (float)n_maj / n : res.greedy;
+    res.pass = G > 1 ? (float)n_pass / n : res.greedy;
+    res.entropy = G > 1 ? (float)(ent_sum / n) : 0.0f;
+    res.mean_len = (float)(len_sum / n);
+    return res;
+}
+
 // Evaluates every problem with a gold answer. Writes one JSONL record per problem to out_jsonl
 // (NULL: none). batch = prompts generated together.
 static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
@@ -1410,8 +1436,6 @@ static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template
 static EvalResult evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
                            float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
     if (freeform_active) return freeform_evaluate(m, tok, template_id, ps, max_new, G, temperature, seed, batch, out_jsonl, verbose);
-    EvalResult res;
-    memset(&res, 0, sizeof res);
     FILE *f = NULL;
     char tmp_path[1024];
     if (out_jsonl) {
@@ -1462,26 +1486,10 @@ static EvalResult evaluate(Model *m, const Tokenizer *tok, int template_id, cons
         }
         rollouts_free(&rg);
         if (G > 1) rollouts_free(&rs);
-        if (verbose) {
-            int done = i0 + nb;
-            fprintf(stderr, "\r  eval %d/%d | greedy %.1f%%", done, n, 100.0 * n_greedy / done);
-            if (G > 1) fprintf(stderr, " | maj@%d %.1f%% | pass@%d %.1f%%", G, 100.0 * n_maj / done, G, 100.0 * n_pass / done);
-            fprintf(stderr, " | %.1f s   ", now_seconds() - t0);
-            if (done == n) fputc('\n', stderr);
-        }
+        if (verbose) eval_progress(i0 + nb, n, n_greedy, n_maj, n_pass, G, t0);
     }
-    if (f) {
-        int bad = ferror(f);
-        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) FATAL("cannot write %s", out_jsonl);
-    }
-    res.n = n;
-    res.greedy = (float)n_greedy / n;
-    res.maj = G > 1 ? (float)n_maj / n : res.greedy;
-    res.pass = G > 1 ? (float)n_pass / n : res.greedy;
-    res.entropy = G > 1 ? (float)(ent_sum / n) : 0.0f;
-    res.mean_len = (float)(len_sum / n);
     free(probs);
-    return res;
+    return eval_result(f, tmp_path, out_jsonl, n, n_greedy, n_maj, n_pass, G, ent_sum, len_sum);
 }
 
 // ----------------------------------------------------------------------------
@@ -2232,8 +2240,6 @@ static int freeform_choices(const Problem *p, char **copy, const char *opts[FF_M
 // accuracy reward); maj@G takes the largest cluster's representative.
 static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
                                     float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
-    EvalResult res;
-    memset(&res, 0, sizeof res);
     FreeformScorer *fs = freeform_active;
     FILE *f = NULL;
     char tmp_path[1024];
@@ -2340,26 +2346,10 @@ static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template
         free(jq); free(ja); free(jb); free(slot); free(py); free(verdict);
         rollouts_free(&rg);
         if (G > 1) rollouts_free(&rs);
-        if (verbose) {
-            int done = i0 + nb;
-            fprintf(stderr, "\r  eval %d/%d | greedy %.1f%%", done, n, 100.0 * n_greedy / done);
-            if (G > 1) fprintf(stderr, " | maj@%d %.1f%% | pass@%d %.1f%%", G, 100.0 * n_maj / done, G, 100.0 * n_pass / done);
-            fprintf(stderr, " | %.1f s   ", now_seconds() - t0);
-            if (done == n) fputc('\n', stderr);
-        }
+        if (verbose) eval_progress(i0 + nb, n, n_greedy, n_maj, n_pass, G, t0);
     }
-    if (f) {
-        int bad = ferror(f);
-        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) FATAL("cannot write %s", out_jsonl);
-    }
-    res.n = n;
-    res.greedy = (float)n_greedy / n;
-    res.maj = G > 1 ? (float)n_maj / n : res.greedy;
-    res.pass = G > 1 ? (float)n_pass / n : res.greedy;
-    res.entropy = G > 1 ? (float)(ent_sum / n) : 0.0f;
-    res.mean_len = (float)(len_sum / n);
     free(probs);
-    return res;
+    return eval_result(f, tmp_path, out_jsonl, n, n_greedy, n_maj, n_pass, G, ent_sum, len_sum);
 }
 
 // ----------------------------------------------------------------------------

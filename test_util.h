@@ -1,0 +1,78 @@
+// test_util.h: the few helpers every test program shares: PASS/FAIL counting, a scale-relative
+// tensor error, and running the command-line program to check its output and exit status.
+// Each test ends with "NAME: N passed, N failed" (test_summary), which `make test` adds up.
+#ifndef TEST_UTIL_H
+#define TEST_UTIL_H
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <stdarg.h>
+#include <math.h>
+#include <sys/wait.h>
+
+static int n_pass = 0, n_fail = 0;
+static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static void check(int ok, const char *fmt, ...) {
+    va_list ap; va_start(ap, fmt);
+    printf("%s ", ok ? "PASS" : "FAIL");
+    vprintf(fmt, ap);
+    printf("\n");
+    va_end(ap);
+    fflush(stdout);
+    if (ok) n_pass++; else n_fail++;
+}
+// Prints the closing line and returns the exit status.
+static int test_summary(const char *name) {
+    printf("%s: %d passed, %d failed\n", name, n_pass, n_fail);
+    return n_fail ? 1 : 0;
+}
+
+// Max abs error relative to the reference tensor's scale: max|a-b| / max|b|. Scale-relative,
+// because gradients hold many entries near zero whose elementwise relative error means nothing.
+static float rel_err(const float *a, const float *b, size_t n, float *max_abs) {
+    float e = 0.0f, s = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        float d = fabsf(a[i] - b[i]);
+        if (!(d <= e)) e = d;   // NaN counts as an infinite error
+        if (fabsf(b[i]) > s) s = fabsf(b[i]);
+    }
+    if (max_abs) *max_abs = e;
+    return s > 0 ? e / s : e;
+}
+
+static void write_bytes(const char *path, const void *p, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f) { fprintf(stderr, "error: cannot write %s\n", path); exit(1); }
+    if (n) fwrite(p, 1, n, f);
+    fclose(f);
+}
+static void write_text(const char *path, const char *text) { write_bytes(path, text, strlen(text)); }
+
+// Runs a shell command; returns its exit status and (up to cap bytes of) its stdout + stderr.
+static int run_cmd(const char *cmd, char *out, size_t cap) {
+    char full[2048];
+    snprintf(full, sizeof full, "%s 2>&1", cmd);
+    FILE *p = popen(full, "r");
+    if (!p) return -1;
+    size_t n = fread(out, 1, cap - 1, p);
+    out[n] = 0;
+    int st = pclose(p);
+    return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+// The command must succeed (or fail, with want_fail) and print needle. Shows the line it found.
+static void expect_cmd(const char *what, const char *cmd, int want_fail, const char *needle) {
+    static char out[65536];
+    int st = run_cmd(cmd, out, sizeof out);
+    int ok = (want_fail ? st != 0 : st == 0) && strstr(out, needle) != NULL;
+    const char *line = strstr(out, needle);
+    if (want_fail && line) { while (line > out && line[-1] != '\n') line--; }
+    char shown[200];
+    snprintf(shown, sizeof shown, "%.199s", want_fail && line ? line : needle);
+    char *nl = strchr(shown, '\n');
+    if (nl) *nl = 0;
+    check(ok, "%s: exit %d, %s", what, st, shown);
+    if (!ok) printf("%s\n", out);
+}
+
+#endif // TEST_UTIL_H
