@@ -292,7 +292,7 @@ static void test_logprobs(void) {
     if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
     int p0[4] = {5, 9, 17, 3}, p1[2] = {40, 41};
     const int *prompts[2] = {p0, p1};
-    int plen[2] = {4, 2}, G = 3;
+    int plen[2] = {4, 2}, G = 5;   // 10 responses: decoding goes through the pre-packed GEMM path
     SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7};
     Generation gen;
     generate(&m, prompts, plen, 2, G, &sc, &gen, 0);

@@ -87,9 +87,10 @@ static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C,
 }
 
 // C[m*ldc + n] = (accumulate ? C : 0) + sum_k A[m*rsa + k*csa] * B[k*rsb + n*csb]
-// for m < M, n < N, k < K. Parallel over M blocks with OpenMP.
+// for m < M, n < N, k < K. Parallel over M blocks with OpenMP. Bpre, if not NULL, is B already
+// packed by pack_panels (then B is not read): generation packs each weight once, not every step.
 static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
-                  float *C, long ldc, int accumulate) {
+                  float *C, long ldc, int accumulate, const float *Bpre) {
     if (M <= 0 || N <= 0) return;
     if (K <= 0) {
         if (!accumulate) for (int m = 0; m < M; m++) memset(C + (long)m * ldc, 0, (size_t)N * sizeof(float));
@@ -120,7 +121,7 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                 int acc = accumulate || pc > 0;
                 // pack B[pc:pc+kc, jc:jc+nc] into panels Bp[p][k][16], zero-padded at the edge
                 #pragma omp for schedule(static)
-                for (int p = 0; p < np; p++) {
+                for (int p = 0; p < (Bpre ? 0 : np); p++) {
                     float *dst = Bp + (size_t)p * kc * GEMM_NR;
                     int n0 = jc + p * GEMM_NR, nn = N - n0 < GEMM_NR ? N - n0 : GEMM_NR;
                     if (rsb == 1) {   // B^T is row-major (a weight matrix): read each of its rows contiguously
@@ -159,8 +160,9 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                         int n0 = p * GEMM_NR, nr = nc - n0 < GEMM_NR ? nc - n0 : GEMM_NR;
                         for (int q = 0; q < mc; q += GEMM_MR) {
                             int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
-                            gemm_micro(kc, Ap + (size_t)q * kc, Bp + (size_t)p * kc * GEMM_NR,
-                                       C + (long)(ic + q) * ldc + jc + n0, ldc, mr, nr, acc);
+                            const float *panel = Bpre ? Bpre + ((size_t)(jc / GEMM_NR + p) * K + pc) * GEMM_NR
+                                                      : Bp + (size_t)p * kc * GEMM_NR;
+                            gemm_micro(kc, Ap + (size_t)q * kc, panel, C + (long)(ic + q) * ldc + jc + n0, ldc, mr, nr, acc);
                         }
                     }
                 }   // implicit barrier before Bp is overwritten
@@ -169,6 +171,23 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
         free(Ap);
     }
     free(Bp);
+}
+
+// A weight W (OC, C), used as B = W^T, packed once the way sgemm packs it: panel p holds columns
+// 16p..16p+15 of B over all of K: P[p][k][j] = W[16p + j][k], zero-padded. Returns a malloc'd block.
+static float *pack_panels(const float *W, int OC, int C) {
+    int np = (OC + GEMM_NR - 1) / GEMM_NR;
+    float *P = (float *)aligned_alloc(64, ((size_t)np * C * GEMM_NR * sizeof(float) + 63) / 64 * 64);
+    if (!P) return NULL;
+    #pragma omp parallel for schedule(static)
+    for (int p = 0; p < np; p++)
+        for (int j = 0; j < GEMM_NR; j++) {
+            int o = p * GEMM_NR + j;
+            float *dst = P + (size_t)p * C * GEMM_NR + j;
+            if (o < OC) for (int k = 0; k < C; k++) dst[(size_t)k * GEMM_NR] = W[(size_t)o * C + k];
+            else for (int k = 0; k < C; k++) dst[(size_t)k * GEMM_NR] = 0.0f;
+        }
+    return P;
 }
 
 // Few rows (decoding a handful of sequences): the time is all in streaming the weights once, so
@@ -201,20 +220,25 @@ static void matmul_few_rows(float *out, const float *inp, const float *weight, i
 }
 
 // out (M, OC) = inp (M, C) @ weight^T (OC, C) + bias (OC)
-static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int M, int C, int OC) {
+// packed: NULL, or the weight pre-packed by pack_panels (generation), used when M >= 8.
+static void matmul_forward_packed(float *out, const float *inp, const float *weight, const float *packed,
+                                  const float *bias, int M, int C, int OC) {
     if (M < 8) matmul_few_rows(out, inp, weight, M, C, OC);
-    else sgemm(M, OC, C, inp, C, 1, weight, 1, C, out, OC, 0);
+    else sgemm(M, OC, C, inp, C, 1, weight, 1, C, out, OC, 0, packed);
     if (bias) {
         #pragma omp parallel for
         for (int m = 0; m < M; m++)
             for (int o = 0; o < OC; o++) out[(size_t)m * OC + o] += bias[o];
     }
 }
+static void matmul_forward(float *out, const float *inp, const float *weight, const float *bias, int M, int C, int OC) {
+    matmul_forward_packed(out, inp, weight, NULL, bias, M, C, OC);
+}
 // dinp (M, C) += dout (M, OC) @ weight (OC, C);  dweight (OC, C) += dout^T @ inp;  dbias += sum_m dout
 static void matmul_backward(float *dinp, float *dweight, float *dbias, const float *dout, const float *inp,
                             const float *weight, int M, int C, int OC) {
-    if (dinp) sgemm(M, C, OC, dout, OC, 1, weight, C, 1, dinp, C, 1);
-    if (dweight) sgemm(OC, C, M, dout, 1, OC, inp, C, 1, dweight, C, 1);
+    if (dinp) sgemm(M, C, OC, dout, OC, 1, weight, C, 1, dinp, C, 1, NULL);
+    if (dweight) sgemm(OC, C, M, dout, 1, OC, inp, C, 1, dweight, C, 1, NULL);
     if (dbias) {
         #pragma omp parallel for
         for (int o = 0; o < OC; o++) {
@@ -805,6 +829,10 @@ typedef struct {
     // scratch for up to max_tokens tokens per model_step call
     int max_tokens;
     float *x, *ln, *qkv, *atty, *tmp, *fch, *sw;
+    // the matmul weights packed once for the whole generation (kv_pack_weights), or NULLs: with
+    // many sequences, re-packing every weight on every decode step would cost as much as the math
+    float **packed;    // (L * 4 + 1): qkvw, attprojw, fcw, fcprojw of each layer, then lmw
+    int n_packed;
 } KVCache;
 
 static void kv_init(KVCache *kv, const ModelConfig *c, const int *cap, int n_seq, int max_tokens) {
@@ -829,7 +857,27 @@ static void kv_init(KVCache *kv, const ModelConfig *c, const int *cap, int n_seq
     kv->fch = (float *)xmalloc(N * 2 * c->I * sizeof(float));
     kv->sw = (float *)xmalloc(N * c->I * sizeof(float));
 }
+// Packs the model's matmul weights for model_step (memory: one more copy of them).
+static void kv_pack_weights(KVCache *kv, const Model *m) {
+    const ModelConfig *c = &m->config;
+    const ParameterTensors *p = &m->params;
+    int L = c->L, C = c->C, I = c->I, QKV = cfg_qkv_dim(c), QD = c->NH * c->HD;
+    kv->n_packed = L * 4 + 1;
+    kv->packed = (float **)xcalloc((size_t)kv->n_packed, sizeof(float *));
+    for (int l = 0; l < L; l++) {
+        kv->packed[4 * l + 0] = pack_panels(p->qkvw + (size_t)l * QKV * C, QKV, C);
+        kv->packed[4 * l + 1] = pack_panels(p->attprojw + (size_t)l * C * QD, C, QD);
+        kv->packed[4 * l + 2] = pack_panels(p->fcw + (size_t)l * 2 * I * C, 2 * I, C);
+        kv->packed[4 * l + 3] = pack_panels(p->fcprojw + (size_t)l * C * I, C, I);
+    }
+    kv->packed[4 * L] = pack_panels(p->lmw, c->V, C);
+    for (int i = 0; i <= 4 * L; i++) if (!kv->packed[i]) FATAL("out of memory packing the weights for generation");
+}
+static const float *kv_packed(const KVCache *kv, int i) { return kv->packed ? kv->packed[i] : NULL; }
+
 static void kv_free(KVCache *kv) {
+    for (int i = 0; i < kv->n_packed; i++) free(kv->packed[i]);
+    free(kv->packed);
     free(kv->cap); free(kv->off); free(kv->data);
     free(kv->x); free(kv->ln); free(kv->qkv); free(kv->atty); free(kv->tmp); free(kv->fch); free(kv->sw);
     memset(kv, 0, sizeof *kv);
@@ -904,20 +952,20 @@ static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq,
     embedding_forward(kv->x, tokens, p->wte, N, C);
     for (int l = 0; l < c->L; l++) {
         rmsnorm_forward(kv->ln, kv->tmp /* rstd, unused */, kv->x, p->ln1w + (size_t)l * C, N, C, c->rms_eps);
-        matmul_forward(kv->qkv, kv->ln, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N, C, QKV);
+        matmul_forward_packed(kv->qkv, kv->ln, p->qkvw + (size_t)l * QKV * C, kv_packed(kv, 4 * l), c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N, C, QKV);
         rope_apply(kv->qkv, pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1);
         attention_cached_forward(kv->atty, kv->qkv, kv, c, l, seq, pos, N);
-        matmul_forward(kv->tmp, kv->atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C);
+        matmul_forward_packed(kv->tmp, kv->atty, p->attprojw + (size_t)l * C * NH * HD, kv_packed(kv, 4 * l + 1), NULL, N, NH * HD, C);
         residual_forward(kv->x, kv->x, kv->tmp, (size_t)N * C);
         rmsnorm_forward(kv->ln, kv->tmp, kv->x, p->ln2w + (size_t)l * C, N, C, c->rms_eps);
-        matmul_forward(kv->fch, kv->ln, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I);
+        matmul_forward_packed(kv->fch, kv->ln, p->fcw + (size_t)l * 2 * I * C, kv_packed(kv, 4 * l + 2), NULL, N, C, 2 * I);
         swiglu_forward(kv->sw, kv->fch, N, I);
-        matmul_forward(kv->tmp, kv->sw, p->fcprojw + (size_t)l * C * I, NULL, N, I, C);
+        matmul_forward_packed(kv->tmp, kv->sw, p->fcprojw + (size_t)l * C * I, kv_packed(kv, 4 * l + 3), NULL, N, I, C);
         residual_forward(kv->x, kv->x, kv->tmp, (size_t)N * C);
     }
     for (int j = 0; j < n_out; j++) memcpy(kv->tmp + (size_t)j * C, kv->x + (size_t)out_rows[j] * C, (size_t)C * sizeof(float));
     rmsnorm_forward(kv->ln, kv->fch /* rstd, unused */, kv->tmp, p->lnfw, n_out, C, c->rms_eps);
-    matmul_forward(logits, kv->ln, p->lmw, NULL, n_out, C, c->V);
+    matmul_forward_packed(logits, kv->ln, p->lmw, kv_packed(kv, 4 * c->L), NULL, n_out, C, c->V);
 }
 
 typedef struct {
@@ -1010,7 +1058,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
                      const SamplerConfig *sc, Generation *out, int verbose) {
     const ModelConfig *c = &m->config;
     int n = n_prompts * G, V = c->V, maxlen = 0;
-    int *cap = (int *)xmalloc((size_t)n * sizeof(int));
+    int *cap = (int *)xcalloc((size_t)n, sizeof(int));
     for (int p = 0; p < n_prompts; p++) {
         if (prompt_lens[p] < 1) FATAL("generate: prompt %d is empty", p);
         if (prompt_lens[p] >= c->maxT) FATAL("generate: prompt %d has %d tokens, at or beyond the context (%d)", p, prompt_lens[p], c->maxT);
@@ -1021,6 +1069,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     }
     KVCache kv;
     kv_init(&kv, c, cap, n, maxlen > n ? maxlen : n);
+    if (n >= 8) kv_pack_weights(&kv, m);   // decode steps with >= 8 rows use GEMM
     out->n = n;
     out->len = (int *)xcalloc((size_t)n, sizeof(int));
     out->eos = (int *)xcalloc((size_t)n, sizeof(int));
