@@ -8,37 +8,6 @@
 
 
 
-typedef struct {
-    int B, T, steps;
-    float lr, beta1, beta2, eps, wd, clip;
-    int *inputs, *targets;
-    float *mask, *logits, loss, *grads, *losses;
-} State;
-
-static void *read_exact(FILE *f, size_t n, const char *path) {
-    void *p = xmalloc(n);
-    if (fread(p, 1, n, f) != n) FATAL("%s: truncated fixture", path);
-    return p;
-}
-static void state_load(State *s, const char *path, const Model *m) {
-    FILE *f = fopen(path, "rb");
-    if (!f) FATAL("cannot open fixture %s (run make fixtures)", path);
-    int32_t h[256];
-    if (fread(h, sizeof h, 1, f) != 1 || h[0] != 0x54534D45 || h[1] != 1) FATAL("%s: not a state fixture", path);
-    s->B = h[2]; s->T = h[3]; s->steps = h[4];
-    memcpy(&s->lr, &h[5], 4); memcpy(&s->beta1, &h[6], 4); memcpy(&s->beta2, &h[7], 4);
-    memcpy(&s->eps, &h[8], 4); memcpy(&s->wd, &h[9], 4); memcpy(&s->clip, &h[10], 4);
-    size_t BT = (size_t)s->B * s->T;
-    s->inputs = (int *)read_exact(f, BT * 4, path);
-    s->targets = (int *)read_exact(f, BT * 4, path);
-    s->mask = (float *)read_exact(f, BT * 4, path);
-    s->logits = (float *)read_exact(f, BT * m->config.V * 4, path);
-    float *loss = (float *)read_exact(f, 4, path); s->loss = *loss; free(loss);
-    s->grads = (float *)read_exact(f, m->num_parameters * 4, path);
-    s->losses = (float *)read_exact(f, (size_t)s->steps * 4, path);
-    fclose(f);
-}
-static void state_free(State *s) { free(s->inputs); free(s->targets); free(s->mask); free(s->logits); free(s->grads); free(s->losses); }
 
 // Tolerances. fp32 everywhere, same math as torch but different summation order:
 //  - logits/loss: 1e-5 of the tensor's scale.
@@ -55,7 +24,7 @@ static void test_fixture(const char *name) {
     Model m;
     if (model_load(&m, mpath, err, sizeof err) != 0) { check(0, "%s: load: %s", name, err); return; }
     State s;
-    state_load(&s, spath, &m);
+    state_load(&s, spath, (size_t)m.config.V, m.num_parameters);
     int B = s.B, T = s.T, V = m.config.V;
     model_forward(&m, s.inputs, s.targets, s.mask, B, T);
     float abs_err, e = rel_err(m.acts.logits, s.logits, (size_t)B * T * V, &abs_err);
@@ -158,7 +127,7 @@ static void test_kv_cache(void) {
     Model m; char err[512];
     if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
     State s;
-    state_load(&s, "dev/fixtures/qwen2_untied_state.bin", &m);
+    state_load(&s, "dev/fixtures/qwen2_untied_state.bin", (size_t)m.config.V, m.num_parameters);
     int T = s.T, V = m.config.V;
     model_forward(&m, s.inputs, NULL, NULL, 2, T);   // rows 0 and 1 of the fixture's batch
     float *full = (float *)xmalloc((size_t)2 * T * V * sizeof(float));

@@ -34,38 +34,6 @@ static const float TOL_LOGITS = 2e-5f, TOL_LOSS = 2e-5f, TOL_GRAD = 2e-4f, TOL_S
 static const float TOL_LOGITS = 6e-2f, TOL_LOSS = 1e-2f, TOL_GRAD = 8e-2f, TOL_STEPS = 5e-2f, TOL_STEPS_SR = 8e-2f, TOL_ATT = 1e-2f;
 #endif
 
-typedef struct {
-    int B, T, steps;
-    float lr, beta1, beta2, eps, wd, clip;
-    int *inputs, *targets;
-    float *mask, *logits, loss, *grads, *losses;
-} State;
-
-static void *read_exact(FILE *f, size_t n, const char *path) {
-    void *p = xmalloc(n);
-    if (fread(p, 1, n, f) != n) FATAL("%s: truncated fixture", path);
-    return p;
-}
-// The state fixture's format: doc/formats.md ("Test fixtures").
-static void state_load(State *s, const char *path, size_t V, size_t num_params) {
-    FILE *f = fopen(path, "rb");
-    if (!f) FATAL("cannot open fixture %s (run make fixtures)", path);
-    int32_t h[256];
-    if (fread(h, sizeof h, 1, f) != 1 || h[0] != 0x54534D45 || h[1] != 1) FATAL("%s: not a state fixture", path);
-    s->B = h[2]; s->T = h[3]; s->steps = h[4];
-    memcpy(&s->lr, &h[5], 4); memcpy(&s->beta1, &h[6], 4); memcpy(&s->beta2, &h[7], 4);
-    memcpy(&s->eps, &h[8], 4); memcpy(&s->wd, &h[9], 4); memcpy(&s->clip, &h[10], 4);
-    size_t BT = (size_t)s->B * s->T;
-    s->inputs = (int *)read_exact(f, BT * 4, path);
-    s->targets = (int *)read_exact(f, BT * 4, path);
-    s->mask = (float *)read_exact(f, BT * 4, path);
-    s->logits = (float *)read_exact(f, BT * V * 4, path);
-    float *loss = (float *)read_exact(f, 4, path); s->loss = *loss; free(loss);
-    s->grads = (float *)read_exact(f, num_params * 4, path);
-    s->losses = (float *)read_exact(f, (size_t)s->steps * 4, path);
-    fclose(f);
-}
-static void state_free(State *s) { free(s->inputs); free(s->targets); free(s->mask); free(s->logits); free(s->grads); free(s->losses); }
 
 static float *grads_to_host(const Model *m) {
     float *g = (float *)xmalloc(m->num_parameters * sizeof(float));

@@ -1452,6 +1452,23 @@ static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const Tr
 
 typedef struct { float greedy, maj, pass, entropy, mean_len; int n; } EvalResult;
 
+// The per-problem records go to OUT.tmp first (renamed over OUT by eval_result). NULL: none.
+static FILE *eval_open_records(const char *out_jsonl, char *tmp_path, size_t cap) {
+    if (!out_jsonl) return NULL;
+    snprintf(tmp_path, cap, "%s.tmp", out_jsonl);
+    FILE *f = fopen(tmp_path, "w");
+    if (!f) FATAL("cannot write %s", tmp_path);
+    return f;
+}
+// The problems that have a gold answer (malloc'd list); none is an error.
+static const Problem **eval_problems(const ProblemSet *ps, int *n_out, const char *what) {
+    const Problem **probs = (const Problem **)xmalloc((size_t)ps->n * sizeof(Problem *));
+    int n = 0;
+    for (int i = 0; i < ps->n; i++) if (ps->items[i].answer) probs[n++] = &ps->items[i];
+    if (n == 0) FATAL("%s: no %s has an \"answer\" to evaluate against", ps->path, what);
+    *n_out = n;
+    return probs;
+}
 // The progress line of an evaluation, rewritten in place on stderr.
 static void eval_progress(int done, int n, int n_greedy, int n_maj, int n_pass, int G, double t0) {
     fprintf(stderr, "\r  eval %d/%d | greedy %.1f%%", done, n, 100.0 * n_greedy / done);
@@ -1485,17 +1502,10 @@ static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template
 static EvalResult evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
                            float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
     if (freeform_active) return freeform_evaluate(m, tok, template_id, ps, max_new, G, temperature, seed, batch, out_jsonl, verbose);
-    FILE *f = NULL;
     char tmp_path[1024];
-    if (out_jsonl) {
-        snprintf(tmp_path, sizeof tmp_path, "%s.tmp", out_jsonl);
-        f = fopen(tmp_path, "w");
-        if (!f) FATAL("cannot write %s", tmp_path);
-    }
-    const Problem **probs = (const Problem **)xmalloc((size_t)ps->n * sizeof(Problem *));
-    int n = 0;
-    for (int i = 0; i < ps->n; i++) if (ps->items[i].answer) probs[n++] = &ps->items[i];
-    if (n == 0) FATAL("%s: no problem has an \"answer\" to evaluate against", ps->path);
+    FILE *f = eval_open_records(out_jsonl, tmp_path, sizeof tmp_path);
+    int n;
+    const Problem **probs = eval_problems(ps, &n, "problem");
     double t0 = now_seconds(), len_sum = 0;
     int n_greedy = 0, n_maj = 0, n_pass = 0;
     double ent_sum = 0;
@@ -2290,17 +2300,10 @@ static int freeform_choices(const Problem *p, char **copy, const char *opts[FF_M
 static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, int template_id, const ProblemSet *ps, int max_new, int G,
                                     float temperature, uint64_t seed, int batch, const char *out_jsonl, int verbose) {
     FreeformScorer *fs = freeform_active;
-    FILE *f = NULL;
     char tmp_path[1024];
-    if (out_jsonl) {
-        snprintf(tmp_path, sizeof tmp_path, "%s.tmp", out_jsonl);
-        f = fopen(tmp_path, "w");
-        if (!f) FATAL("cannot write %s", tmp_path);
-    }
-    const Problem **probs = (const Problem **)xmalloc((size_t)ps->n * sizeof(Problem *));
-    int n = 0;
-    for (int i = 0; i < ps->n; i++) if (ps->items[i].answer) probs[n++] = &ps->items[i];
-    if (n == 0) FATAL("%s: no question has an \"answer\" to evaluate against", ps->path);
+    FILE *f = eval_open_records(out_jsonl, tmp_path, sizeof tmp_path);
+    int n;
+    const Problem **probs = eval_problems(ps, &n, "question");
     double t0 = now_seconds(), len_sum = 0, ent_sum = 0;
     int n_greedy = 0, n_maj = 0, n_pass = 0;
     SamplerConfig greedy = {0.0f, 1.0f, 0, max_new, 0, seed};
