@@ -335,6 +335,32 @@ static void rope_apply(float *qkv, const int *pos, const float *cosb, const floa
     }
 }
 
+// One query q (HD) against P keys and values whose rows are `stride` floats apart: p (P) gets
+// the softmax of the scaled scores, out (HD) the probability-weighted sum of the values. Shared by
+// training (keys from the batch) and decoding (keys from the KV cache), so the two agree.
+static inline void attend_one(float *out, float *p, const float *q, const float *k, const float *v, long stride, int P,
+                              int HD, float scale) {
+    float maxv = -FLT_MAX;
+    for (int j = 0; j < P; j++) {
+        const float *kj = k + (size_t)j * stride;
+        float s = 0.0f;
+        #pragma omp simd reduction(+:s)
+        for (int d = 0; d < HD; d++) s += q[d] * kj[d];
+        s *= scale;
+        p[j] = s;
+        if (s > maxv) maxv = s;
+    }
+    float sum = 0.0f;
+    for (int j = 0; j < P; j++) { p[j] = expf(p[j] - maxv); sum += p[j]; }
+    float inv = 1.0f / sum;
+    for (int j = 0; j < P; j++) p[j] *= inv;
+    for (int d = 0; d < HD; d++) out[d] = 0.0f;
+    for (int j = 0; j < P; j++) {
+        const float *vj = v + (size_t)j * stride;
+        for (int d = 0; d < HD; d++) out[d] += p[j] * vj[d];
+    }
+}
+
 // Causal grouped-query attention. qkv (B, T, QKV) with rope applied; query head hq reads key/value
 // head hq / (NH/NKV). att (B, NH, T, T) keeps the softmax probabilities; out (B, T, NH*HD).
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int NH, int NKV, int HD) {
@@ -345,30 +371,11 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
         for (int hq = 0; hq < NH; hq++)
             for (int t = 0; t < T; t++) {
                 int hk = hq / rep;
-                const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)hq * HD;
+                const float *row0 = qkv + (size_t)b * T * QKV;   // this sequence's first row
                 float *a = att + (((size_t)b * NH + hq) * T + t) * T;
-                float maxv = -FLT_MAX;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *k = qkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + hk) * HD;
-                    float s = 0.0f;
-                    #pragma omp simd reduction(+:s)
-                    for (int d = 0; d < HD; d++) s += q[d] * k[d];
-                    s *= scale;
-                    a[t2] = s;
-                    if (s > maxv) maxv = s;
-                }
-                float sum = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) { a[t2] = expf(a[t2] - maxv); sum += a[t2]; }
-                float inv = 1.0f / sum;
-                for (int t2 = 0; t2 <= t; t2++) a[t2] *= inv;
+                attend_one(out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD, a, row0 + (size_t)t * QKV + (size_t)hq * HD,
+                           row0 + (size_t)(NH + hk) * HD, row0 + (size_t)(NH + NKV + hk) * HD, QKV, t + 1, HD, scale);
                 for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
-                float *o = out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
-                for (int d = 0; d < HD; d++) o[d] = 0.0f;
-                for (int t2 = 0; t2 <= t; t2++) {
-                    const float *v = qkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + NKV + hk) * HD;
-                    float p = a[t2];
-                    for (int d = 0; d < HD; d++) o[d] += p * v[d];
-                }
             }
 }
 // dqkv (B, T, QKV) += gradient of the above; datt (T) per thread is scratch.
@@ -907,30 +914,10 @@ static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, 
         #pragma omp for collapse(2) schedule(dynamic, 4)
         for (int i = 0; i < N; i++)
             for (int hq = 0; hq < NH; hq++) {
-                int hk = hq / rep, P = pos[i] + 1;
-                const float *q = qkv + (size_t)i * QKV + (size_t)hq * HD;
-                const float *K = kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD;
-                const float *Vv = kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD;
-                float maxv = -FLT_MAX;
-                for (int p = 0; p < P; p++) {
-                    const float *k = K + (size_t)p * kvd;
-                    float s = 0.0f;
-                    #pragma omp simd reduction(+:s)
-                    for (int d = 0; d < HD; d++) s += q[d] * k[d];
-                    s *= scale;
-                    sc[p] = s;
-                    if (s > maxv) maxv = s;
-                }
-                float sum = 0.0f;
-                for (int p = 0; p < P; p++) { sc[p] = expf(sc[p] - maxv); sum += sc[p]; }
-                float inv = 1.0f / sum;
-                float *o = out + (size_t)i * NH * HD + (size_t)hq * HD;
-                for (int d = 0; d < HD; d++) o[d] = 0.0f;
-                for (int p = 0; p < P; p++) {
-                    const float *v = Vv + (size_t)p * kvd;
-                    float w = sc[p] * inv;
-                    for (int d = 0; d < HD; d++) o[d] += w * v[d];
-                }
+                int hk = hq / rep;
+                attend_one(out + (size_t)i * NH * HD + (size_t)hq * HD, sc, qkv + (size_t)i * QKV + (size_t)hq * HD,
+                           kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD, kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD,
+                           (long)kvd, pos[i] + 1, HD, scale);
             }
         free(sc);
     }
