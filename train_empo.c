@@ -24,6 +24,7 @@ QKV = (NH + 2*NKV)*HD, I MLP intermediate size, V vocab, L layers.
 #endif
 #include "json.h"
 #include "checkpoint.h"
+#include "args.h"
 
 // ----------------------------------------------------------------------------
 // small utilities
@@ -2469,16 +2470,6 @@ static void usage(void) {
 "  -h               this help\n");
 }
 
-static int arg_int(const char *flag, const char *v, int lo, int hi) {
-    char *end; long x = strtol(v, &end, 10);
-    if (*v == 0 || *end != 0 || x < lo || x > hi) FATAL("flag %s: '%s' is not an integer in [%d, %d]", flag, v, lo, hi);
-    return (int)x;
-}
-static float arg_float(const char *flag, const char *v, float lo, float hi) {
-    char *end; float x = strtof(v, &end);
-    if (*v == 0 || *end != 0 || !(x >= lo && x <= hi)) FATAL("flag %s: '%s' is not a number in [%g, %g]", flag, v, lo, hi);
-    return x;
-}
 
 int main(int argc, char **argv) {
     RunConfig rc;

@@ -38,6 +38,7 @@ Status: compiled for sm_80 and sm_90; not yet run on a GPU (see doc/cuda.md).
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wextra"
 #include "checkpoint.h"
+#include "args.h"
 #pragma GCC diagnostic pop
 
 // ----------------------------------------------------------------------------
@@ -1339,16 +1340,6 @@ static void usage(void) {
 "  -o FILE         save the trained model (fp32 .bin) at the end\n"
 "  --json FILE     append the results as one JSON line\n"
 "  -s INT          seed                                        1337\n");
-}
-static int arg_int(const char *flag, const char *v, int lo, int hi) {
-    char *end; long x = strtol(v, &end, 10);
-    if (*v == 0 || *end != 0 || x < lo || x > hi) FATAL("flag %s: '%s' is not an integer in [%d, %d]", flag, v, lo, hi);
-    return (int)x;
-}
-static float arg_float(const char *flag, const char *v, float lo, float hi) {
-    char *end; float x = strtof(v, &end);
-    if (*v == 0 || *end != 0 || !(x >= lo && x <= hi)) FATAL("flag %s: '%s' is not a number in [%g, %g]", flag, v, lo, hi);
-    return x;
 }
 static ModelConfig parse_init_spec(const char *spec) {
     ModelConfig c;   // Qwen2.5-Math-1.5B
