@@ -4,7 +4,7 @@
 // Ends with "empo: N passed, N failed".
 #define TESTING
 #include "train_empo.c"
-#include "test_util.h"
+#include "dev/test/test_util.h"
 
 
 

@@ -22,29 +22,13 @@ QKV = (NH + 2*NKV)*HD, I MLP intermediate size, V vocab, L layers.
 #ifdef _OPENMP
 #include <omp.h>
 #endif
-#include "json.h"
-#include "checkpoint.h"
-#include "args.h"
+#include "empoc/utils.h"
+#include "empoc/json.h"
+#include "empoc/checkpoint.h"
+#include "empoc/args.h"
 
 // ----------------------------------------------------------------------------
 // small utilities
-
-#define FATAL(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(1); } while (0)
-
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) FATAL("out of memory allocating %zu bytes", n);
-    return p;
-}
-static void *xcalloc(size_t n, size_t sz) {
-    void *p = calloc(n ? n : 1, sz ? sz : 1);
-    if (!p) FATAL("out of memory allocating %zu x %zu bytes", n, sz);
-    return p;
-}
-static double now_seconds(void) {
-    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
 
 // ----------------------------------------------------------------------------
 // 1. matmul: a cache-blocked single-precision GEMM.
@@ -1161,9 +1145,9 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
 // ----------------------------------------------------------------------------
 // 6. questions, prompts and answers
 
-#include "tokenizer.h"
+#include "empoc/tokenizer.h"
 #include "semantic_cluster.h"
-#include "freeform.h"
+#include "empoc/freeform.h"
 
 // Set while --task freeform runs (section 11b): answers are then free-form text, extracted by
 // ff_extract_answer and clustered by its judge, and evaluate() hands over to freeform_evaluate.
@@ -1707,12 +1691,6 @@ enum { TASK_MATH, TASK_FREEFORM };
 static void freeform_begin(const RunConfig *rc);     // section 11b: loads -R and sets freeform_active
 static void freeform_end(const RunConfig *rc);
 static void freeform_problems_load(ProblemSet *ps, const char *path);
-
-static int make_dir(const char *dir) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "mkdir -p '%s'", dir);
-    return strchr(dir, '\'') ? -1 : system(cmd);
-}
 
 // A fresh model with the byte-level tokenizer: "C=128,L=4,NH=4,NKV=2,I=384,T=256".
 static void model_init_spec(Model *m, const char *spec, uint64_t seed) {

@@ -32,19 +32,19 @@ Status: compiled for sm_80 and sm_90; not yet run on a GPU (see doc/cuda.md).
 #include <cuda_bf16.h>
 #include <cublas_v2.h>
 #include <cublasLt.h>
-#include "json.h"
+#include "empoc/utils.h"
+#include "empoc/json.h"
 // checkpoint.h is C that also compiles as C++; g++ -Wextra flags its `n < CH ? n : CH` (an enum
 // constant against a size_t) in C++ only. Harmless there, so silenced for the include.
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wextra"
-#include "checkpoint.h"
-#include "args.h"
+#include "empoc/checkpoint.h"
+#include "empoc/args.h"
 #pragma GCC diagnostic pop
 
 // ----------------------------------------------------------------------------
 // 1. utilities and precision
 
-#define FATAL(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(1); } while (0)
 
 static void cuda_check(cudaError_t e, const char *file, int line) {
     if (e != cudaSuccess) { fprintf(stderr, "error: CUDA: %s at %s:%d\n", cudaGetErrorString(e), file, line); exit(1); }
@@ -56,16 +56,6 @@ static void cublas_check(cublasStatus_t s, const char *file, int line) {
 #define cublasCheck(x) cublas_check((x), __FILE__, __LINE__)
 // after every kernel launch: catches bad launch configurations where they happen
 #define LAUNCH_CHECK() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
-
-static double now_seconds(void) {
-    struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec * 1e-9;
-}
-static void *xmalloc(size_t n) {
-    void *p = malloc(n ? n : 1);
-    if (!p) FATAL("out of memory allocating %zu bytes", n);
-    return p;
-}
 
 // Every device allocation goes through here, so that the benchmark can report what we hold.
 static size_t g_device_bytes = 0;

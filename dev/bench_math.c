@@ -2,8 +2,8 @@
 // fixture (make bench_math runs it next to Python's math_verify via dev/bench_math.py).
 //   usage: bench_math FIXTURE N  -> prints "c_calls_per_s X" and "c_parsed_calls_per_s Y"
 #include <time.h>
-#include "json.h"
-#include "math_verify.h"
+#include "../empoc/json.h"
+#include "../math_verify.h"
 
 typedef struct { char **a, **b; int n, cap; } Pairs;
 static int cb(const JDoc *d, int root, int line, void *user) {

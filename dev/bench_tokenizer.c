@@ -6,8 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include "../json.h"
-#include "../tokenizer.h"
+#include "../empoc/json.h"
+#include "../empoc/tokenizer.h"
 
 typedef struct { char **s; size_t *len; int n, cap; size_t bytes; } Texts;
 

@@ -12,7 +12,7 @@
 //
 // Needs ~6.5 GB of RAM. Reports: tokens computed, seconds, pairs/s, and projections.
 #define TESTING
-#include "train_empo.c"
+#include "../train_empo.c"
 
 static const char *QUESTION =
     "A solid sphere and a hollow sphere of the same mass and radius are released from rest at the top of the same "

@@ -14,10 +14,10 @@
 #include <string.h>
 #include <errno.h>
 #include <sys/stat.h>
-#include "../json.h"
-#include "../checkpoint.h"
-#include "../safetensors.h"
-#include "../tokenizer.h"
+#include "../empoc/json.h"
+#include "../empoc/checkpoint.h"
+#include "../empoc/safetensors.h"
+#include "../empoc/tokenizer.h"
 
 // ---------------------------------------------------------------------------------------------
 // The HF tensor names and where each lives in our fused parameter block. Import and export walk

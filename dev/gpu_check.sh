@@ -42,10 +42,10 @@ nvidia-smi 2>&1 | head -15 | tee -a "$LOG"
 
 # 1. fp32 first (the strict check), then bf16. Binaries that travelled with the tree, or of the
 # other precision, must not count as up to date: clean before each build.
-make clean_cuda >/dev/null
+rm -f train_empo_cu test_empo_cu
 step "build fp32" 200 make -j4 cuda PRECISION=FP32 GPU_ARCH="$ARCH" && \
   step "test_empo_cu fp32" 90 ./test_empo_cu
-make clean_cuda >/dev/null
+rm -f train_empo_cu test_empo_cu
 step "build bf16" 200 make -j4 cuda GPU_ARCH="$ARCH" || { echo "bf16 build failed" | tee -a "$SUM"; exit 1; }
 step "test_empo_cu bf16" 90 ./test_empo_cu
 

@@ -24,10 +24,10 @@
 #include <functional>
 #include <set>
 #include <vector>
-#include "../../json.h"
+#include "../../empoc/json.h"
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wextra"
-#include "../../checkpoint.h"
+#include "../../empoc/checkpoint.h"
 #pragma GCC diagnostic pop
 
 // ---- the shim: what train_empo.cu needs from CUDA, on the host

@@ -78,10 +78,11 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
 """ + tail
 model = rewrite(model, "train_empo.cu")
 
-test = open(os.path.join(ROOT, "test_empo_cu.cu")).read()
-if '#include "train_empo.cu"' not in test:
+test = open(os.path.join(ROOT, "dev", "test", "test_empo_cu.cu")).read()
+if '#include "../../train_empo.cu"' not in test:
     sys.exit("emulate.py: test_empo_cu.cu does not include train_empo.cu")
-test = test.split('#include "train_empo.cu"', 1)[1]
+test = test.split('#include "../../train_empo.cu"', 1)[1]
+test = test.replace('#include "test_util.h"', '#include "../test/test_util.h"')   # the .inc lives in dev/cache/
 test = test.replace("int main(void) {", "static int test_empo_cu_main(void) {")
 test = rewrite(test, "test_empo_cu.cu")
 

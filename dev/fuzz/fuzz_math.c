@@ -2,8 +2,8 @@
 // The input is split at its first NUL into two answers a and b (b empty if none). Checks, beyond
 // "no crash, no sanitizer report": equality is symmetric, an answer equals itself unless it is
 // empty, extraction stays inside its buffer, and clustering gives shares that sum to <= 1.
-#include "math_verify.h"
-#include "semantic_cluster.h"
+#include "../../math_verify.h"
+#include "../../semantic_cluster.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     char *buf = (char *)malloc(size + 2);

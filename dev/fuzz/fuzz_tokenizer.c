@@ -6,7 +6,7 @@
 //   2:    the same with the byte-level tokenizer (no NFC: decode(encode(x)) == x);
 //   3:    patch a valid blob with (offset, byte) pairs from the input, load it, and encode.
 // The Qwen2 tokenizer comes from ../shared when present, else the hf_tiny fixture's.
-#include "../../tokenizer.h"
+#include "../../empoc/tokenizer.h"
 
 static Tokenizer qwen, bytes_tok;
 static unsigned char *blob;

@@ -9,6 +9,7 @@
 #include <string.h>
 #include <stdint.h>
 #include <errno.h>
+#include "utils.h"
 
 #define CKPT_MAGIC 0x4F504D45u   // the bytes "EMPO" when read little-endian
 #define CKPT_VERSION 1
@@ -101,9 +102,6 @@ typedef struct {
 
 static inline void ckpt_free(Checkpoint *ck) { free(ck->params); free(ck->tok); ck->params = NULL; ck->tok = NULL; }
 
-static inline void ckpt__err(char *err, size_t cap, const char *path, const char *msg) {
-    if (err && cap) snprintf(err, cap, "%s: %s", path, msg);
-}
 
 // Header <-> config. Floats are stored as their bit patterns.
 static inline void ckpt_fill_header(int32_t h[CKPT_HEADER_INTS], const Checkpoint *ck) {
@@ -124,34 +122,34 @@ static inline void ckpt_fill_header(int32_t h[CKPT_HEADER_INTS], const Checkpoin
 static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t errcap) {
     memset(ck, 0, sizeof *ck);
     FILE *f = fopen(path, "rb");
-    if (!f) { ckpt__err(err, errcap, path, strerror(errno)); return -1; }
+    if (!f) { util_err(err, errcap, path, strerror(errno)); return -1; }
     int32_t h[CKPT_HEADER_INTS];
-    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); ckpt__err(err, errcap, path, "cannot seek"); return -1; }
+    if (fseek(f, 0, SEEK_END) != 0) { fclose(f); util_err(err, errcap, path, "cannot seek"); return -1; }
     long long fsize = ftell(f);
     rewind(f);
     if (fsize < (long long)sizeof h || fread(h, sizeof h, 1, f) != 1) {
-        fclose(f); ckpt__err(err, errcap, path, "too short for a checkpoint header (truncated or not a checkpoint)"); return -1;
+        fclose(f); util_err(err, errcap, path, "too short for a checkpoint header (truncated or not a checkpoint)"); return -1;
     }
-    if ((uint32_t)h[0] != CKPT_MAGIC) { fclose(f); ckpt__err(err, errcap, path, "bad magic: not an empo.c checkpoint"); return -1; }
+    if ((uint32_t)h[0] != CKPT_MAGIC) { fclose(f); util_err(err, errcap, path, "bad magic: not an empo.c checkpoint"); return -1; }
     if (h[1] != CKPT_VERSION) {
         char m[96]; snprintf(m, sizeof m, "unsupported checkpoint version %d (this build reads %d)", h[1], CKPT_VERSION);
-        fclose(f); ckpt__err(err, errcap, path, m); return -1;
+        fclose(f); util_err(err, errcap, path, m); return -1;
     }
-    if (h[2] != CKPT_DTYPE_FP32 && h[2] != CKPT_DTYPE_BF16) { fclose(f); ckpt__err(err, errcap, path, "unknown weight dtype"); return -1; }
+    if (h[2] != CKPT_DTYPE_FP32 && h[2] != CKPT_DTYPE_BF16) { fclose(f); util_err(err, errcap, path, "unknown weight dtype"); return -1; }
     ModelConfig *c = &ck->cfg;
     c->V = h[3]; c->C = h[4]; c->L = h[5]; c->NH = h[6]; c->NKV = h[7]; c->I = h[8]; c->maxT = h[9];
     c->tied = h[10]; c->qkv_bias = h[11];
     memcpy(&c->rope_theta, &h[12], 4); memcpy(&c->rms_eps, &h[13], 4);
     c->HD = h[14];
     const char *bad = cfg_invalid(c);
-    if (bad) { fclose(f); char m[128]; snprintf(m, sizeof m, "bad config in header: %s", bad); ckpt__err(err, errcap, path, m); return -1; }
+    if (bad) { fclose(f); char m[128]; snprintf(m, sizeof m, "bad config in header: %s", bad); util_err(err, errcap, path, m); return -1; }
     ck->dtype = h[2];
     ck->tok_bytes = (size_t)(uint32_t)h[15];
     ck->n_eos = h[16];
-    if (ck->n_eos < 0 || ck->n_eos > CKPT_MAX_EOS) { fclose(f); ckpt__err(err, errcap, path, "bad EOS count in header"); return -1; }
+    if (ck->n_eos < 0 || ck->n_eos > CKPT_MAX_EOS) { fclose(f); util_err(err, errcap, path, "bad EOS count in header"); return -1; }
     for (int i = 0; i < ck->n_eos; i++) {
         ck->eos[i] = h[17 + i];
-        if (ck->eos[i] < 0 || ck->eos[i] >= c->V) { fclose(f); ckpt__err(err, errcap, path, "EOS id out of vocab range"); return -1; }
+        if (ck->eos[i] < 0 || ck->eos[i] >= c->V) { fclose(f); util_err(err, errcap, path, "EOS id out of vocab range"); return -1; }
     }
     ck->num_params = count_params(c);
     size_t el = ck->dtype == CKPT_DTYPE_BF16 ? 2 : 4;
@@ -160,10 +158,10 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
         char m[160];
         snprintf(m, sizeof m, "file is %lld bytes but the header implies %lld (%s)", fsize, expect,
                  fsize < expect ? "truncated" : "trailing data or sizes that disagree");
-        fclose(f); ckpt__err(err, errcap, path, m); return -1;
+        fclose(f); util_err(err, errcap, path, m); return -1;
     }
     ck->params = (float *)malloc(ck->num_params * sizeof(float));
-    if (!ck->params) { fclose(f); ckpt__err(err, errcap, path, "out of memory for the weights"); return -1; }
+    if (!ck->params) { fclose(f); util_err(err, errcap, path, "out of memory for the weights"); return -1; }
     int ok = 1;
     if (el == 4) ok = fread(ck->params, 4, ck->num_params, f) == ck->num_params;
     else {   // convert in chunks to keep the extra memory small
@@ -182,32 +180,13 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
         ok = ck->tok && fread(ck->tok, 1, ck->tok_bytes, f) == ck->tok_bytes;
     }
     fclose(f);
-    if (!ok) { ckpt_free(ck); ckpt__err(err, errcap, path, "read failed"); return -1; }
+    if (!ok) { ckpt_free(ck); util_err(err, errcap, path, "read failed"); return -1; }
     for (size_t i = 0; i < ck->num_params; i++)
         if (ck->params[i] != ck->params[i] || ck->params[i] - ck->params[i] != 0) {
             char m[96]; snprintf(m, sizeof m, "weight %zu is NaN or Inf", i);
-            ckpt_free(ck); ckpt__err(err, errcap, path, m); return -1;
+            ckpt_free(ck); util_err(err, errcap, path, m); return -1;
         }
     return 0;
-}
-
-// Writes a whole file atomically: to PATH.tmp, fsync-free flush, then rename over PATH.
-// write_fn writes the body and returns 0 on success.
-typedef int (*write_body_fn)(FILE *f, const void *user);
-static inline int write_file_atomic(const char *path, write_body_fn fn, const void *user, char *err, size_t errcap) {
-    size_t n = strlen(path) + 8;
-    char *tmp = (char *)malloc(n);
-    if (!tmp) { ckpt__err(err, errcap, path, "out of memory"); return -1; }
-    snprintf(tmp, n, "%s.tmp", path);
-    FILE *f = fopen(tmp, "wb");
-    if (!f) { ckpt__err(err, errcap, tmp, strerror(errno)); free(tmp); return -1; }
-    int rc = fn(f, user);
-    if (fflush(f) != 0) rc = -1;
-    if (fclose(f) != 0) rc = -1;
-    if (rc == 0 && rename(tmp, path) != 0) rc = -1;
-    if (rc != 0) { remove(tmp); ckpt__err(err, errcap, path, "write failed (disk full or no permission?)"); }
-    free(tmp);
-    return rc;
 }
 
 static inline int ckpt__body(FILE *f, const void *user) {
@@ -234,7 +213,7 @@ static inline int ckpt__body(FILE *f, const void *user) {
 // Saves ck (ck->params has ck->num_params fp32 values) in ck->dtype. 0 on success.
 static inline int ckpt_save(const char *path, const Checkpoint *ck, char *err, size_t errcap) {
     if (cfg_invalid(&ck->cfg) || ck->num_params != count_params(&ck->cfg) || ck->tok_bytes > 0x7fffffffu) {
-        ckpt__err(err, errcap, path, "refusing to save an inconsistent checkpoint"); return -1;
+        util_err(err, errcap, path, "refusing to save an inconsistent checkpoint"); return -1;
     }
     return write_file_atomic(path, ckpt__body, ck, err, errcap);
 }

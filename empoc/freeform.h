@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
-#include "semantic_cluster.h"
+#include "../semantic_cluster.h"
 
 #define FF_ANSWER_CAP 1024    // bytes of an extracted answer
 #define FF_SENTENCE_CAP 400   // a last sentence longer than this keeps its last 400 bytes

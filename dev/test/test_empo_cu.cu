@@ -6,7 +6,7 @@
 // (make test_cu PRECISION=FP32), with tolerances for each below.
 // Without a GPU it prints "SKIP: no CUDA device" and exits 0. Ends with "empo_cu: N passed, N failed".
 #define TESTING
-#include "train_empo.cu"
+#include "../../train_empo.cu"
 #include "test_util.h"
 
 

@@ -3,9 +3,9 @@
 // Prints one line per failing case and a summary per group; the last line is
 // "math: N passed, N failed". Tests that need ../shared/data print SKIP when it is absent.
 #include <time.h>
-#include "json.h"
-#include "math_verify.h"
-#include "semantic_cluster.h"
+#include "../../empoc/json.h"
+#include "../../math_verify.h"
+#include "../../semantic_cluster.h"
 
 static int g_pass = 0, g_fail = 0;
 static void check(int ok, const char *fmt, const char *a, const char *b) {

@@ -9,7 +9,7 @@
 //   - --task freeform end to end on the tiny task in dev/freeform (training, then evaluation).
 // Ends with "freeform: N passed, N failed".
 #define TESTING
-#include "train_empo.c"
+#include "../../train_empo.c"
 #include "test_util.h"
 
 static int feq(float a, float b, float tol) { return fabsf(a - b) <= tol; }

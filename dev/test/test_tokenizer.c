@@ -5,11 +5,11 @@
 // dev/make_hf_roundtrip.py. Tests that need ../shared print a SKIP line when it is absent.
 // The last line is "tokenizer: N passed, N failed".
 #define TESTING
-#include "train_empo.c"
-#include "tokenizer.h"
-#include "safetensors.h"
+#include "../../train_empo.c"
+#include "../../empoc/tokenizer.h"
+#include "../../empoc/safetensors.h"
 #define CONVERT_NO_MAIN
-#include "dev/convert.c"
+#include "../convert.c"
 #include <time.h>
 #include <sys/stat.h>
 #include <unistd.h>

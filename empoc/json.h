@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <stdint.h>
+#include "utils.h"
 
 enum { J_NULL, J_FALSE, J_TRUE, J_NUM, J_STR, J_ARR, J_OBJ };
 #define JSON_MAX_DEPTH 512
@@ -249,30 +250,6 @@ static inline int json_at(const JDoc *d, int arr, int idx) {
     int c = d->nodes[arr].first;
     while (c >= 0 && idx-- > 0) c = d->nodes[c].next;
     return c;
-}
-
-// Reads a whole file into a NUL-terminated malloc'd buffer. Returns NULL (and errno is set) on failure.
-static inline char *read_whole_file(const char *path, size_t *len_out) {
-    FILE *f = fopen(path, "rb");
-    if (!f) return NULL;
-    char *buf = NULL; size_t n = 0, cap = 0;
-    for (;;) {
-        if (cap - n < 65536) {
-            size_t nc = cap ? cap * 2 : 1 << 20;
-            char *nb = (char *)realloc(buf, nc + 1);
-            if (!nb) { free(buf); fclose(f); return NULL; }
-            buf = nb; cap = nc;
-        }
-        size_t r = fread(buf + n, 1, cap - n, f);
-        n += r;
-        if (r == 0) break;
-    }
-    int bad = ferror(f);
-    fclose(f);
-    if (bad) { free(buf); return NULL; }
-    buf[n] = 0;
-    if (len_out) *len_out = n;
-    return buf;
 }
 
 // JSONL: one JSON value per line. Calls fn(doc, root, line_number, user) for each non-blank line
