@@ -34,7 +34,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I.
 
 HEADERS = $(wildcard *.h empoc/*.h)
-TESTS = test_empo test_math test_tokenizer test_freeform
+TESTS = test_empo test_math test_tokenizer test_freeform test_seam
 CUDA_TARGETS = train_empo_cu test_empo_cu
 DEV_CUDA = $(patsubst %.cu,%,$(wildcard dev/cuda/*.cu))
 FUZZERS = fuzz_math fuzz_tokenizer fuzz_json
@@ -98,6 +98,10 @@ test_tokenizer: dev/test/test_tokenizer.c train_empo.c dev/convert.c $(DEPS) | c
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
 test_freeform: dev/test/test_freeform.c train_empo.c $(DEPS) | train_empo
+	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
+# The engine seam: the host layer compiled against a stub engine with only engine.h's fields.
+test_seam: dev/test/test_seam.c train_empo.c $(DEPS)
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
 # emu-cuda: train_empo.cu's kernels and the whole of dev/test/test_empo_cu.cu, run on the CPU by a

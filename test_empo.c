@@ -343,8 +343,9 @@ static void test_eval_accuracy(void) {
     const Problem *probs[N];
     for (int i = 0; i < N; i++) probs[i] = &ps.items[i];
     SamplerConfig greedy = {0.0f, 1.0f, 0, 48, 0, 1};
+    Scorer scorer = scorer_math();
     Rollouts r;
-    rollouts_sample(&r, &m, &tok, TEMPLATE_PLAIN, probs, N, 1, &greedy, 0);
+    rollouts_sample(&r, &m, &tok, &scorer, TEMPLATE_PLAIN, probs, N, 1, &greedy, 0);
     const char *path = "/tmp/empo_test_eval.jsonl";
     FILE *f = fopen(path, "w");
     int expect = 0;
@@ -358,7 +359,8 @@ static void test_eval_accuracy(void) {
     ProblemSet test;
     problems_load(&test, path);
     const char *records = "/tmp/empo_test_eval_records.jsonl";
-    EvalResult e = evaluate(&m, &tok, TEMPLATE_PLAIN, &test, 48, 1, 1.0f, 1, 3, records, 0);
+    EvalConfig ec = {48, 1, 1.0f, 1.0f, 0, 1, 3};
+    EvalResult e = evaluate(&m, &tok, &scorer, TEMPLATE_PLAIN, &test, &ec, records, 0);
     int lines = 0;
     char *txt = read_whole_file(records, NULL);
     for (char *c = txt; c && *c; c++) lines += *c == '\n';

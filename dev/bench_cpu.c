@@ -84,7 +84,8 @@ static int bench_empo_step(int argc, char **argv) {
         free(text);
     }
     const Problem **probs = (const Problem **)xcalloc((size_t)B, sizeof(Problem *));
-    rollouts_score(&r, probs, REWARD_EMPO, 0.0f, 1e9f);
+    Scorer scorer = scorer_math();
+    rollouts_score(&r, &scorer, probs, REWARD_EMPO, 0.0f, 1e9f);
     double t2 = now_seconds();
     for (int j = 0; j < r.n; j++) r.adv[j] = random_normal(&rng);
     for (int p = 0; p < B; p++) r.keep[p] = 1;

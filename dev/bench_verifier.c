@@ -5,7 +5,7 @@
 // The pairs are those one G=12 group makes: one natural_reasoning-style question, 12 short answers,
 // the default judge template, tokenized with the real Qwen2 tokenizer when ../shared has it
 // (byte-level token counts otherwise would overstate the cost ~4x, so then synthetic ids with
-// Qwen-like lengths are used instead). All pairs of the group go through verifier_logprobs_ids in
+// Qwen-like lengths are used instead). All pairs of the group go through model_next_logprobs in
 // one batched pass, sharing the question's prefix, exactly as training does.
 //
 //   make bench_verifier && OMP_NUM_THREADS=2 ./bench_verifier [n_pairs (default 12)]
@@ -81,11 +81,12 @@ int main(int argc, char **argv) {
             }
     long total = 0;
     for (int k = 0; k < n; k++) total += lens[k];
-    float *ly = (float *)xmalloc(n * sizeof(float)), *ln = (float *)xmalloc(n * sizeof(float));
+    float *lyn = (float *)xmalloc(2 * n * sizeof(float));
     long computed = 0, shared = 0;
     double t1 = now_seconds();
-    int yes_id = real_tok ? verifier__first_token(&tok, " Yes") : 7414, no_id = real_tok ? verifier__first_token(&tok, " No") : 2308;
-    verifier_logprobs_ids(&m, (const int *const *)ids, lens, n, yes_id, no_id, 256, 2048, ly, ln, &computed, &shared);
+    int yes_id = real_tok ? first_token(&tok, " Yes") : 7414, no_id = real_tok ? first_token(&tok, " No") : 2308;
+    int cand[2] = {yes_id, no_id};
+    model_next_logprobs(&m, (const int *const *)ids, lens, n, cand, 2, 256, 2048, lyn, &computed, &shared);
     double dt = now_seconds() - t1;
     double pps = n / dt;
     double flops = 2.0 * (m.num_parameters - (size_t)c.V * c.C) * computed + 2.0 * (size_t)c.V * c.C * n;   // weights x tokens + LM head rows
@@ -94,14 +95,14 @@ int main(int argc, char **argv) {
     printf("  init %.1f s | %d pairs of one question: %ld prompt tokens, %ld computed, %ld from the shared prefix (mean prompt %.0f tokens)\n",
            t_init, n, total, computed, shared, (double)total / n);
     printf("  judged in %.2f s: %.3f pairs/s, %.0f tokens/s, ~%.1f GFLOP/s (\" Yes\"/\" No\" = ids %d/%d; log P %.3f / %.3f)\n", dt, pps,
-           computed / dt, flops / dt * 1e-9, yes_id, no_id, ly[0], ln[0]);
+           computed / dt, flops / dt * 1e-9, yes_id, no_id, lyn[0], lyn[1]);
     double per_q2 = 132 / pps, per_q1 = 66 / pps;
     printf("  EMPO at G=12: at most 66 distinct pairs per question (132 judgments both ways):\n");
     printf("    per question: %.1f s bidirectional, %.1f s one-way (worst case: all 12 answers distinct)\n", per_q2, per_q1);
     printf("    per step of 112 questions: %.2f h bidirectional, %.2f h one-way (identical answers are free: fewer distinct answers, fewer pairs)\n",
            per_q2 * 112 / 3600, per_q1 * 112 / 3600);
     for (int k = 0; k < n; k++) free(ids[k]);
-    free(ids); free(lens); free(ly); free(ln);
+    free(ids); free(lens); free(lyn);
     if (real_tok) tokenizer_free(&tok);
     model_free(&m);
     return 0;

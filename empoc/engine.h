@@ -14,6 +14,8 @@
 
 #include <stdint.h>
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 #include "checkpoint.h"
 
 // ----------------------------------------------------------------------------
@@ -91,6 +93,19 @@ typedef struct {
 // not depend on the batch or the thread count. verbose: progress on stderr. Frees with generation_free.
 static void generate(Model *m, const int *const *prompts, const int *prompt_lens, int n_prompts, int G,
                      const SamplerConfig *sc, Generation *out, int verbose);
+
+// A Generation is host memory that the caller owns (any engine fills it with malloc'd arrays).
+static inline void generation_free(Generation *g) {
+    for (int j = 0; j < g->n; j++) {
+        free(g->tokens[j]);
+        free(g->logprobs[j]);
+    }
+    free(g->len);
+    free(g->eos);
+    free(g->tokens);
+    free(g->logprobs);
+    memset(g, 0, sizeof *g);
+}
 
 // Scoring without generating (the free-form verifier judge): for each of n token sequences
 // ids[s] (lens[s] >= 1 tokens), the next-token log-probabilities of the n_cand ids cand[],
