@@ -47,7 +47,7 @@ $(FLAGS_STAMP): FORCE
 DEPS = $(HEADERS) $(FLAGS_STAMP)
 
 .PHONY: all test emu-cuda bench bench_math bench_tokenizer bench_verifier_run fixtures fixtures_math \
-        fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter FORCE
+        fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter reproduce FORCE
 
 # ----------------------------------------------------------------------------
 # build
@@ -120,6 +120,10 @@ dev/cache/emu_cuda_bf16: $(EMU_SRC)
 	$(CXX) $(EMU_FLAGS) -DEMU_BF16 $< -o $@
 emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16
 	./dev/cache/emu_cuda && ./dev/cache/emu_cuda_bf16
+
+# The embedded default run and its baselines, rerun: rewrites doc/reproduce.md's tables and plots.
+reproduce:
+	dev/reproduce.sh
 
 # ----------------------------------------------------------------------------
 # bench: side by side with the Python reference (PyTorch/HF, HF tokenizers, Math-Verify) in the same

@@ -435,6 +435,71 @@ static void test_cli(void) {
     run_cmd("rm -rf /tmp/empo_cli /tmp/empo_bad.jsonl /tmp/empo_empty.jsonl", buf, sizeof buf);
 }
 
+// The flag table: every flag parses into its field where it applies, is refused by name where it
+// does not, and -h lists it. Also the rules that span flags (issue 12 item 6).
+static void test_flags(void) {
+    int n_set = 0, n_num = 0;
+    for (int i = 0; i < N_FLAGS; i++) {
+        const Flag *f = &FLAGS[i];
+        if (f->kind != FLAG_INT && f->kind != FLAG_FLOAT) continue;
+        n_num++;
+        int mode = 0;
+        while (!(f->modes >> mode & 1)) mode++;
+        const char *mode_flag[] = {NULL, "--sft", "--eval", "--prompt", "--tokenize"};
+        char val[32];
+        snprintf(val, sizeof val, f->kind == FLAG_INT ? "%.0f" : "%g", f->hi);
+        char *argv[6] = {(char *)"train_empo", (char *)"-m", (char *)"x.bin", (char *)f->name, val, NULL};
+        int argc = 5;
+        if (mode_flag[mode]) {
+            argv[5] = (char *)mode_flag[mode];
+            argc = 6;
+        }
+        char *argv2[8];
+        memcpy(argv2, argv, sizeof argv);
+        if (mode_flag[mode]) argv2[argc++] = (char *)"file";   // the mode flag's value
+        RunConfig rc;
+        if (mode == MODE_TRAIN) {
+            argv2[argc++] = (char *)"-d";
+            argv2[argc++] = (char *)"d.jsonl";
+        }
+        parse_flags(&rc, argc, argv2);
+        const char *field = (const char *)&rc + f->offset;
+        double got = f->kind == FLAG_INT ? *(const int *)field : *(const float *)field;
+        n_set += rc.mode == mode && got == (f->kind == FLAG_INT ? f->hi : (double)(float)f->hi);
+    }
+    check(n_set == n_num, "every numeric flag of the table sets its field at its upper bound (%d of %d)", n_set, n_num);
+    char out[65536];
+    int listed = 0, n = 0;
+    run_cmd("./train_empo -h", out, sizeof out);
+    for (int i = 0; i < N_FLAGS; i++)
+        if (FLAGS[i].kind != FLAG_HEADING) {
+            char want[48];
+            snprintf(want, sizeof want, "  %s ", FLAGS[i].name);
+            n++;
+            listed += strstr(out, want) != NULL;
+        }
+    check(listed == n, "-h lists every flag of the table (%d of %d)", listed, n);
+    write_text("/tmp/empo_flags.jsonl", "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n");
+    expect_cmd("a flag the mode ignores is refused, naming the mode", "./train_empo --eval /tmp/empo_flags.jsonl -n 5", 1,
+               "flag -n has no effect in --eval");
+    expect_cmd("--sft takes its own file: a -d as well is refused", "./train_empo --sft /tmp/empo_flags.jsonl -d x", 1,
+               "flag -d has no effect in --sft");
+    expect_cmd("two modes at once", "./train_empo --eval /tmp/empo_flags.jsonl --prompt hi", 1, "one mode at a time");
+    expect_cmd("--judge-template without -R", "./train_empo --task freeform --judge-template /tmp/t.txt --eval "
+               "/tmp/empo_flags.jsonl", 1, "--judge-template needs a verifier");
+    expect_cmd("an unknown last flag is unknown, not short of a value", "./train_empo --frobnicate", 1,
+               "unknown flag --frobnicate");
+    expect_cmd("a stray argument", "./train_empo stray", 1, "unexpected argument 'stray'");
+    expect_cmd("a flag without its value", "./train_empo -G", 1, "flag -G needs a value");
+    int st = run_cmd("./train_empo --eval /tmp/empo_flags.jsonl -q -o /tmp/empo_flags_out", out, sizeof out);
+    check(st == 0 && !strstr(out, "eval 1/1") && strstr(out, "greedy pass@1"),
+          "-q: an evaluation prints its result and no progress line");
+    st = run_cmd("./train_empo --eval /tmp/empo_flags.jsonl -G 4 -p 0.5 -k 3 --eval-n 20 -o /tmp/empo_flags_out", out,
+                 sizeof out);
+    check(st == 0 && strstr(out, "maj@4"), "--eval takes -p, -k and --eval-n for its samples");
+    run_cmd("rm -rf /tmp/empo_flags.jsonl /tmp/empo_flags_out", out, sizeof out);
+}
+
 int main(void) {
     test_fixture("qwen2_tied");
     test_fixture("qwen2_untied");
@@ -448,5 +513,6 @@ int main(void) {
     test_resume();
     test_sft();
     test_cli();
+    test_flags();
     return test_summary("empo");
 }
