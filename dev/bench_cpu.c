@@ -70,7 +70,8 @@ static int bench_empo_step(int argc, char **argv) {
     double t1 = now_seconds();
     r.answer = (char **)xcalloc((size_t)r.n, sizeof(char *));
     r.reward = (float *)xcalloc((size_t)r.n, sizeof(float)); r.adv = (float *)xcalloc((size_t)r.n, sizeof(float));
-    r.group = (SemanticGroup *)xcalloc((size_t)B, sizeof(SemanticGroup)); r.keep = (int *)xcalloc((size_t)B, sizeof(int));
+    r.group = (SemanticGroup *)xcalloc((size_t)B, sizeof(SemanticGroup));
+    r.keep = (int *)xcalloc((size_t)B, sizeof(int));
     // the scoring a real step does: decode, extract, cluster
     Tokenizer tok;
     tokenizer_init_bytes(&tok);

@@ -90,7 +90,8 @@ int main(int argc, char **argv) {
     double dt = now_seconds() - t1;
     double pps = n / dt;
     double flops = 2.0 * (m.num_parameters - (size_t)c.V * c.C) * computed + 2.0 * (size_t)c.V * c.C * n;   // weights x tokens + LM head rows
-    printf("bench_verifier: general-verifier shape (%.2fB params, fp32), %d OpenMP threads, %s token counts\n", m.num_parameters / 1e9,
+    printf("bench_verifier: general-verifier shape (%.2fB params, fp32), %d OpenMP threads, %s token counts\n",
+           m.num_parameters / 1e9,
            threads, real_tok ? "real Qwen2 tokenizer" : "synthetic (no ../shared tokenizer)");
     printf("  init %.1f s | %d pairs of one question: %ld prompt tokens, %ld computed, %ld from the shared prefix (mean prompt %.0f tokens)\n",
            t_init, n, total, computed, shared, (double)total / n);
@@ -98,7 +99,8 @@ int main(int argc, char **argv) {
            computed / dt, flops / dt * 1e-9, yes_id, no_id, lyn[0], lyn[1]);
     double per_q2 = 132 / pps, per_q1 = 66 / pps;
     printf("  EMPO at G=12: at most 66 distinct pairs per question (132 judgments both ways):\n");
-    printf("    per question: %.1f s bidirectional, %.1f s one-way (worst case: all 12 answers distinct)\n", per_q2, per_q1);
+    printf("    per question: %.1f s bidirectional, %.1f s one-way (worst case: all 12 answers distinct)\n", per_q2,
+           per_q1);
     printf("    per step of 112 questions: %.2f h bidirectional, %.2f h one-way (identical answers are free: fewer distinct answers, fewer pairs)\n",
            per_q2 * 112 / 3600, per_q1 * 112 / 3600);
     for (int k = 0; k < n; k++) free(ids[k]);

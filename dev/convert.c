@@ -69,7 +69,9 @@ static int conv_hf_tensors(const ModelConfig *c, HfTensor *out) {
 
 static int conv_is_dir(const char *p) { struct stat s; return stat(p, &s) == 0 && S_ISDIR(s.st_mode); }
 static int conv_is_file(const char *p) { struct stat s; return stat(p, &s) == 0 && S_ISREG(s.st_mode); }
-static void conv_join(char *out, size_t cap, const char *dir, const char *name) { snprintf(out, cap, "%s/%s", dir, name); }
+static void conv_join(char *out, size_t cap, const char *dir, const char *name) {
+    snprintf(out, cap, "%s/%s", dir, name);
+}
 
 // ---------------------------------------------------------------------------------------------
 // import
@@ -81,7 +83,12 @@ static int conv_read_hf_config(const char *path, ModelConfig *c, char *err, size
     char *text = read_whole_file(path, &n);
     if (!text) { tok__err(err, errcap, "%s: cannot read (%s)", path, strerror(errno)); return -1; }
     JDoc d;
-    if (json_parse(&d, text, n)) { tok__err(err, errcap, "%s: malformed JSON: %s", path, d.err); json_free(&d); free(text); return -1; }
+    if (json_parse(&d, text, n)) {
+        tok__err(err, errcap, "%s: malformed JSON: %s", path, d.err);
+        json_free(&d);
+        free(text);
+        return -1;
+    }
     free(text);
     int rc = -1;
     const char *mt = json_str(&d, json_get(&d, 0, "model_type")), *act = json_str(&d, json_get(&d, 0, "hidden_act"));
@@ -90,8 +97,15 @@ static int conv_read_hf_config(const char *path, ModelConfig *c, char *err, size
         {"num_attention_heads", &c->NH, -1}, {"intermediate_size", &c->I, -1},
         {"max_position_embeddings", &c->maxT, -1}, {"num_key_value_heads", &c->NKV, 0}, {"head_dim", &c->HD, 0}};
     if (json_type(&d, 0) != J_OBJ) { tok__err(err, errcap, "%s: not a JSON object", path); goto done; }
-    if (!mt || strcmp(mt, "qwen2")) { tok__err(err, errcap, "%s: model_type: expected \"qwen2\", got %s%s%s", path, mt ? "\"" : "", mt ? mt : "nothing", mt ? "\"" : ""); goto done; }
-    if (act && strcmp(act, "silu")) { tok__err(err, errcap, "%s: hidden_act: only silu is supported, got \"%s\"", path, act); goto done; }
+    if (!mt || strcmp(mt, "qwen2")) {
+        tok__err(err, errcap, "%s: model_type: expected \"qwen2\", got %s%s%s", path, mt ? "\"" : "",
+                 mt ? mt : "nothing", mt ? "\"" : "");
+        goto done;
+    }
+    if (act && strcmp(act, "silu")) {
+        tok__err(err, errcap, "%s: hidden_act: only silu is supported, got \"%s\"", path, act);
+        goto done;
+    }
     for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
         int node = json_get(&d, 0, ints[i].key);
         if (node < 0 || json_type(&d, node) == J_NULL) {
@@ -100,7 +114,10 @@ static int conv_read_hf_config(const char *path, ModelConfig *c, char *err, size
             continue;
         }
         double v = json_num(&d, node, -1);
-        if (!(v >= 1 && v <= (1 << 30)) || v != (double)(int)v) { tok__err(err, errcap, "%s: %s: not a positive integer", path, ints[i].key); goto done; }
+        if (!(v >= 1 && v <= (1 << 30)) || v != (double)(int)v) {
+            tok__err(err, errcap, "%s: %s: not a positive integer", path, ints[i].key);
+            goto done;
+        }
         *ints[i].dst = (int)v;
     }
     if (!c->NKV) c->NKV = c->NH;
@@ -111,14 +128,21 @@ static int conv_read_hf_config(const char *path, ModelConfig *c, char *err, size
         int rp = json_get(&d, 0, "rope_parameters"), rs = json_get(&d, 0, "rope_scaling");
         double th = json_num(&d, json_get(&d, 0, "rope_theta"), json_num(&d, json_get(&d, rp, "rope_theta"), 10000.0));
         const char *rt = json_str(&d, json_get(&d, rp, "rope_type"));
-        const char *st = json_str(&d, json_get(&d, rs, "rope_type")) ? json_str(&d, json_get(&d, rs, "rope_type")) : json_str(&d, json_get(&d, rs, "type"));
+        const char *st = json_str(&d, json_get(&d, rs, "rope_type")) ? json_str(&d,
+                                                                                json_get(&d, rs,
+                                                                                        "rope_type")) : json_str(&d,
+                                                                                                json_get(&d, rs,
+                                                                                                        "type"));
         if ((rt && strcmp(rt, "default")) || (json_type(&d, rs) == J_OBJ && (!st || strcmp(st, "default")))) {
             tok__err(err, errcap, "%s: rope_scaling: only the default rotary embedding is supported", path); goto done;
         }
         c->rope_theta = (float)th;
         c->rms_eps = (float)json_num(&d, json_get(&d, 0, "rms_norm_eps"), 1e-6);
     }
-    if (json_bool(&d, json_get(&d, 0, "use_sliding_window"), 0)) { tok__err(err, errcap, "%s: use_sliding_window: sliding-window attention is not supported", path); goto done; }
+    if (json_bool(&d, json_get(&d, 0, "use_sliding_window"), 0)) {
+        tok__err(err, errcap, "%s: use_sliding_window: sliding-window attention is not supported", path);
+        goto done;
+    }
     c->qkv_bias = 1;   // decided from the tensors by the caller
     {
         const char *bad = cfg_invalid(c);
@@ -158,7 +182,10 @@ static int conv_weights_open(HfWeights *w, const char *dir, char *err, size_t er
     conv_join(w->index_path, sizeof w->index_path, dir, "model.safetensors.index.json");
     size_t n;
     char *text = read_whole_file(w->index_path, &n);
-    if (!text) { tok__err(err, errcap, "%s: no model.safetensors and no model.safetensors.index.json", dir); return -1; }
+    if (!text) {
+        tok__err(err, errcap, "%s: no model.safetensors and no model.safetensors.index.json", dir);
+        return -1;
+    }
     if (json_parse(&w->index, text, n)) {
         tok__err(err, errcap, "%s: malformed JSON: %s", w->index_path, w->index.err);
         json_free(&w->index); free(text); return -1;
@@ -166,14 +193,21 @@ static int conv_weights_open(HfWeights *w, const char *dir, char *err, size_t er
     free(text);
     w->has_index = 1;
     w->weight_map = json_get(&w->index, 0, "weight_map");
-    if (json_type(&w->index, w->weight_map) != J_OBJ) { tok__err(err, errcap, "%s: weight_map: missing or not an object", w->index_path); conv_weights_close(w); return -1; }
+    if (json_type(&w->index, w->weight_map) != J_OBJ) {
+        tok__err(err, errcap, "%s: weight_map: missing or not an object", w->index_path);
+        conv_weights_close(w);
+        return -1;
+    }
     // open each distinct shard once
     w->files = (StFile *)calloc((size_t)json_len(&w->index, w->weight_map) + 1, sizeof(StFile));
     if (!w->files) { tok__err(err, errcap, "%s: out of memory", w->index_path); conv_weights_close(w); return -1; }
     for (int c = json_first(&w->index, w->weight_map); c >= 0; c = json_next(&w->index, c)) {
         const char *shard = json_str(&w->index, c);
         if (!shard || !*shard || strchr(shard, '/') || !strcmp(shard, "..")) {
-            tok__err(err, errcap, "%s: weight_map[\"%s\"]: not a file name in the same folder", w->index_path, json_key(&w->index, c)); conv_weights_close(w); return -1;
+            tok__err(err, errcap, "%s: weight_map[\"%s\"]: not a file name in the same folder", w->index_path,
+                     json_key(&w->index, c));
+            conv_weights_close(w);
+            return -1;
         }
         conv_join(p, sizeof p, dir, shard);
         int seen = 0;
@@ -203,7 +237,8 @@ static const StTensor *conv_weights_find(const HfWeights *w, const char *name, S
 static const char *conv_weights_where(const HfWeights *w) { return w->has_index ? w->index_path : w->files[0].path; }
 
 // dtype_arg: "bf16", "fp32" or NULL (bf16 when every source tensor is BF16).
-static int convert_import(const char *dir, const char *out, const char *dtype_arg, int verbose, char *err, size_t errcap) {
+static int convert_import(const char *dir, const char *out, const char *dtype_arg, int verbose, char *err,
+                          size_t errcap) {
     if (!conv_is_dir(dir)) { tok__err(err, errcap, "%s: not a directory", dir); return -1; }
     char p[1024];
     ModelConfig c;
@@ -225,7 +260,10 @@ static int convert_import(const char *dir, const char *out, const char *dtype_ar
     ck.num_params = count_params(&c);
     ck.params = (float *)malloc(ck.num_params * sizeof(float));
     map = (HfTensor *)malloc((size_t)(4 + 12 * c.L) * sizeof(HfTensor));
-    if (!ck.params || !map) { tok__err(err, errcap, "%s: out of memory for %zu parameters", out, ck.num_params); goto done; }
+    if (!ck.params || !map) {
+        tok__err(err, errcap, "%s: out of memory for %zu parameters", out, ck.num_params);
+        goto done;
+    }
     {
         int nt = conv_hf_tensors(&c, map);
         for (int i = 0; i < nt; i++) {
@@ -239,30 +277,43 @@ static int convert_import(const char *dir, const char *out, const char *dtype_ar
             if (!ok) {
                 char got[128] = "", want[64];
                 size_t g = 0;
-                for (int k = 0; k < t->ndim && g < sizeof got - 24; k++) g += (size_t)snprintf(got + g, sizeof got - g, k ? ", %lld" : "%lld", (long long)t->shape[k]);
-                if (m->ndim == 2) snprintf(want, sizeof want, "%lld, %lld", (long long)m->shape[0], (long long)m->shape[1]);
+                for (int k = 0; k < t->ndim && g < sizeof got - 24; k++) g += (size_t)snprintf(got + g, sizeof got - g,
+                        k ? ", %lld" : "%lld", (long long)t->shape[k]);
+                if (m->ndim == 2) snprintf(want, sizeof want, "%lld, %lld", (long long)m->shape[0],
+                                           (long long)m->shape[1]);
                 else snprintf(want, sizeof want, "%lld", (long long)m->shape[0]);
-                tok__err(err, errcap, "%s: tensor %s: shape [%s], expected [%s] from config.json", sf->path, m->name, got, want);
+                tok__err(err, errcap, "%s: tensor %s: shape [%s], expected [%s] from config.json", sf->path, m->name,
+                         got, want);
                 goto done;
             }
             if (st_read_f32(sf, t, ck.params + m->offset, err, errcap)) goto done;
             size_t n = (size_t)st_numel(t);
             for (size_t k = 0; k < n; k++) {
                 float x = ck.params[m->offset + k];
-                if (x != x || x - x != 0) { tok__err(err, errcap, "%s: tensor %s: element %zu is NaN or Inf", sf->path, m->name, k); goto done; }
+                if (x != x || x - x != 0) {
+                    tok__err(err, errcap, "%s: tensor %s: element %zu is NaN or Inf", sf->path, m->name, k);
+                    goto done;
+                }
             }
             if (t->dtype != ST_BF16) all_bf16 = 0;
         }
     }
-    if (dtype_arg && strcmp(dtype_arg, "bf16") && strcmp(dtype_arg, "fp32")) { tok__err(err, errcap, "dtype must be bf16 or fp32, got \"%s\"", dtype_arg); goto done; }
-    ck.dtype = dtype_arg ? (!strcmp(dtype_arg, "bf16") ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32) : (all_bf16 ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32);
+    if (dtype_arg && strcmp(dtype_arg, "bf16") && strcmp(dtype_arg, "fp32")) {
+        tok__err(err, errcap, "dtype must be bf16 or fp32, got \"%s\"", dtype_arg);
+        goto done;
+    }
+    ck.dtype = dtype_arg ? (!strcmp(dtype_arg,
+                                    "bf16") ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32) : (all_bf16 ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32);
     conv_join(p, sizeof p, dir, "tokenizer.json");
     if (tokenizer_load_json(&tok, p, err, errcap)) goto done;
     if (tok.n_vocab > c.V) {
         // ids past the embedding would index out of bounds; holes and unused rows are fine
         int hi = tok.n_vocab - 1;
         while (hi >= c.V && tok.off[hi + 1] == tok.off[hi]) hi--;
-        if (hi >= c.V) { tok__err(err, errcap, "%s: token id %d is outside the model's vocab_size %d", p, hi, c.V); goto done; }
+        if (hi >= c.V) {
+            tok__err(err, errcap, "%s: token id %d is outside the model's vocab_size %d", p, hi, c.V);
+            goto done;
+        }
     }
     ck.tok = tokenizer_to_blob(&tok, &ck.tok_bytes);
     if (!ck.tok) { tok__err(err, errcap, "%s: out of memory", out); goto done; }
@@ -292,12 +343,16 @@ static int conv_write_config_json(FILE *f, const void *user) {
     const ModelConfig *c = &x->ck->cfg;
     int eot = x->tok ? tokenizer_special_id(x->tok, "<|endoftext|>") : -1;
     fprintf(f, "{\n  \"architectures\": [\"Qwen2ForCausalLM\"],\n  \"model_type\": \"qwen2\",\n");
-    fprintf(f, "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+    fprintf(f,
+            "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
             c->V, c->C, c->I, c->L);
-    fprintf(f, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n", c->NH, c->NKV, c->HD);
-    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"rope_theta\": %.9g,\n  \"rms_norm_eps\": %.9g,\n", c->maxT, c->rope_theta, c->rms_eps);
+    fprintf(f, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n", c->NH, c->NKV,
+            c->HD);
+    fprintf(f, "  \"max_position_embeddings\": %d,\n  \"rope_theta\": %.9g,\n  \"rms_norm_eps\": %.9g,\n", c->maxT,
+            c->rope_theta, c->rms_eps);
     fprintf(f, "  \"tie_word_embeddings\": %s,\n  \"hidden_act\": \"silu\",\n", c->tied ? "true" : "false");
-    fprintf(f, "  \"use_sliding_window\": false,\n  \"sliding_window\": %d,\n  \"max_window_layers\": %d,\n", c->maxT, c->L);
+    fprintf(f, "  \"use_sliding_window\": false,\n  \"sliding_window\": %d,\n  \"max_window_layers\": %d,\n", c->maxT,
+            c->L);
     fprintf(f, "  \"attention_dropout\": 0.0,\n  \"initializer_range\": 0.02,\n  \"use_cache\": true,\n");
     if (eot >= 0) fprintf(f, "  \"bos_token_id\": %d,\n", eot);
     if (x->ck->n_eos) fprintf(f, "  \"eos_token_id\": %d,\n", x->ck->eos[0]);
@@ -314,9 +369,18 @@ static int conv_write_generation_config(FILE *f, const void *user) {
     fprintf(f, "],\n  \"do_sample\": false\n}\n");
     return ferror(f) ? -1 : 0;
 }
-static int conv_write_tokenizer_json(FILE *f, const void *user) { tokenizer_write_hf_json(f, ((const ExportCtx *)user)->tok); return ferror(f) ? -1 : 0; }
-static int conv_write_vocab_json(FILE *f, const void *user) { tokenizer_write_vocab_json(f, ((const ExportCtx *)user)->tok); return ferror(f) ? -1 : 0; }
-static int conv_write_merges_txt(FILE *f, const void *user) { tokenizer_write_merges_txt(f, ((const ExportCtx *)user)->tok); return ferror(f) ? -1 : 0; }
+static int conv_write_tokenizer_json(FILE *f, const void *user) {
+    tokenizer_write_hf_json(f, ((const ExportCtx *)user)->tok);
+    return ferror(f) ? -1 : 0;
+}
+static int conv_write_vocab_json(FILE *f, const void *user) {
+    tokenizer_write_vocab_json(f, ((const ExportCtx *)user)->tok);
+    return ferror(f) ? -1 : 0;
+}
+static int conv_write_merges_txt(FILE *f, const void *user) {
+    tokenizer_write_merges_txt(f, ((const ExportCtx *)user)->tok);
+    return ferror(f) ? -1 : 0;
+}
 static int conv_write_tokenizer_config(FILE *f, const void *user) {
     const ExportCtx *x = (const ExportCtx *)user;
     const Tokenizer *t = x->tok;
@@ -326,20 +390,25 @@ static int conv_write_tokenizer_config(FILE *f, const void *user) {
     for (int id = 0; id < t->n_vocab; id++) if (t->flags[id] & TOK_F_ADDED) {
         fprintf(f, "%s\n    \"%d\": {\"content\": ", first ? "" : ",", id); first = 0;
         json_write_str(f, (const char *)t->bytes + t->off[id], t->off[id + 1] - t->off[id]);
-        fprintf(f, ", \"lstrip\": false, \"normalized\": false, \"rstrip\": false, \"single_word\": false, \"special\": %s}",
+        fprintf(f,
+                ", \"lstrip\": false, \"normalized\": false, \"rstrip\": false, \"single_word\": false, \"special\": %s}",
                 (t->flags[id] & TOK_F_SPECIAL) ? "true" : "false");
     }
     fprintf(f, "\n  },\n  \"bos_token\": null,\n  \"chat_template\": ");
     json_write_str(f, TOK_CHATML_JINJA, strlen(TOK_CHATML_JINJA));
     fprintf(f, ",\n  \"clean_up_tokenization_spaces\": false,\n  \"eos_token\": ");
-    if (eos >= 0) json_write_str(f, (const char *)t->bytes + t->off[eos], t->off[eos + 1] - t->off[eos]); else fputs("null", f);
+    if (eos >= 0) json_write_str(f, (const char *)t->bytes + t->off[eos],
+                                 t->off[eos + 1] - t->off[eos]); else fputs("null", f);
     fprintf(f, ",\n  \"errors\": \"replace\",\n  \"model_max_length\": %d,\n  \"pad_token\": ", x->ck->cfg.maxT);
-    if (eot >= 0) json_write_str(f, (const char *)t->bytes + t->off[eot], t->off[eot + 1] - t->off[eot]); else fputs("null", f);
-    fprintf(f, ",\n  \"split_special_tokens\": false,\n  \"tokenizer_class\": \"Qwen2Tokenizer\",\n  \"unk_token\": null\n}\n");
+    if (eot >= 0) json_write_str(f, (const char *)t->bytes + t->off[eot],
+                                 t->off[eot + 1] - t->off[eot]); else fputs("null", f);
+    fprintf(f,
+            ",\n  \"split_special_tokens\": false,\n  \"tokenizer_class\": \"Qwen2Tokenizer\",\n  \"unk_token\": null\n}\n");
     return ferror(f) ? -1 : 0;
 }
 
-static int convert_export(const char *in, const char *dir, const char *dtype_arg, int verbose, char *err, size_t errcap) {
+static int convert_export(const char *in, const char *dir, const char *dtype_arg, int verbose, char *err,
+                          size_t errcap) {
     Checkpoint ck;
     if (ckpt_load(in, &ck, err, errcap)) return -1;
     int rc = -1;
@@ -350,15 +419,24 @@ static int convert_export(const char *in, const char *dir, const char *dtype_arg
     ExportCtx x = {&ck, NULL, ck.dtype};
     char p[1024];
     if (dtype_arg) {
-        if (strcmp(dtype_arg, "bf16") && strcmp(dtype_arg, "fp32")) { tok__err(err, errcap, "dtype must be bf16 or fp32, got \"%s\"", dtype_arg); goto done; }
+        if (strcmp(dtype_arg, "bf16") && strcmp(dtype_arg, "fp32")) {
+            tok__err(err, errcap, "dtype must be bf16 or fp32, got \"%s\"", dtype_arg);
+            goto done;
+        }
         x.dtype = !strcmp(dtype_arg, "bf16") ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32;
     }
     if (ck.tok_bytes) {
         char e2[400];
-        if (tokenizer_from_blob(&tok, ck.tok, ck.tok_bytes, e2, sizeof e2)) { tok__err(err, errcap, "%s: %s", in, e2); goto done; }
+        if (tokenizer_from_blob(&tok, ck.tok, ck.tok_bytes, e2, sizeof e2)) {
+            tok__err(err, errcap, "%s: %s", in, e2);
+            goto done;
+        }
         have_tok = 1; x.tok = &tok;
     }
-    if (!conv_is_dir(dir) && mkdir(dir, 0755) != 0) { tok__err(err, errcap, "%s: cannot create directory (%s)", dir, strerror(errno)); goto done; }
+    if (!conv_is_dir(dir) && mkdir(dir, 0755) != 0) {
+        tok__err(err, errcap, "%s: cannot create directory (%s)", dir, strerror(errno));
+        goto done;
+    }
     map = (HfTensor *)malloc((size_t)(4 + 12 * ck.cfg.L) * sizeof(HfTensor));
     outs = (StOut *)malloc((size_t)(4 + 12 * ck.cfg.L) * sizeof(StOut));
     if (!map || !outs) { tok__err(err, errcap, "%s: out of memory", dir); goto done; }
@@ -388,7 +466,8 @@ static int convert_export(const char *in, const char *dir, const char *dtype_arg
         conv_join(p, sizeof p, dir, "tokenizer_config.json");
         if (write_file_atomic(p, conv_write_tokenizer_config, &x, err, errcap)) goto done;
     } else fprintf(stderr, "warning: %s has no tokenizer; wrote no tokenizer files\n", in);
-    if (verbose) printf("exported %s -> %s (%s weights%s)\n", in, dir, x.dtype == CKPT_DTYPE_BF16 ? "bf16" : "fp32", have_tok ? ", tokenizer" : "");
+    if (verbose) printf("exported %s -> %s (%s weights%s)\n", in, dir, x.dtype == CKPT_DTYPE_BF16 ? "bf16" : "fp32",
+                        have_tok ? ", tokenizer" : "");
     rc = 0;
 done:
     free(map); free(outs);
@@ -411,8 +490,10 @@ int main(int argc, char **argv) {
     char err[1024] = "";
     if (argc < 4 || argc > 5) { conv_usage(); return 2; }
     int rc;
-    if (!strcmp(argv[1], "import")) rc = convert_import(argv[2], argv[3], argc == 5 ? argv[4] : NULL, 1, err, sizeof err);
-    else if (!strcmp(argv[1], "export")) rc = convert_export(argv[2], argv[3], argc == 5 ? argv[4] : NULL, 1, err, sizeof err);
+    if (!strcmp(argv[1], "import")) rc = convert_import(argv[2], argv[3], argc == 5 ? argv[4] : NULL, 1, err,
+                                                        sizeof err);
+    else if (!strcmp(argv[1], "export")) rc = convert_export(argv[2], argv[3], argc == 5 ? argv[4] : NULL, 1, err,
+                                                             sizeof err);
     else { conv_usage(); return 2; }
     if (rc) { fprintf(stderr, "convert: %s\n", err); return 1; }
     return 0;

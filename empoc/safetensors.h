@@ -93,12 +93,25 @@ static inline int st_open(StFile *sf, const char *path, char *err, size_t errcap
     if (fseeko(f, 0, SEEK_END) != 0) { fclose(f); st__err(err, errcap, path, NULL, "cannot seek"); return -1; }
     uint64_t fsize = (uint64_t)ftello(f);
     rewind(f);
-    if (fsize < 8 || fread(lenb, 1, 8, f) != 8) { fclose(f); st__err(err, errcap, path, NULL, "truncated: shorter than the 8-byte header length"); return -1; }
+    if (fsize < 8 || fread(lenb, 1, 8, f) != 8) {
+        fclose(f);
+        st__err(err, errcap, path, NULL, "truncated: shorter than the 8-byte header length");
+        return -1;
+    }
     uint64_t hl = 0;
     for (int i = 7; i >= 0; i--) hl = (hl << 8) | lenb[i];
-    if (hl > ST_MAX_HEADER || hl > fsize - 8) { fclose(f); st__err(err, errcap, path, NULL, "truncated or corrupt: header length exceeds the file"); return -1; }
+    if (hl > ST_MAX_HEADER || hl > fsize - 8) {
+        fclose(f);
+        st__err(err, errcap, path, NULL, "truncated or corrupt: header length exceeds the file");
+        return -1;
+    }
     char *h = (char *)malloc((size_t)hl + 1);
-    if (!h || fread(h, 1, (size_t)hl, f) != hl) { free(h); fclose(f); st__err(err, errcap, path, NULL, "cannot read the header"); return -1; }
+    if (!h || fread(h, 1, (size_t)hl, f) != hl) {
+        free(h);
+        fclose(f);
+        st__err(err, errcap, path, NULL, "cannot read the header");
+        return -1;
+    }
     h[hl] = 0;
     JDoc d;
     if (json_parse(&d, h, (size_t)hl)) {
@@ -126,7 +139,8 @@ static inline int st_open(StFile *sf, const char *path, char *err, size_t errcap
         sf->n++;
         const char *dt = json_str(&d, json_get(&d, c, "dtype"));
         int shape = json_get(&d, c, "shape"), offs = json_get(&d, c, "data_offsets");
-        if (json_type(&d, c) != J_OBJ || !dt || json_type(&d, shape) != J_ARR || json_type(&d, offs) != J_ARR || json_len(&d, offs) != 2) {
+        if (json_type(&d, c) != J_OBJ || !dt || json_type(&d, shape) != J_ARR || json_type(&d,
+                offs) != J_ARR || json_len(&d, offs) != 2) {
             st__err(err, errcap, path, name, "entry needs dtype, shape and data_offsets [begin, end]"); goto done;
         }
         snprintf(t->dtype_name, sizeof t->dtype_name, "%s", dt);
@@ -138,7 +152,10 @@ static inline int st_open(StFile *sf, const char *path, char *err, size_t errcap
         int overflow = 0;
         for (int s = json_first(&d, shape); s >= 0; s = json_next(&d, s)) {
             double v = json_num(&d, s, -1);
-            if (!(v >= 0 && v <= 9007199254740992.0) || v != (double)(int64_t)v) { st__err(err, errcap, path, name, "shape entries must be non-negative integers"); goto done; }
+            if (!(v >= 0 && v <= 9007199254740992.0) || v != (double)(int64_t)v) {
+                st__err(err, errcap, path, name, "shape entries must be non-negative integers");
+                goto done;
+            }
             t->shape[t->ndim++] = (int64_t)v;
             if (v > 0 && count > UINT64_MAX / (uint64_t)v) overflow = 1;
             else count *= (uint64_t)v;
@@ -151,14 +168,20 @@ static inline int st_open(StFile *sf, const char *path, char *err, size_t errcap
         if (overflow || count > UINT64_MAX / (uint64_t)es || count * (uint64_t)es != t->end - t->begin) {
             st__err(err, errcap, path, name, "data_offsets span does not match shape x dtype size"); goto done;
         }
-        if (t->end > sf->data_len) { st__err(err, errcap, path, name, "data lies past the end of the file (truncated?)"); goto done; }
+        if (t->end > sf->data_len) {
+            st__err(err, errcap, path, name, "data lies past the end of the file (truncated?)");
+            goto done;
+        }
     }
     order = (StTensor **)malloc(((size_t)sf->n + 1) * sizeof(StTensor *));
     if (!order) { st__err(err, errcap, path, NULL, "out of memory"); goto done; }
     for (int i = 0; i < sf->n; i++) order[i] = &sf->t[i];
     qsort(order, (size_t)sf->n, sizeof *order, st__cmp_begin);
     for (int i = 1; i < sf->n; i++)
-        if (order[i]->begin < order[i - 1]->end) { st__err(err, errcap, path, order[i]->name, "data overlaps another tensor"); goto done; }
+        if (order[i]->begin < order[i - 1]->end) {
+            st__err(err, errcap, path, order[i]->name, "data overlaps another tensor");
+            goto done;
+        }
     rc = 0;
 done:
     free(order);
@@ -180,11 +203,22 @@ static inline uint64_t st_numel(const StTensor *t) {
 // Reads tensor t as fp32 into dst (st_numel(t) floats). 0 ok; -1 with one line in err.
 static inline int st_read_f32(StFile *sf, const StTensor *t, float *dst, char *err, size_t errcap) {
     int es = st_dtype_size(t->dtype);
-    if (!es) { char m[64]; snprintf(m, sizeof m, "dtype %s is not supported (need F32, BF16 or F16)", t->dtype_name); st__err(err, errcap, sf->path, t->name, m); return -1; }
+    if (!es) {
+        char m[64];
+        snprintf(m, sizeof m, "dtype %s is not supported (need F32, BF16 or F16)", t->dtype_name);
+        st__err(err, errcap, sf->path, t->name, m);
+        return -1;
+    }
     uint64_t n = st_numel(t);
-    if (fseeko(sf->f, (off_t)(sf->data_off + t->begin), SEEK_SET) != 0) { st__err(err, errcap, sf->path, t->name, "cannot seek to the data"); return -1; }
+    if (fseeko(sf->f, (off_t)(sf->data_off + t->begin), SEEK_SET) != 0) {
+        st__err(err, errcap, sf->path, t->name, "cannot seek to the data");
+        return -1;
+    }
     if (es == 4) {
-        if (fread(dst, 4, (size_t)n, sf->f) != n) { st__err(err, errcap, sf->path, t->name, "short read (truncated file?)"); return -1; }
+        if (fread(dst, 4, (size_t)n, sf->f) != n) {
+            st__err(err, errcap, sf->path, t->name, "short read (truncated file?)");
+            return -1;
+        }
         return 0;
     }
     const size_t CH = (size_t)1 << 16;
@@ -192,7 +226,11 @@ static inline int st_read_f32(StFile *sf, const StTensor *t, float *dst, char *e
     if (!buf) { st__err(err, errcap, sf->path, t->name, "out of memory"); return -1; }
     for (uint64_t i = 0; i < n; i += CH) {
         size_t m = (size_t)(n - i < CH ? n - i : CH);
-        if (fread(buf, 2, m, sf->f) != m) { free(buf); st__err(err, errcap, sf->path, t->name, "short read (truncated file?)"); return -1; }
+        if (fread(buf, 2, m, sf->f) != m) {
+            free(buf);
+            st__err(err, errcap, sf->path, t->name, "short read (truncated file?)");
+            return -1;
+        }
         for (size_t j = 0; j < m; j++) dst[i + j] = t->dtype == ST_BF16 ? bf16_to_f32(buf[j]) : st_f16_to_f32(buf[j]);
     }
     free(buf);
@@ -252,12 +290,16 @@ static inline int st_write(const char *path, const StOut *ts, int n, char *err, 
         uint64_t numel = 1;
         for (int i = 0; i < t->ndim; i++) numel *= (uint64_t)t->shape[i];
         uint64_t nb = numel * (uint64_t)st_dtype_size(t->dtype);
-        if (strlen(t->name) > 120 || strchr(t->name, '"') || strchr(t->name, '\\') || (t->dtype != ST_F32 && t->dtype != ST_BF16)) {
+        if (strlen(t->name) > 120 || strchr(t->name, '"') || strchr(t->name,
+                                                                    '\\') || (t->dtype != ST_F32 && t->dtype != ST_BF16)) {
             free(h); st__err(err, errcap, path, t->name, "cannot write this name or dtype"); return -1;
         }
-        len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t->name, t->dtype == ST_F32 ? "F32" : "BF16");
-        for (int i = 0; i < t->ndim; i++) len += (size_t)snprintf(h + len, cap - len, i ? ",%lld" : "%lld", (long long)t->shape[i]);
-        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off, (unsigned long long)(off + nb));
+        len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t->name,
+                                t->dtype == ST_F32 ? "F32" : "BF16");
+        for (int i = 0; i < t->ndim; i++) len += (size_t)snprintf(h + len, cap - len, i ? ",%lld" : "%lld",
+                                                                  (long long)t->shape[i]);
+        len += (size_t)snprintf(h + len, cap - len, "],\"data_offsets\":[%llu,%llu]}", (unsigned long long)off,
+                                (unsigned long long)(off + nb));
         off += nb;
     }
     len += (size_t)snprintf(h + len, cap - len, "}");

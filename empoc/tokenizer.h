@@ -150,7 +150,8 @@ static inline int tok__ccc(uint32_t cp) {
 static inline int tok__decompose(uint32_t cp, tok__uvec *out) {
     if (cp >= TOK_SBASE && cp < TOK_SBASE + TOK_SCOUNT) {
         uint32_t si = cp - TOK_SBASE;
-        if (tok__upush(out, TOK_LBASE + si / TOK_NCOUNT) || tok__upush(out, TOK_VBASE + (si % TOK_NCOUNT) / TOK_TCOUNT)) return -1;
+        if (tok__upush(out, TOK_LBASE + si / TOK_NCOUNT) || tok__upush(out,
+                                                                       TOK_VBASE + (si % TOK_NCOUNT) / TOK_TCOUNT)) return -1;
         if (si % TOK_TCOUNT) return tok__upush(out, TOK_TBASE + si % TOK_TCOUNT);
         return 0;
     }
@@ -283,7 +284,10 @@ static inline int tok__nfc(const unsigned char *s, size_t n, unsigned char **out
             if (!(tok__prop(cp) & TOK_NFC_FLAG)) break;
             j += l2;
         }
-        if (tok__bput(&o, s + copied, safe - copied) || tok__nfc_region(s + safe, j - safe, &o)) { free(o.v); return -1; }
+        if (tok__bput(&o, s + copied, safe - copied) || tok__nfc_region(s + safe, j - safe, &o)) {
+            free(o.v);
+            return -1;
+        }
         copied = safe = i = j;
     }
     if (tok__bput(&o, s + copied, n - copied) || tok__bput(&o, (const unsigned char *)"", 1)) { free(o.v); return -1; }
@@ -370,7 +374,9 @@ static inline const tok__mslot *tok__merge(const Tokenizer *t, int a, int b) {
 typedef struct { int32_t rank, pos; } tok__hent;
 typedef struct { int *sym, *nxt, *prv; tok__hent *heap; size_t cap; } tok__scratch;
 
-static inline int tok__hless(tok__hent a, tok__hent b) { return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos); }
+static inline int tok__hless(tok__hent a, tok__hent b) {
+    return a.rank < b.rank || (a.rank == b.rank && a.pos < b.pos);
+}
 static inline void tok__hpush(tok__hent *h, size_t *n, tok__hent e) {
     size_t i = (*n)++;
     while (i > 0 && tok__hless(e, h[(i - 1) / 2])) { h[i] = h[(i - 1) / 2]; i = (i - 1) / 2; }
@@ -390,7 +396,8 @@ static inline tok__hent tok__hpop(tok__hent *h, size_t *n) {
     return top;
 }
 
-static inline int tok__bpe_heap(const Tokenizer *t, const unsigned char *s, size_t n, tok__ivec *out, tok__scratch *sc) {
+static inline int tok__bpe_heap(const Tokenizer *t, const unsigned char *s, size_t n, tok__ivec *out,
+                                tok__scratch *sc) {
     if (n > sc->cap) {
         size_t nc = n;
         int *a = (int *)realloc(sc->sym, nc * sizeof(int)); if (!a) return -1; sc->sym = a;
@@ -576,11 +583,17 @@ static inline int tok__finish(Tokenizer *t, const char *src, char *err, size_t e
     for (int id = 0; id < t->n_vocab; id++) {
         if (t->off[id + 1] - t->off[id] != 1 || (t->flags[id] & TOK_F_ADDED)) continue;
         unsigned char b = t->bytes[t->off[id]];
-        if (t->byte_id[b] >= 0) { tok__err(err, errcap, "%s: byte 0x%02x has two tokens (%d and %d)", src, b, t->byte_id[b], id); return -1; }
+        if (t->byte_id[b] >= 0) {
+            tok__err(err, errcap, "%s: byte 0x%02x has two tokens (%d and %d)", src, b, t->byte_id[b], id);
+            return -1;
+        }
         t->byte_id[b] = id;
     }
     for (int b = 0; b < 256; b++)
-        if (t->byte_id[b] < 0) { tok__err(err, errcap, "%s: no token for byte 0x%02x (not a byte-level BPE vocabulary)", src, b); return -1; }
+        if (t->byte_id[b] < 0) {
+            tok__err(err, errcap, "%s: no token for byte 0x%02x (not a byte-level BPE vocabulary)", src, b);
+            return -1;
+        }
     if (t->n_merges) {
         size_t cap = 1; int bits = 0;
         while (cap < (size_t)t->n_merges + (size_t)t->n_merges / 2 + 1) { cap *= 2; bits++; }
@@ -594,7 +607,10 @@ static inline int tok__finish(Tokenizer *t, const char *src, char *err, size_t e
             uint64_t key = ((uint64_t)(uint32_t)a << 32) | (uint32_t)b;
             size_t h = (size_t)((key * 0x9E3779B97F4A7C15ull) >> t->mshift);
             while (t->mslots[h].key != TOK_EMPTY_KEY && t->mslots[h].key != key) h = (h + 1) & t->mmask;
-            if (t->mslots[h].key == key) { tok__err(err, errcap, "%s: merge %d repeats the pair of merge %d", src, r, t->mslots[h].rank); return -1; }
+            if (t->mslots[h].key == key) {
+                tok__err(err, errcap, "%s: merge %d repeats the pair of merge %d", src, r, t->mslots[h].rank);
+                return -1;
+            }
             t->mslots[h].key = key; t->mslots[h].rank = r; t->mslots[h].id = t->merges[3 * r + 2];
         }
     }
@@ -608,7 +624,10 @@ static inline int tok__finish(Tokenizer *t, const char *src, char *err, size_t e
         // insertion by length, longest first, so the first match is the longest
         uint32_t L = t->off[id + 1] - t->off[id];
         int j = k++;
-        while (j > 0 && t->off[t->added[j - 1] + 1] - t->off[t->added[j - 1]] < L) { t->added[j] = t->added[j - 1]; j--; }
+        while (j > 0 && t->off[t->added[j - 1] + 1] - t->off[t->added[j - 1]] < L) {
+            t->added[j] = t->added[j - 1];
+            j--;
+        }
         t->added[j] = id;
         t->added_first[t->bytes[t->off[id]]] = 1;
     }
@@ -706,7 +725,8 @@ static inline const char *tok__check_pipeline(const JDoc *d, int *nfc) {
     if (json_len(d, seq) != 2 || !tok__is(d, sp, "type", "Split") || !tok__is(d, bl, "type", "ByteLevel"))
         return "pre_tokenizer: expected the Qwen2 Sequence [Split, ByteLevel]";
     const char *rx = json_str(d, json_get(d, json_get(d, sp, "pattern"), "Regex"));
-    if (!rx || strcmp(rx, TOK_QWEN2_PATTERN) != 0) return "pre_tokenizer: Split pattern is not the Qwen2 regex (the only one implemented)";
+    if (!rx || strcmp(rx,
+                      TOK_QWEN2_PATTERN) != 0) return "pre_tokenizer: Split pattern is not the Qwen2 regex (the only one implemented)";
     if (!tok__is(d, sp, "behavior", "Isolated") || json_bool(d, json_get(d, sp, "invert"), 0))
         return "pre_tokenizer: Split must be behavior Isolated, invert false";
     if (json_bool(d, json_get(d, bl, "add_prefix_space"), 0) || json_bool(d, json_get(d, bl, "use_regex"), 1))
@@ -717,8 +737,12 @@ static inline const char *tok__check_pipeline(const JDoc *d, int *nfc) {
     int x = json_get(d, model, "dropout");
     if (x >= 0 && json_type(d, x) != J_NULL) return "model: BPE dropout is not supported";
     const char *s;
-    if ((s = json_str(d, json_get(d, model, "continuing_subword_prefix"))) && *s) return "model: continuing_subword_prefix is not supported";
-    if ((s = json_str(d, json_get(d, model, "end_of_word_suffix"))) && *s) return "model: end_of_word_suffix is not supported";
+    if ((s = json_str(d,
+                      json_get(d, model,
+                               "continuing_subword_prefix"))) && *s) return "model: continuing_subword_prefix is not supported";
+    if ((s = json_str(d,
+                      json_get(d, model,
+                               "end_of_word_suffix"))) && *s) return "model: end_of_word_suffix is not supported";
     if (json_bool(d, json_get(d, model, "byte_fallback"), 0)) return "model: byte_fallback is not supported";
     if (json_bool(d, json_get(d, model, "ignore_merges"), 0)) return "model: ignore_merges is not supported";
     return NULL;
@@ -745,9 +769,18 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
     int model = json_get(&d, 0, "model"), vocab = json_get(&d, model, "vocab"), merges = json_get(&d, model, "merges");
     int added = json_get(&d, 0, "added_tokens");
     if (bad) { tok__err(err, errcap, "%s: %s", path, bad); goto done; }
-    if (json_type(&d, vocab) != J_OBJ) { tok__err(err, errcap, "%s: model.vocab: missing or not an object", path); goto done; }
-    if (json_type(&d, merges) != J_ARR) { tok__err(err, errcap, "%s: model.merges: missing or not an array", path); goto done; }
-    if (added >= 0 && json_type(&d, added) != J_ARR) { tok__err(err, errcap, "%s: added_tokens: not an array", path); goto done; }
+    if (json_type(&d, vocab) != J_OBJ) {
+        tok__err(err, errcap, "%s: model.vocab: missing or not an object", path);
+        goto done;
+    }
+    if (json_type(&d, merges) != J_ARR) {
+        tok__err(err, errcap, "%s: model.merges: missing or not an array", path);
+        goto done;
+    }
+    if (added >= 0 && json_type(&d, added) != J_ARR) {
+        tok__err(err, errcap, "%s: added_tokens: not an array", path);
+        goto done;
+    }
     t->pretok = TOK_PRE_QWEN2;
     {
         // pass 1: the largest id, to size the tables
@@ -756,7 +789,9 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
         for (int c = json_first(&d, vocab); c >= 0; c = json_next(&d, c)) {
             double v = json_num(&d, c, -1);
             if (!(v >= 0 && v < (1 << 22)) || v != (double)(long long)v) {
-                tok__err(err, errcap, "%s: model.vocab[\"%s\"]: id is not an integer in [0, 4194304)", path, json_key(&d, c)); goto done;
+                tok__err(err, errcap, "%s: model.vocab[\"%s\"]: id is not an integer in [0, 4194304)", path,
+                         json_key(&d, c));
+                goto done;
             }
             if ((long long)v > maxid) maxid = (long long)v;
             total += (size_t)d.nodes[c].keylen;
@@ -765,7 +800,9 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
             double v = json_num(&d, json_get(&d, c, "id"), -1);
             const char *content = json_str(&d, json_get(&d, c, "content"));
             if (!(v >= 0 && v < (1 << 22)) || v != (double)(long long)v || !content || !*content) {
-                tok__err(err, errcap, "%s: added_tokens: an entry lacks an integer id in range or a non-empty content", path); goto done;
+                tok__err(err, errcap, "%s: added_tokens: an entry lacks an integer id in range or a non-empty content",
+                         path);
+                goto done;
             }
             if ((long long)v > maxid) maxid = (long long)v;
             total += (size_t)json_len(&d, json_get(&d, c, "content"));
@@ -779,15 +816,24 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
         tmp = (unsigned char *)malloc(total + 1);
         t->flags = (unsigned char *)calloc((size_t)n, 1);
         unsigned char *has = (unsigned char *)calloc((size_t)n, 1);
-        if (!len || !at || !tmp || !t->flags || !has) { free(len); free(at); free(has); tok__err(err, errcap, "%s: out of memory", path); goto done; }
+        if (!len || !at || !tmp || !t->flags || !has) {
+            free(len);
+            free(at);
+            free(has);
+            tok__err(err, errcap, "%s: out of memory", path);
+            goto done;
+        }
         size_t used = 0;
         int ok = 1;
         for (int c = json_first(&d, vocab); ok && c >= 0; c = json_next(&d, c)) {
             int id = (int)json_num(&d, c, -1);
             size_t bl;
             if (has[id]) { tok__err(err, errcap, "%s: model.vocab: id %d appears twice", path, id); ok = 0; break; }
-            if (tok__unbytelevel(u2b, json_key(&d, c), (size_t)d.nodes[c].keylen, tmp + used, &bl) || bl == 0 || bl > 65535) {
-                tok__err(err, errcap, "%s: model.vocab[\"%s\"]: not a byte-level token", path, json_key(&d, c)); ok = 0; break;
+            if (tok__unbytelevel(u2b, json_key(&d, c), (size_t)d.nodes[c].keylen, tmp + used,
+                                 &bl) || bl == 0 || bl > 65535) {
+                tok__err(err, errcap, "%s: model.vocab[\"%s\"]: not a byte-level token", path, json_key(&d, c));
+                ok = 0;
+                break;
             }
             has[id] = 1; at[id] = (uint32_t)used; len[id] = (uint32_t)bl; used += bl;
         }
@@ -798,18 +844,25 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
             size_t cl = (size_t)json_len(&d, cn);
             if (json_bool(&d, json_get(&d, c, "lstrip"), 0) || json_bool(&d, json_get(&d, c, "rstrip"), 0) ||
                 json_bool(&d, json_get(&d, c, "single_word"), 0)) {
-                tok__err(err, errcap, "%s: added token \"%s\": lstrip/rstrip/single_word are not implemented", path, content); ok = 0; break;
+                tok__err(err, errcap, "%s: added token \"%s\": lstrip/rstrip/single_word are not implemented", path,
+                         content);
+                ok = 0;
+                break;
             }
             if (cl > 65535) { tok__err(err, errcap, "%s: added token %d: content too long", path, id); ok = 0; break; }
             if (has[id]) {   // HF reuses a vocab id whose text is the same; anything else is a clash
                 if (len[id] != cl || memcmp(tmp + at[id], content, cl) != 0) {
-                    tok__err(err, errcap, "%s: added token \"%s\": id %d already belongs to another token", path, content, id); ok = 0; break;
+                    tok__err(err, errcap, "%s: added token \"%s\": id %d already belongs to another token", path,
+                             content, id);
+                    ok = 0;
+                    break;
                 }
             } else {
                 memcpy(tmp + used, content, cl);
                 has[id] = 1; at[id] = (uint32_t)used; len[id] = (uint32_t)cl; used += cl;
             }
-            t->flags[id] = (unsigned char)(TOK_F_ADDED | (json_bool(&d, json_get(&d, c, "special"), 0) ? TOK_F_SPECIAL : 0));
+            t->flags[id] = (unsigned char)(TOK_F_ADDED | (json_bool(&d, json_get(&d, c, "special"),
+                                                                    0) ? TOK_F_SPECIAL : 0));
         }
         // lay the tokens out by id
         if (ok) {
@@ -840,7 +893,8 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
             size_t L = t->off[id + 1] - t->off[id];
             if (!L || (t->flags[id] & TOK_F_ADDED)) continue;
             if (tok__strmap_find(t, &sm, t->bytes + t->off[id], L) >= 0) {
-                tok__err(err, errcap, "%s: model.vocab: two ids (the second is %d) have the same token", path, id); goto done;
+                tok__err(err, errcap, "%s: model.vocab: two ids (the second is %d) have the same token", path, id);
+                goto done;
             }
             uint64_t h = tok__fnv(t->bytes + t->off[id], L);
             size_t i = (size_t)h & sm.mask;
@@ -861,9 +915,18 @@ static inline int tokenizer_load_json(Tokenizer *t, const char *path, char *err,
                 a = json_str(&d, x); al = (size_t)json_len(&d, x); b = json_str(&d, y); bl = (size_t)json_len(&d, y);
             } else if (json_type(&d, c) == J_STR) {
                 const char *s = json_str(&d, c), *sp = strchr(s, ' ');
-                if (sp && sp != s && !strchr(sp + 1, ' ') && sp[1]) { a = s; al = (size_t)(sp - s); b = sp + 1; bl = strlen(b); }
+                if (sp && sp != s && !strchr(sp + 1, ' ') && sp[1]) {
+                    a = s;
+                    al = (size_t)(sp - s);
+                    b = sp + 1;
+                    bl = strlen(b);
+                }
             }
-            if (!a || !b) { tok__err(err, errcap, "%s: model.merges[%d]: not a pair of tokens", path, r); free(buf); goto done; }
+            if (!a || !b) {
+                tok__err(err, errcap, "%s: model.merges[%d]: not a pair of tokens", path, r);
+                free(buf);
+                goto done;
+            }
             if (al + bl > bufcap) {
                 bufcap = 2 * (al + bl);
                 unsigned char *nb = (unsigned char *)realloc(buf, bufcap);
@@ -903,17 +966,29 @@ done:
 #define TOK_BLOB_MAGIC 0x424B4F54u
 #define TOK_BLOB_VERSION 1
 
-static inline void tok__put32(unsigned char *p, uint32_t v) { p[0] = (unsigned char)v; p[1] = (unsigned char)(v >> 8); p[2] = (unsigned char)(v >> 16); p[3] = (unsigned char)(v >> 24); }
-static inline uint32_t tok__get32(const unsigned char *p) { return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24); }
+static inline void tok__put32(unsigned char *p, uint32_t v) {
+    p[0] = (unsigned char)v;
+    p[1] = (unsigned char)(v >> 8);
+    p[2] = (unsigned char)(v >> 16);
+    p[3] = (unsigned char)(v >> 24);
+}
+static inline uint32_t tok__get32(const unsigned char *p) {
+    return (uint32_t)p[0] | ((uint32_t)p[1] << 8) | ((uint32_t)p[2] << 16) | ((uint32_t)p[3] << 24);
+}
 
 static inline unsigned char *tokenizer_to_blob(const Tokenizer *t, size_t *n) {
     size_t nv = (size_t)t->n_vocab, nb = t->off[nv];
     size_t total = 28 + nv * 3 + nb + (size_t)t->n_merges * 12;
     unsigned char *b = (unsigned char *)malloc(total), *p = b;
     if (!b) return NULL;
-    uint32_t hdr[7] = {TOK_BLOB_MAGIC, TOK_BLOB_VERSION, (uint32_t)t->nfc, (uint32_t)t->pretok, (uint32_t)nv, (uint32_t)t->n_merges, (uint32_t)nb};
+    uint32_t hdr[7] = {TOK_BLOB_MAGIC, TOK_BLOB_VERSION, (uint32_t)t->nfc, (uint32_t)t->pretok, (uint32_t)nv,
+                       (uint32_t)t->n_merges, (uint32_t)nb};
     for (int i = 0; i < 7; i++, p += 4) tok__put32(p, hdr[i]);
-    for (size_t i = 0; i < nv; i++) { uint32_t L = t->off[i + 1] - t->off[i]; *p++ = (unsigned char)L; *p++ = (unsigned char)(L >> 8); }
+    for (size_t i = 0; i < nv; i++) {
+        uint32_t L = t->off[i + 1] - t->off[i];
+        *p++ = (unsigned char)L;
+        *p++ = (unsigned char)(L >> 8);
+    }
     memcpy(p, t->flags, nv); p += nv;
     memcpy(p, t->bytes, nb); p += nb;
     for (size_t i = 0; i < (size_t)t->n_merges * 3; i++, p += 4) tok__put32(p, (uint32_t)t->merges[i]);
@@ -925,19 +1000,38 @@ static inline unsigned char *tokenizer_to_blob(const Tokenizer *t, size_t *n) {
 static inline int tokenizer_from_blob(Tokenizer *t, const unsigned char *b, size_t n, char *err, size_t errcap) {
     const char *src = "tokenizer blob";
     memset(t, 0, sizeof *t);
-    if (n < 28 || tok__get32(b) != TOK_BLOB_MAGIC) { tok__err(err, errcap, "%s: bad magic or truncated", src); return -1; }
-    if (tok__get32(b + 4) != TOK_BLOB_VERSION) { tok__err(err, errcap, "%s: unsupported version %u", src, tok__get32(b + 4)); return -1; }
+    if (n < 28 || tok__get32(b) != TOK_BLOB_MAGIC) {
+        tok__err(err, errcap, "%s: bad magic or truncated", src);
+        return -1;
+    }
+    if (tok__get32(b + 4) != TOK_BLOB_VERSION) {
+        tok__err(err, errcap, "%s: unsupported version %u", src, tok__get32(b + 4));
+        return -1;
+    }
     uint32_t nfc = tok__get32(b + 8), pre = tok__get32(b + 12), nv = tok__get32(b + 16), nm = tok__get32(b + 20), nb = tok__get32(b + 24);
-    if (nfc > 1 || pre != TOK_PRE_QWEN2) { tok__err(err, errcap, "%s: unknown normalizer/pre-tokenizer", src); return -1; }
-    if (nv == 0 || nv > (1u << 22) || nm > (1u << 22)) { tok__err(err, errcap, "%s: vocab or merge count out of range", src); return -1; }
-    if ((uint64_t)28 + (uint64_t)nv * 3 + nb + (uint64_t)nm * 12 != n) { tok__err(err, errcap, "%s: sizes disagree with the blob length (truncated?)", src); return -1; }
+    if (nfc > 1 || pre != TOK_PRE_QWEN2) {
+        tok__err(err, errcap, "%s: unknown normalizer/pre-tokenizer", src);
+        return -1;
+    }
+    if (nv == 0 || nv > (1u << 22) || nm > (1u << 22)) {
+        tok__err(err, errcap, "%s: vocab or merge count out of range", src);
+        return -1;
+    }
+    if ((uint64_t)28 + (uint64_t)nv * 3 + nb + (uint64_t)nm * 12 != n) {
+        tok__err(err, errcap, "%s: sizes disagree with the blob length (truncated?)", src);
+        return -1;
+    }
     const unsigned char *lens = b + 28, *fl = lens + 2 * (size_t)nv, *bytes = fl + nv, *mg = bytes + nb;
     t->n_vocab = (int)nv; t->n_merges = (int)nm; t->nfc = (int)nfc; t->pretok = (int)pre;
     t->off = (uint32_t *)malloc(((size_t)nv + 1) * sizeof(uint32_t));
     t->flags = (unsigned char *)malloc(nv);
     t->bytes = (unsigned char *)malloc((size_t)nb + 1);
     t->merges = (int32_t *)malloc(((size_t)nm * 3 + 1) * sizeof(int32_t));
-    if (!t->off || !t->flags || !t->bytes || !t->merges) { tokenizer_free(t); tok__err(err, errcap, "%s: out of memory", src); return -1; }
+    if (!t->off || !t->flags || !t->bytes || !t->merges) {
+        tokenizer_free(t);
+        tok__err(err, errcap, "%s: out of memory", src);
+        return -1;
+    }
     uint64_t k = 0;
     for (uint32_t i = 0; i < nv; i++) {
         uint32_t L = (uint32_t)lens[2 * i] | ((uint32_t)lens[2 * i + 1] << 8);
@@ -959,7 +1053,11 @@ static inline int tokenizer_from_blob(Tokenizer *t, const unsigned char *b, size
                  memcmp(t->bytes + t->off[m], t->bytes + t->off[a], la) == 0 &&
                  memcmp(t->bytes + t->off[m] + la, t->bytes + t->off[c], lc) == 0;
         }
-        if (!ok) { tokenizer_free(t); tok__err(err, errcap, "%s: merge %u is not a valid concatenation of two tokens", src, r); return -1; }
+        if (!ok) {
+            tokenizer_free(t);
+            tok__err(err, errcap, "%s: merge %u is not a valid concatenation of two tokens", src, r);
+            return -1;
+        }
         t->merges[3 * r] = (int32_t)a; t->merges[3 * r + 1] = (int32_t)c; t->merges[3 * r + 2] = (int32_t)m;
     }
     if (tok__finish(t, src, err, errcap)) { tokenizer_free(t); return -1; }
@@ -983,7 +1081,8 @@ static inline void tok__write_bl(FILE *f, const uint32_t b2u[256], const unsigne
 static inline void tok__write_added(FILE *f, const Tokenizer *t, int id) {
     fprintf(f, "{\"id\": %d, \"content\": ", id);
     json_write_str(f, (const char *)t->bytes + t->off[id], t->off[id + 1] - t->off[id]);
-    fprintf(f, ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": %s}",
+    fprintf(f,
+            ", \"single_word\": false, \"lstrip\": false, \"rstrip\": false, \"normalized\": false, \"special\": %s}",
             (t->flags[id] & TOK_F_SPECIAL) ? "true" : "false");
 }
 // tokenizer.json for HF `tokenizers` / transformers. Returns 0 (ferror is checked by the caller).

@@ -28,7 +28,8 @@ static void test_text(void) {
     expect_extract("First \\boxed{red}, then corrected: \\boxed{\\text{deep blue}}", "deep blue");
     expect_extract("I think about it.\nIt is blue.", "It is blue");
     expect_extract("Water boils at 100 C. Ice melts at 0 C!  ", "Ice melts at 0 C");
-    expect_extract("The value of e.g. pi is 3.14", "pi is 3.14");   // a sentence ends at ". " (abbreviations are not special)
+    expect_extract("The value of e.g. pi is 3.14",
+                   "pi is 3.14");   // a sentence ends at ". " (abbreviations are not special)
     expect_extract("", NULL);
     expect_extract("  ... !!", NULL);
     expect_extract("answer: \\boxed{}", NULL);
@@ -36,7 +37,8 @@ static void test_text(void) {
     for (int i = 0; i < 1198; i += 2) { longs[i] = (char)0xC3; longs[i + 1] = (char)0xA9; }   // "é" x 599, no sentence end
     longs[1198] = 0;
     int lg = ff_extract_answer(longs, got, sizeof got);
-    check(lg && strlen(got) <= FF_SENTENCE_CAP && ((unsigned char)got[0] & 0xC0) != 0x80 && !strcmp(got, longs + 1198 - strlen(got)),
+    check(lg && strlen(got) <= FF_SENTENCE_CAP && ((unsigned char)got[0] & 0xC0) != 0x80 && !strcmp(got,
+            longs + 1198 - strlen(got)),
           "a long last sentence keeps its last %zu bytes, starting on a character boundary", strlen(got));
     char n[64];
     ff_normalize("  It   IS Blue. ", n, sizeof n);
@@ -52,9 +54,11 @@ static void test_text(void) {
     int c3 = ff_copies_question("Clear Day", q, &cfg), c4 = ff_copies_question("blue", q, &cfg);
     cfg.copy_substring = 0; cfg.copy_rouge = 1.0f;
     int c5 = ff_copies_question("Clear Day", q, &cfg);
-    check(!c1 && c2 && c3 && !c4 && !c5, "copy guard: rouge 0.6 no, rouge 1.0 yes, substring yes, unrelated no, both off no");
+    check(!c1 && c2 && c3 && !c4 && !c5,
+          "copy guard: rouge 0.6 no, rouge 1.0 yes, substring yes, unrelated no, both off no");
     char *p = ff_render_judge_prompt("Q={question} A={a} B={b} again {a}", "why?", "x {b}", "y");
-    check(p && strcmp(p, "Q=why? A=x {b} B=y again x {b}") == 0, "judge template fills every placeholder, values not re-scanned: %s", p);
+    check(p && strcmp(p, "Q=why? A=x {b} B=y again x {b}") == 0,
+          "judge template fills every placeholder, values not re-scanned: %s", p);
     free(p);
     check(ff_template_invalid(FF_DEFAULT_JUDGE_TEMPLATE) == NULL && ff_template_invalid("{question} {a}") != NULL,
           "template check: the default is valid, one without {b} is not (%s)", ff_template_invalid("{question} {a}"));
@@ -69,12 +73,14 @@ static int stub_calls = 0, stub_pairs = 0;
 static int stub_meaning(const char *s) {
     char n[FF_ANSWER_CAP];
     ff_normalize(s, n, sizeof n);
-    static const char *const table[][2] = {{"blue", "B"}, {"it is blue", "B"}, {"green", "G"}, {"the sky", "S"}, {"azure", "Z"},
+    static const char *const table[][2] = {{"blue", "B"}, {"it is blue", "B"}, {"green", "G"}, {"the sky", "S"},
+                                           {"azure", "Z"},
                                            {"1/2", "H"}, {"one half", "H"}};
     for (size_t i = 0; i < sizeof table / sizeof table[0]; i++) if (!strcmp(n, table[i][0])) return table[i][1][0];
     return (int)(n[0] ? 1000 + n[0] : 0);   // anything else: its own meaning by first letter
 }
-static int stub_judge(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n, float *p_yes) {
+static int stub_judge(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n,
+                      float *p_yes) {
     stub_calls++; stub_pairs += n;
     for (int k = 0; k < n; k++) {
         int x = stub_meaning(a[k]), y = stub_meaning(b[k]);
@@ -94,10 +100,13 @@ static void test_cluster_stub(void) {
     freeform_cluster(ans, 8, q, stub_judge, NULL, &cfg, &g, &st);
     int want_c[8] = {0, 0, 0, -1, 1, 2, 3, 0};
     int ok = g.n_clusters == 4 && g.n_missing == 1 && memcmp(g.cluster, want_c, sizeof want_c) == 0;
-    check(ok, "bidirectional: clusters {blue, It is blue., Blue, blue.} {green} {the sky} {azure} + 1 missing (%d clusters)", g.n_clusters);
-    check(stub_calls == 1 && stub_pairs == 20 && st.n_unique == 5, "one judge call for the group: %d call(s), %d directed pairs of %d distinct answers (5*4)",
+    check(ok,
+          "bidirectional: clusters {blue, It is blue., Blue, blue.} {green} {the sky} {azure} + 1 missing (%d clusters)", g.n_clusters);
+    check(stub_calls == 1 && stub_pairs == 20 && st.n_unique == 5,
+          "one judge call for the group: %d call(s), %d directed pairs of %d distinct answers (5*4)",
           stub_calls, stub_pairs, st.n_unique);
-    check(feq(g.entropy, logf(4.0f), 1e-5f), "entropy %.5f = -(1/2 ln 1/2 + 3 * 1/8 ln 1/8) + 1/8 ln 8 = ln 4 = %.5f", g.entropy, logf(4.0f));
+    check(feq(g.entropy, logf(4.0f), 1e-5f), "entropy %.5f = -(1/2 ln 1/2 + 3 * 1/8 ln 1/8) + 1/8 ln 8 = ln 4 = %.5f",
+          g.entropy, logf(4.0f));
     float want_r[8] = {0.5f, 0.5f, 0.5f, -0.5f, 0.125f, 0.0f, 0.125f, 0.5f};
     ok = 1;
     for (int i = 0; i < 8; i++) ok &= feq(g.reward[i], want_r[i], 1e-6f);
@@ -124,7 +133,8 @@ static void test_cluster_stub(void) {
     for (int i = 0; i < 6; i++) ok &= g.reward[i] == 0.0f && st.why[i] == FF_LOW_CONF;
     cfg.min_share = 0.0f;
     freeform_cluster(spread, 6, q, stub_judge, NULL, &cfg, &g, &st);
-    check(ok && feq(g.reward[0], 1.0f / 6, 1e-6f), "low-confidence cutoff: 6 singletons give 0 (cutoff 0.2), 1/6 with --min-share 0");
+    check(ok && feq(g.reward[0], 1.0f / 6, 1e-6f),
+          "low-confidence cutoff: 6 singletons give 0 (cutoff 0.2), 1/6 with --min-share 0");
     // one cluster is never low-confidence, and a lone answer among missing ones is not either way
     const char *lone[6] = {"alpha", NULL, NULL, NULL, NULL, NULL};
     freeform_config_default(&cfg);
@@ -134,7 +144,8 @@ static void test_cluster_stub(void) {
     const char *same[4] = {"Blue", "blue", "blue.", " BLUE "};
     stub_calls = 0;
     freeform_cluster(same, 4, q, stub_judge, NULL, &cfg, &g, &st);
-    check(g.n_clusters == 1 && g.reward[0] == 1.0f && stub_calls == 0 && g.entropy == 0.0f, "identical answers: one cluster, reward 1, entropy 0, judge not called");
+    check(g.n_clusters == 1 && g.reward[0] == 1.0f && stub_calls == 0 && g.entropy == 0.0f,
+          "identical answers: one cluster, reward 1, entropy 0, judge not called");
 
     // a batch of groups: one judge call for all of them, same result as group by group
     const char *batch[16] = {"blue", "It is blue.", "Blue", NULL, "green", "the sky", "azure", "blue.",
@@ -149,10 +160,12 @@ static void test_cluster_stub(void) {
     ok = 1;
     for (int k = 0; k < 2; k++) {
         freeform_cluster(batch + 8 * k, 8, qs[k], stub_judge, NULL, &cfg, &g1, &s1);
-        ok &= memcmp(g1.cluster, gb[k].cluster, sizeof g1.cluster) == 0 && memcmp(g1.reward, gb[k].reward, sizeof g1.reward) == 0 &&
+        ok &= memcmp(g1.cluster, gb[k].cluster, sizeof g1.cluster) == 0 && memcmp(g1.reward, gb[k].reward,
+                sizeof g1.reward) == 0 &&
               g1.entropy == gb[k].entropy;
     }
-    check(ok && calls == 1 && np == 20 + 20, "a batch of 2 groups: one judge call of %ld pairs, the same clusters and rewards as one group at a time", np);
+    check(ok && calls == 1 && np == 20 + 20,
+          "a batch of 2 groups: one judge call of %ld pairs, the same clusters and rewards as one group at a time", np);
 
     // the table clustering is semantic_cluster's: same result on math answers with math_answers_equal as the judge
     const char *math[7] = {"1/2", "0.5", "\\frac{1}{2}", "3", NULL, "3.0", "x^2"};
@@ -161,13 +174,16 @@ static void test_cluster_stub(void) {
     FreeformPlan pl;
     freeform_plan(&pl, math, 7, &cfg);
     float py[64];
-    for (int k = 0; k < pl.n_pairs; k++) py[k] = math_answers_equal(math[pl.first[pl.pa[k]]], math[pl.first[pl.pb[k]]]) ? 1.0f : 0.0f;
+    for (int k = 0; k < pl.n_pairs; k++) py[k] = math_answers_equal(math[pl.first[pl.pa[k]]],
+                                                                    math[pl.first[pl.pb[k]]]) ? 1.0f : 0.0f;
     cfg.min_share = 0.0f; cfg.copy_substring = 0; cfg.copy_rouge = 1.0f; cfg.no_answer_reward = 0.0f;
     freeform_finish(&pl, math, NULL, py, &cfg, &g, NULL);
     freeform_plan_free(&pl);
-    ok = g.n_clusters == ref.n_clusters && memcmp(g.cluster, ref.cluster, sizeof g.cluster) == 0 && g.entropy == ref.entropy &&
+    ok = g.n_clusters == ref.n_clusters && memcmp(g.cluster, ref.cluster,
+                                                  sizeof g.cluster) == 0 && g.entropy == ref.entropy &&
          memcmp(g.reward, ref.reward, sizeof g.reward) == 0 && g.majority == ref.majority;
-    check(ok, "table clustering = semantic_cluster on math answers (%d clusters, H = %.4f vs %.4f)", g.n_clusters, g.entropy, ref.entropy);
+    check(ok, "table clustering = semantic_cluster on math answers (%d clusters, H = %.4f vs %.4f)", g.n_clusters,
+          g.entropy, ref.entropy);
 }
 
 // ----------------------------------------------------------------------------
@@ -199,12 +215,17 @@ static void test_verifier_vs_hf(void) {
     size_t len;
     char *text = read_whole_file("dev/fixtures/verifier_logprobs.json", &len);
     JDoc d;
-    if (!text || json_parse(&d, text, len) != 0) { check(0, "verifier fixture: cannot read/parse (run make fixtures_freeform)"); free(text); return; }
+    if (!text || json_parse(&d, text, len) != 0) {
+        check(0, "verifier fixture: cannot read/parse (run make fixtures_freeform)");
+        free(text);
+        return;
+    }
     if (make_verifier_with_tokenizer() != 0) { json_free(&d); free(text); return; }
     Verifier v;
     verifier_load(&v, VTMP, NULL, 256);
     int root = 0, pairs = json_get(&d, root, "pairs"), n = json_len(&d, pairs);
-    check(v.yes_id == (int)json_num(&d, json_get(&d, root, "yes_id"), -1) && v.no_id == (int)json_num(&d, json_get(&d, root, "no_id"), -1),
+    check(v.yes_id == (int)json_num(&d, json_get(&d, root, "yes_id"), -1) && v.no_id == (int)json_num(&d,
+            json_get(&d, root, "no_id"), -1),
           "decision tokens: \" Yes\"/\" No\" collide in a byte vocabulary, so \"Yes\"/\"No\": ids %d/%d", v.yes_id, v.no_id);
     const char **q = (const char **)xmalloc(n * sizeof(char *)), **a = (const char **)xmalloc(n * sizeof(char *)), **b = (const char **)xmalloc(n * sizeof(char *));
     float *ref_y = (float *)xmalloc(n * sizeof(float)), *ref_n = (float *)xmalloc(n * sizeof(float)), *py = (float *)xmalloc(n * sizeof(float));
@@ -212,8 +233,11 @@ static void test_verifier_vs_hf(void) {
     int render_ok = 1;
     for (int k = 0; k < n; k++) {
         int e = json_at(&d, pairs, k);
-        q[k] = json_str(&d, json_get(&d, e, "question")); a[k] = json_str(&d, json_get(&d, e, "a")); b[k] = json_str(&d, json_get(&d, e, "b"));
-        ref_y[k] = (float)json_num(&d, json_get(&d, e, "lp_yes"), 0); ref_n[k] = (float)json_num(&d, json_get(&d, e, "lp_no"), 0);
+        q[k] = json_str(&d, json_get(&d, e, "question"));
+        a[k] = json_str(&d, json_get(&d, e, "a"));
+        b[k] = json_str(&d, json_get(&d, e, "b"));
+        ref_y[k] = (float)json_num(&d, json_get(&d, e, "lp_yes"), 0);
+        ref_n[k] = (float)json_num(&d, json_get(&d, e, "lp_no"), 0);
         const char *prompt = json_str(&d, json_get(&d, e, "prompt"));
         char *mine = ff_render_judge_prompt(FF_DEFAULT_JUDGE_TEMPLATE, q[k], a[k], b[k]);
         render_ok &= prompt && strcmp(mine, prompt) == 0;
@@ -244,15 +268,29 @@ static void test_verifier_vs_hf(void) {
         worst2 = fmaxf(worst2, fmaxf(fabsf(ly2[k] - ly[k]), fabsf(ln2[k] - ln[k])));
         total += lens[k];
     }
-    check(worst < 1e-4f, "batched judge log P(Yes), log P(No) vs transformers on %d prompts: max abs err %.2e (e.g. %.5f vs %.5f)", n, worst, ly[0], ref_y[0]);
-    check(shared > 0 && computed + shared == total, "shared prefixes: %ld of %ld prompt tokens computed once and copied", shared, total);
-    check(worst2 < 1e-5f && computed2 + shared2 == total, "waves of 3 sequences and steps of 100 tokens give the same values (max diff %.2e)", worst2);
+    check(worst < 1e-4f,
+          "batched judge log P(Yes), log P(No) vs transformers on %d prompts: max abs err %.2e (e.g. %.5f vs %.5f)", n, worst, ly[0], ref_y[0]);
+    check(shared > 0 && computed + shared == total,
+          "shared prefixes: %ld of %ld prompt tokens computed once and copied", shared, total);
+    check(worst2 < 1e-5f && computed2 + shared2 == total,
+          "waves of 3 sequences and steps of 100 tokens give the same values (max diff %.2e)", worst2);
     verifier_judge(&v, q, a, b, n, py);
     float wp = 0.0f;
     for (int k = 0; k < n; k++) wp = fmaxf(wp, fabsf(py[k] - 1.0f / (1.0f + expf(ref_n[k] - ref_y[k]))));
     check(wp < 1e-4f, "verifier_judge (text in, P(Yes) over {Yes, No} out) matches transformers: max abs err %.2e", wp);
     for (int k = 0; k < n; k++) free(ids[k]);
-    free(ids); free(lens); free(q); free(a); free(b); free(ref_y); free(ref_n); free(py); free(ly); free(ln); free(ly2); free(ln2);
+    free(ids);
+    free(lens);
+    free(q);
+    free(a);
+    free(b);
+    free(ref_y);
+    free(ref_n);
+    free(py);
+    free(ly);
+    free(ln);
+    free(ly2);
+    free(ln2);
     verifier_free(&v);
     json_free(&d); free(text);
 }
@@ -263,24 +301,28 @@ static void test_verifier_vs_hf(void) {
 static void test_mc(void) {
     const char *opts[4] = {"a horse", "a sheep", "a dog", "a cat"};
     char *p = ff_render_mc("Which animal says woof?", opts, 4);
-    check(p && strstr(p, "\nA. a horse\nB. a sheep\nC. a dog\nD. a cat\n") && strstr(p, "\\boxed{}"), "MC prompt lists lettered options and asks for \\boxed{}");
+    check(p && strstr(p, "\nA. a horse\nB. a sheep\nC. a dog\nD. a cat\n") && strstr(p, "\\boxed{}"),
+          "MC prompt lists lettered options and asks for \\boxed{}");
     free(p);
     struct { const char *resp; int want; } cases[] = {
         {"The dog barks. \\boxed{C}", 2}, {"\\boxed{(b)}", 1}, {"\\boxed{D. a cat}", 3}, {"\\boxed{\\text{A}}", 0},
-        {"\\boxed{a dog}", 2}, {"\\boxed{E}", -1}, {"C", -1}, {"\\boxed{A cow}", -1}, {"\\boxed{B} no wait \\boxed{C}", 2}};
+        {"\\boxed{a dog}", 2}, {"\\boxed{E}", -1}, {"C", -1}, {"\\boxed{A cow}", -1}, {"\\boxed{B} no wait \\boxed{C}",
+                2}};
     int ok = 1;
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         int got = ff_extract_letter(cases[i].resp, opts, 4);
         if (got != cases[i].want) { ok = 0; printf("  %s -> %d, want %d\n", cases[i].resp, got, cases[i].want); }
     }
     check(ok, "letters from \\boxed{}: C, (b), D. a cat, \\text{A}, an option's text; none for E, no box, \"A cow\"");
-    check(ff_gold_letter("C", opts, 4) == 2 && ff_gold_letter("(d)", opts, 4) == 3 && ff_gold_letter("a sheep", opts, 4) == 1 && ff_gold_letter("Z", opts, 4) == -1,
+    check(ff_gold_letter("C", opts, 4) == 2 && ff_gold_letter("(d)", opts, 4) == 3 && ff_gold_letter("a sheep", opts,
+            4) == 1 && ff_gold_letter("Z", opts, 4) == -1,
           "gold answers: a letter or an option's text");
     ProblemSet ps;
     freeform_problems_load(&ps, "dev/freeform/eval_mc.jsonl");
     char *copy; const char *o[FF_MAX_CHOICES];
     int nc = freeform_choices(&ps.items[0], &copy, o);
-    check(ps.n == 12 && nc == 4 && ps.items[0].answer && strlen(ps.items[0].answer) == 1 && strstr(ps.items[0].problem, "\nA. "),
+    check(ps.n == 12 && nc == 4 && ps.items[0].answer && strlen(ps.items[0].answer) == 1 && strstr(ps.items[0].problem,
+            "\nA. "),
           "dev/freeform/eval_mc.jsonl: %d questions, %d options each, gold letter %s", ps.n, nc, ps.items[0].answer);
     free(copy);
     problems_free(&ps);
@@ -305,25 +347,41 @@ static void test_end_to_end(void) {
     fclose(f);
     RunConfig rc;
     run_config_defaults(&rc, 0);
-    rc.task = TASK_FREEFORM; rc.verifier_path = VTMP; rc.judge_template_path = "/tmp/empo_ff_short.txt"; rc.init_spec = "C=32,L=1,NH=2,NKV=1,I=64,T=320"; rc.template_id = TEMPLATE_PLAIN;
-    rc.data_path = "dev/freeform/train.jsonl"; rc.eval_path = "dev/freeform/eval_mc.jsonl"; rc.out_dir = "/tmp/empo_test_ff";
+    rc.task = TASK_FREEFORM;
+    rc.verifier_path = VTMP;
+    rc.judge_template_path = "/tmp/empo_ff_short.txt";
+    rc.init_spec = "C=32,L=1,NH=2,NKV=1,I=64,T=320";
+    rc.template_id = TEMPLATE_PLAIN;
+    rc.data_path = "dev/freeform/train.jsonl";
+    rc.eval_path = "dev/freeform/eval_mc.jsonl";
+    rc.out_dir = "/tmp/empo_test_ff";
     rc.quiet = 1; rc.prompts_per_step = 2; rc.G = 4; rc.max_new = 24; rc.steps = 3; rc.eval_every = 3; rc.eval_G = 2;
-    rc.eval_max_new = 16; rc.eval_batch = 12; rc.eval_temperature = 1.0f; rc.temperature = 1.0f; rc.ckpt_every = 0; rc.tc.lr = 1e-3f; rc.tc.micro = 8;
+    rc.eval_max_new = 16;
+    rc.eval_batch = 12;
+    rc.eval_temperature = 1.0f;
+    rc.temperature = 1.0f;
+    rc.ckpt_every = 0;
+    rc.tc.lr = 1e-3f;
+    rc.tc.micro = 8;
     float loss[3] = {NAN, NAN, NAN}, norm[3] = {NAN, NAN, NAN};
     double t0 = now_seconds();
     int steps = run_training(&rc, loss, norm);
     int ok = steps == 3;
     for (int i = 0; i < 3; i++) ok &= isfinite(loss[i]) && isfinite(norm[i]);
-    int logged = count_lines("/tmp/empo_test_ff/log.jsonl", "\"reward\""), evals = count_lines("/tmp/empo_test_ff/log.jsonl", "\"eval_greedy\"");
+    int logged = count_lines("/tmp/empo_test_ff/log.jsonl",
+                             "\"reward\""), evals = count_lines("/tmp/empo_test_ff/log.jsonl", "\"eval_greedy\"");
     int records = count_lines("/tmp/empo_test_ff/eval_last.jsonl", "\"kind\": \"choice\"");
     check(ok && logged == 3 && evals == 2 && records == 12,
           "--task freeform trains 3 steps with the tiny verifier (%d step lines, %d evals, %d MC records; %.1f s)", logged, evals, records, now_seconds() - t0);
     // the trained policy, evaluated from the command line on both kinds of question
-    expect_cmd("--eval multiple choice", "./train_empo --task freeform -m /tmp/empo_test_ff/model.bin --eval dev/freeform/eval_mc.jsonl "
+    expect_cmd("--eval multiple choice",
+               "./train_empo --task freeform -m /tmp/empo_test_ff/model.bin --eval dev/freeform/eval_mc.jsonl "
                "-R " VTMP " -G 3 --eval-n 16 -o /tmp/empo_test_ff", 0, "eval_mc.jsonl: 12 problems | greedy pass@1");
-    expect_cmd("--eval free-form answers, judged by the verifier", "./train_empo --task freeform -m /tmp/empo_test_ff/model.bin --eval dev/freeform/eval_free.jsonl "
+    expect_cmd("--eval free-form answers, judged by the verifier",
+               "./train_empo --task freeform -m /tmp/empo_test_ff/model.bin --eval dev/freeform/eval_free.jsonl "
                "-R " VTMP " --judge-template /tmp/empo_ff_short.txt -G 3 --eval-n 16 -o /tmp/empo_test_ff", 0, "pairs judged");
-    expect_cmd("training from the command line, no verifier (normalized text judge)", "./train_empo --task freeform --init C=32,L=1,NH=2,NKV=1,I=64,T=320 "
+    expect_cmd("training from the command line, no verifier (normalized text judge)",
+               "./train_empo --task freeform --init C=32,L=1,NH=2,NKV=1,I=64,T=320 "
                "--template plain -d dev/freeform/train.jsonl -B 2 -G 3 -n 12 -x 1 -E 0 -o /tmp/empo_test_ff", 0, "step     1/1");
     // bad input: one clear line and a non-zero exit
     f = fopen("/tmp/empo_ff_bad.jsonl", "w");
@@ -332,23 +390,32 @@ static void test_end_to_end(void) {
     f = fopen("/tmp/empo_ff_tmpl.txt", "w");
     fputs("Is {a} the same as the answer?", f);
     fclose(f);
-    expect_cmd("an MC answer that names no option", "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
+    expect_cmd("an MC answer that names no option",
+               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
                1, "empo_ff_bad.jsonl:1: \"answer\" is neither a letter A-B");
-    expect_cmd("choices that are not a list", "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
+    expect_cmd("choices that are not a list",
+               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
                1, "empo_ff_bad.jsonl:2: \"choices\" must be");
-    expect_cmd("a file with no usable line", "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
+    expect_cmd("a file with no usable line",
+               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
                1, "no usable {\"question\"");
-    expect_cmd("a judge template without {b}", "./train_empo --task freeform --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin -R " VTMP
+    expect_cmd("a judge template without {b}",
+               "./train_empo --task freeform --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin -R " VTMP
                " --judge-template /tmp/empo_ff_tmpl.txt", 1, "no {b} placeholder");
-    expect_cmd("-R without --task freeform", "./train_empo -R " VTMP " --eval dev/freeform/eval_free.jsonl", 1, "need --task freeform");
-    expect_cmd("a missing verifier", "./train_empo --task freeform -R /tmp/empo_nope.bin --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin", 1,
+    expect_cmd("-R without --task freeform", "./train_empo -R " VTMP " --eval dev/freeform/eval_free.jsonl", 1,
+               "need --task freeform");
+    expect_cmd("a missing verifier",
+               "./train_empo --task freeform -R /tmp/empo_nope.bin --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin", 1,
                "/tmp/empo_nope.bin");
-    expect_cmd("a verifier without a tokenizer", "./train_empo --task freeform -R " VFIX " --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin", 1,
+    expect_cmd("a verifier without a tokenizer",
+               "./train_empo --task freeform -R " VFIX " --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin", 1,
                "carries no tokenizer");
-    expect_cmd("a bad --judge-mode", "./train_empo --task freeform --judge-mode sideways", 1, "flag --judge-mode: 'sideways'");
+    expect_cmd("a bad --judge-mode", "./train_empo --task freeform --judge-mode sideways", 1,
+               "flag --judge-mode: 'sideways'");
     expect_cmd("-h documents the free-form flags", "./train_empo -h", 0, "--judge-template FILE");
     char buf[256];
-    run_cmd("rm -rf /tmp/empo_test_ff /tmp/empo_ff_bad.jsonl /tmp/empo_ff_tmpl.txt /tmp/empo_ff_short.txt " VTMP, buf, sizeof buf);
+    run_cmd("rm -rf /tmp/empo_test_ff /tmp/empo_ff_bad.jsonl /tmp/empo_ff_tmpl.txt /tmp/empo_ff_short.txt " VTMP, buf,
+            sizeof buf);
 }
 
 int main(void) {

@@ -90,7 +90,8 @@ static void test_bytes_tokenizer(void) {
     CHECK(bn == bn2 && memcmp(blob, blob2, bn) == 0, "byte blob round trip is identical");
     tokenizer_free(&u); free(blob2);
     int rejected = 0;
-    for (size_t k = 0; k < bn; k++) if (tokenizer_from_blob(&u, blob, k, err, sizeof err) != 0) rejected++; else tokenizer_free(&u);
+    for (size_t k = 0; k < bn; k++) if (tokenizer_from_blob(&u, blob, k, err,
+                                                            sizeof err) != 0) rejected++; else tokenizer_free(&u);
     CHECK(rejected == (int)bn, "every truncated blob is rejected (%d of %zu)", rejected, bn);
     free(blob);
     tokenizer_free(&t);
@@ -99,7 +100,8 @@ static void test_bytes_tokenizer(void) {
 // ---------------------------------------------------------------------------------------------
 // The real Qwen2 tokenizer against the fixtures
 
-typedef struct { const Tokenizer *t; int n, bad_ids, bad_nfc, bad_dec, bad_heap, bad_nospecial, bad_blob; const Tokenizer *tb; } AdvState;
+typedef struct { const Tokenizer *t; int n, bad_ids, bad_nfc, bad_dec, bad_heap, bad_nospecial,
+                bad_blob; const Tokenizer *tb; } AdvState;
 
 static int adv_line(const JDoc *d, int root, int line, void *user) {
     AdvState *st = (AdvState *)user;
@@ -117,15 +119,21 @@ static int adv_line(const JDoc *d, int root, int line, void *user) {
     unsigned char *norm = NULL; size_t normn = tl;
     if (!tok__nfc_quick((const unsigned char *)text, tl)) tok__nfc((const unsigned char *)text, tl, &norm, &normn);
     const char *ours = norm ? (const char *)norm : text;
-    if (normn != nl || memcmp(ours, nfc, nl) != 0) { if (st->bad_nfc++ < 5) printf("FAIL NFC line %d: %s\n", line, text); }
+    if (normn != nl || memcmp(ours, nfc, nl) != 0) {
+        if (st->bad_nfc++ < 5) printf("FAIL NFC line %d: %s\n", line, text);
+    }
     size_t dl; char *dec = tokenizer_decode(t, ids, n, &dl);
-    if (dl != normn || memcmp(dec, ours, dl) != 0) { if (st->bad_dec++ < 5) printf("FAIL decode(encode(x)) != NFC(x), line %d\n", line); }
+    if (dl != normn || memcmp(dec, ours, dl) != 0) {
+        if (st->bad_dec++ < 5) printf("FAIL decode(encode(x)) != NFC(x), line %d\n", line);
+    }
     free(dec); free(norm);
     // the heap merge path gives the same ids as the scan path
     tok_scan_max = 1;
     int *ids2; int n2 = tokenizer_encode(t, text, tl, 1, &ids2);
     tok_scan_max = TOK_SCAN_MAX;
-    if (n2 != n || memcmp(ids, ids2, (size_t)n * sizeof(int)) != 0) { if (st->bad_heap++ < 5) printf("FAIL heap path line %d\n", line); }
+    if (n2 != n || memcmp(ids, ids2, (size_t)n * sizeof(int)) != 0) {
+        if (st->bad_heap++ < 5) printf("FAIL heap path line %d\n", line);
+    }
     free(ids2);
     // from the blob: the same ids
     n2 = tokenizer_encode(st->tb, text, tl, 1, &ids2);
@@ -144,7 +152,8 @@ static int adv_line(const JDoc *d, int root, int line, void *user) {
     return 0;
 }
 
-typedef struct { const Tokenizer *t; FILE *ref; int n, bad_count, bad_hash, bad_nfc, missing; size_t bytes; } CorpusState;
+typedef struct { const Tokenizer *t; FILE *ref; int n, bad_count, bad_hash, bad_nfc,
+                missing; size_t bytes; } CorpusState;
 
 static int corpus_line(const JDoc *d, int root, int line, void *user) {
     CorpusState *st = (CorpusState *)user;
@@ -159,7 +168,9 @@ static int corpus_line(const JDoc *d, int root, int line, void *user) {
     if (n != cnt) { if (st->bad_count++ < 3) printf("FAIL %s %d: %d ids, HF has %d\n", src, idx, n, cnt); }
     else if (fnv_ids(ids, n) != h) { if (st->bad_hash++ < 3) printf("FAIL %s %d: ids differ from HF\n", src, idx); }
     size_t dl; char *dec = tokenizer_decode(st->t, ids, n, &dl);
-    if (fnv_bytes(dec, dl, 1469598103934665603ull) != hn) { if (st->bad_nfc++ < 3) printf("FAIL %s %d: decode(encode(x)) != NFC(x)\n", src, idx); }
+    if (fnv_bytes(dec, dl, 1469598103934665603ull) != hn) {
+        if (st->bad_nfc++ < 3) printf("FAIL %s %d: decode(encode(x)) != NFC(x)\n", src, idx);
+    }
     free(dec); free(ids);
     (void)line;
     return 0;
@@ -178,7 +189,11 @@ static int chat_line(const JDoc *d, int root, int line, void *user) {
     const char *p = json_str(d, json_get(d, root, "problem"));
     int *ids, n;
     n = chat_template_encode(st->t, TEMPLATE_QWEN_MATH_COT, p, &ids);
-    if (!ids_equal(ids, n, d, json_get(d, root, "cot"))) { st->bad++; printf("FAIL chat cot line %d\n", line); print_ids("ours", ids, n); }
+    if (!ids_equal(ids, n, d, json_get(d, root, "cot"))) {
+        st->bad++;
+        printf("FAIL chat cot line %d\n", line);
+        print_ids("ours", ids, n);
+    }
     free(ids);
     n = chat_template_encode(st->t, TEMPLATE_PLAIN, p, &ids);
     if (!ids_equal(ids, n, d, json_get(d, root, "plain"))) { st->bad++; printf("FAIL chat plain line %d\n", line); }
@@ -194,7 +209,8 @@ static void test_qwen_tokenizer(void) {
     int rc = tokenizer_load_json(&t, SHARED_TOK, err, sizeof err);
     CHECK(rc == 0, "load %s: %s", SHARED_TOK, err);
     if (rc) return;
-    printf("loaded tokenizer.json in %.2fs: %d ids, %d merges, %d added tokens\n", (double)(clock() - c0) / CLOCKS_PER_SEC, t.n_vocab, t.n_merges, t.n_added);
+    printf("loaded tokenizer.json in %.2fs: %d ids, %d merges, %d added tokens\n",
+           (double)(clock() - c0) / CLOCKS_PER_SEC, t.n_vocab, t.n_merges, t.n_added);
     CHECK(t.n_vocab == 151669 && t.n_merges == 151387 && t.n_added == 26 && t.nfc == 1, "tokenizer.json sizes");
     CHECK(tokenizer_special_id(&t, "<|endoftext|>") == 151643 && tokenizer_special_id(&t, "<|im_start|>") == 151644 &&
           tokenizer_special_id(&t, "<|im_end|>") == 151645, "special ids");
@@ -214,9 +230,20 @@ static void test_qwen_tokenizer(void) {
         unsigned char *c = (unsigned char *)malloc(bn);
         for (int it = 0; it < 40; it++) {
             memcpy(c, blob, bn);
-            for (int k = 0; k < 3; k++) { seed = seed * 1103515245u + 12345u; size_t at = (it < 20) ? (seed >> 8) % 600 : (seed >> 4) % bn; c[at] ^= (unsigned char)(1 + (seed & 0x7f)); }
+            for (int k = 0; k < 3; k++) {
+                seed = seed * 1103515245u + 12345u;
+                size_t at = (it < 20) ? (seed >> 8) % 600 : (seed >> 4) % bn;
+                c[at] ^= (unsigned char)(1 + (seed & 0x7f));
+            }
             Tokenizer x;
-            if (tokenizer_from_blob(&x, c, bn, err, sizeof err) == 0) { loaded++; int *ids; int n = tokenizer_encode(&x, "hello world 123", 15, 1, &ids); (void)n; free(ids); tokenizer_free(&x); }
+            if (tokenizer_from_blob(&x, c, bn, err, sizeof err) == 0) {
+                loaded++;
+                int *ids;
+                int n = tokenizer_encode(&x, "hello world 123", 15, 1, &ids);
+                (void)n;
+                free(ids);
+                tokenizer_free(&x);
+            }
         }
         free(c);
         CHECK(1, "corrupted blobs handled (%d of 40 still loaded)", loaded);
@@ -233,7 +260,8 @@ static void test_qwen_tokenizer(void) {
     CHECK(as.bad_dec == 0, "adversarial: decode(encode(x)) != NFC(x) on %d", as.bad_dec);
     CHECK(as.bad_heap == 0, "adversarial: heap merge path differs on %d", as.bad_heap);
     CHECK(as.bad_blob == 0, "adversarial: tokenizer from blob differs on %d", as.bad_blob);
-    CHECK(as.bad_nospecial == 0, "adversarial: allow_special=0 produced an added token or lost bytes on %d", as.bad_nospecial);
+    CHECK(as.bad_nospecial == 0, "adversarial: allow_special=0 produced an added token or lost bytes on %d",
+          as.bad_nospecial);
     printf("adversarial: %d texts, %d exact\n", as.n, as.n - as.bad_ids);
     // big corpora: counts + hashes
     snprintf(path, sizeof path, "%s/tok_corpus.txt", FIX);
@@ -243,11 +271,13 @@ static void test_qwen_tokenizer(void) {
         CorpusState cs; memset(&cs, 0, sizeof cs); cs.t = &t; cs.ref = ref;
         clock_t c1 = clock();
         jsonl_foreach("../shared/data/math500.jsonl", 1, corpus_line, &cs);
-        CHECK(cs.n == 500 && cs.bad_count + cs.bad_hash == 0 && !cs.missing, "math500: %d of %d problems token-exact", cs.n - cs.bad_count - cs.bad_hash, cs.n);
+        CHECK(cs.n == 500 && cs.bad_count + cs.bad_hash == 0 && !cs.missing, "math500: %d of %d problems token-exact",
+              cs.n - cs.bad_count - cs.bad_hash, cs.n);
         int m500 = cs.n;
         LimitState ls = {2000, &cs};
         jsonl_foreach("../shared/data/numina_20k.jsonl", 1, limited, &ls);
-        CHECK(cs.n - m500 == 2000 && cs.bad_count + cs.bad_hash == 0 && !cs.missing, "numina first 2000: %d of %d token-exact",
+        CHECK(cs.n - m500 == 2000 && cs.bad_count + cs.bad_hash == 0 && !cs.missing,
+              "numina first 2000: %d of %d token-exact",
               cs.n - m500 - cs.bad_count - cs.bad_hash, cs.n - m500);
         CHECK(cs.bad_nfc == 0, "corpora: decode(encode(x)) == NFC(x) fails on %d", cs.bad_nfc);
         printf("corpora: %d problems (%.1f MB) exact: %d, decode ok: %d (%.2fs)\n", cs.n, cs.bytes / 1e6,
@@ -258,7 +288,8 @@ static void test_qwen_tokenizer(void) {
     snprintf(path, sizeof path, "%s/tok_chat.jsonl", FIX);
     ChatState chs = {&t, 0, 0};
     jsonl_foreach(path, 1, chat_line, &chs);
-    CHECK(chs.n >= 8 && chs.bad == 0, "chat templates: %d of %d prompts equal apply_chat_template", chs.n * 2 - chs.bad, chs.n * 2);
+    CHECK(chs.n >= 8 && chs.bad == 0, "chat templates: %d of %d prompts equal apply_chat_template",
+          chs.n * 2 - chs.bad, chs.n * 2);
     // tokenizer.json written by us loads back to the same tokenizer
     const char *tmpj = "/tmp/test_tokenizer_export.json";
     FILE *f = fopen(tmpj, "wb");
@@ -295,7 +326,8 @@ static void test_bad_tokenizer_json(void) {
         CHECK(rc != 0 && strstr(err, cases[i][1]) && strstr(err, p), "bad tokenizer.json %zu: error '%s'", i, err);
     }
     Tokenizer t;
-    CHECK(tokenizer_load_json(&t, "/nonexistent/tokenizer.json", err, sizeof err) != 0 && strstr(err, "/nonexistent"), "missing file: %s", err);
+    CHECK(tokenizer_load_json(&t, "/nonexistent/tokenizer.json", err, sizeof err) != 0 && strstr(err, "/nonexistent"),
+          "missing file: %s", err);
     remove(p);
 }
 
@@ -321,7 +353,8 @@ static int copy_file(const char *from, const char *to) {
     free(b);
     return ok ? 0 : -1;
 }
-static void write_text(const char *path, const char *s) { FILE *f = fopen(path, "wb"); if (f) { fputs(s, f); fclose(f); } }
+static void write_text(const char *path,
+                       const char *s) { FILE *f = fopen(path, "wb"); if (f) { fputs(s, f); fclose(f); } }
 // A scratch HF folder: config.json and tokenizer.json copied from the fixture (or config text given).
 static void scratch_dir(const char *dir, const char *config_text) {
     char a[512], b[512];
@@ -332,10 +365,14 @@ static void scratch_dir(const char *dir, const char *config_text) {
     snprintf(a, sizeof a, "%s/tokenizer.json", TINY); snprintf(b, sizeof b, "%s/tokenizer.json", dir); copy_file(a, b);
 }
 static void rm_dir(const char *dir) {
-    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "vocab.json",
+    static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+                                  "vocab.json",
                                   "merges.txt", "tokenizer_config.json", "model.safetensors.index.json", "a.safetensors", "b.safetensors"};
     char p[512];
-    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) { snprintf(p, sizeof p, "%s/%s", dir, files[i]); remove(p); }
+    for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
+        snprintf(p, sizeof p, "%s/%s", dir, files[i]);
+        remove(p);
+    }
     rmdir(dir);
 }
 // A safetensors file from a header string and n zero bytes of data.
@@ -352,7 +389,8 @@ static void write_st_raw(const char *path, const char *hdr, size_t n) {
 static void expect_import_error(const char *dir, const char *want1, const char *want2, const char *what) {
     char err[1024] = "";
     int rc = convert_import(dir, "/tmp/test_tokenizer_bad.bin", "fp32", 0, err, sizeof err);
-    CHECK(rc != 0 && strstr(err, want1) && strstr(err, want2), "%s: want an error naming '%s' and '%s', got '%s'", what, want1, want2, err);
+    CHECK(rc != 0 && strstr(err, want1) && strstr(err, want2), "%s: want an error naming '%s' and '%s', got '%s'",
+          what, want1, want2, err);
     if (rc == 0) remove("/tmp/test_tokenizer_bad.bin");
     else printf("  (%s -> %s)\n", what, err);
 }
@@ -371,7 +409,8 @@ static void test_convert(void) {
     int T = (int)json_num(&d, json_get(&d, 0, "T"), 0), V = (int)json_num(&d, json_get(&d, 0, "V"), 0);
     int *ids = (int *)malloc((size_t)T * sizeof(int));
     int i = 0;
-    for (int c = json_first(&d, json_get(&d, 0, "ids")); c >= 0 && i < T; c = json_next(&d, c)) ids[i++] = (int)json_num(&d, c, 0);
+    for (int c = json_first(&d, json_get(&d, 0, "ids")); c >= 0 && i < T; c = json_next(&d,
+            c)) ids[i++] = (int)json_num(&d, c, 0);
     snprintf(p, sizeof p, "%s/ref_logits.bin", TINY);
     float *ref = read_floats(p, (size_t)T * V);
     CHECK(ref != NULL, "read %s", p);
@@ -383,7 +422,10 @@ static void test_convert(void) {
         // fp32 both sides; the sums differ only in order (~1e-6 relative on logits of size ~4), so
         // 1e-4 absolute is loose for rounding yet far below any real mapping error (~0.1 and up)
         double maxd = 0;
-        for (size_t k = 0; k < (size_t)T * V; k++) { double e = fabs((double)m.acts.logits[k] - ref[k]); if (e > maxd) maxd = e; }
+        for (size_t k = 0; k < (size_t)T * V; k++) {
+            double e = fabs((double)m.acts.logits[k] - ref[k]);
+            if (e > maxd) maxd = e;
+        }
         CHECK(maxd < 1e-4, "imported tiny model logits differ from transformers by %.3g", maxd);
         printf("hf_tiny: C forward vs transformers logits, max |diff| = %.3g over %d x %d\n", maxd, T, V);
         model_free(&m);
@@ -394,9 +436,12 @@ static void test_convert(void) {
     CHECK(rc == 0, "ckpt_load: %s", err);
     Tokenizer tok;
     if (rc == 0 && tokenizer_from_blob(&tok, ck.tok, ck.tok_bytes, err, sizeof err) == 0) {
-        int *cids, n = chat_template_encode(&tok, TEMPLATE_QWEN_MATH_COT, json_str(&d, json_get(&d, 0, "problem")), &cids);
-        CHECK(n == T && memcmp(cids, ids, (size_t)T * sizeof(int)) == 0, "tiny tokenizer chat template ids equal apply_chat_template's");
-        CHECK(ck.n_eos == 2 && ck.eos[0] == 498 && ck.eos[1] == 496, "eos ids in the checkpoint (%d: %d %d)", ck.n_eos, ck.eos[0], ck.eos[1]);
+        int *cids, n = chat_template_encode(&tok, TEMPLATE_QWEN_MATH_COT, json_str(&d, json_get(&d, 0, "problem")),
+                                            &cids);
+        CHECK(n == T && memcmp(cids, ids, (size_t)T * sizeof(int)) == 0,
+              "tiny tokenizer chat template ids equal apply_chat_template's");
+        CHECK(ck.n_eos == 2 && ck.eos[0] == 498 && ck.eos[1] == 496, "eos ids in the checkpoint (%d: %d %d)", ck.n_eos,
+              ck.eos[0], ck.eos[1]);
         free(cids); tokenizer_free(&tok);
     } else CHECK(0, "tokenizer blob in the checkpoint: %s", err);
     json_free(&d); free(txt); free(ids); free(ref);
@@ -416,7 +461,8 @@ static void test_convert(void) {
                 if (!same) break;
                 size_t n = (size_t)st_numel(tb);
                 float *x = (float *)malloc(n * 4), *y = (float *)malloc(n * 4);
-                same = !st_read_f32(&a, &a.t[k], x, err, sizeof err) && !st_read_f32(&b, tb, y, err, sizeof err) && !memcmp(x, y, n * 4);
+                same = !st_read_f32(&a, &a.t[k], x, err, sizeof err) && !st_read_f32(&b, tb, y, err,
+                        sizeof err) && !memcmp(x, y, n * 4);
                 free(x); free(y);
             }
             CHECK(same, "exported model.safetensors holds the original tensors bit for bit");
@@ -428,8 +474,10 @@ static void test_convert(void) {
     CHECK(rc == 0, "re-import the export: %s", err);
     Checkpoint c2;
     if (rc == 0 && ckpt_load(bin2, &c2, err, sizeof err) == 0) {
-        CHECK(c2.dtype == CKPT_DTYPE_FP32 && c2.num_params == ck.num_params && !memcmp(c2.params, ck.params, ck.num_params * 4) &&
-              !memcmp(&c2.cfg, &ck.cfg, sizeof ck.cfg) && c2.tok_bytes == ck.tok_bytes && !memcmp(c2.tok, ck.tok, ck.tok_bytes) &&
+        CHECK(c2.dtype == CKPT_DTYPE_FP32 && c2.num_params == ck.num_params && !memcmp(c2.params, ck.params,
+                ck.num_params * 4) &&
+              !memcmp(&c2.cfg, &ck.cfg, sizeof ck.cfg) && c2.tok_bytes == ck.tok_bytes && !memcmp(c2.tok, ck.tok,
+                      ck.tok_bytes) &&
               c2.n_eos == ck.n_eos && !memcmp(c2.eos, ck.eos, sizeof ck.eos), "import(export(x)) == x");
         ckpt_free(&c2);
     }
@@ -453,7 +501,9 @@ static void test_convert(void) {
                 data[k] = (float *)malloc((size_t)st_numel(&src.t[k]) * 4);
                 st_read_f32(&src, &src.t[k], data[k], err, sizeof err);
                 o[k].name = src.t[k].name; o[k].dtype = ST_BF16; o[k].ndim = src.t[k].ndim;
-                o[k].shape[0] = src.t[k].shape[0]; o[k].shape[1] = src.t[k].ndim > 1 ? src.t[k].shape[1] : 0; o[k].data = data[k];
+                o[k].shape[0] = src.t[k].shape[0];
+                o[k].shape[1] = src.t[k].ndim > 1 ? src.t[k].shape[1] : 0;
+                o[k].data = data[k];
             }
             int half = src.n / 2;
             char s1[512], s2[512], ix[512];
@@ -462,7 +512,8 @@ static void test_convert(void) {
             int ok = !st_write(s1, o, half, err, sizeof err) && !st_write(s2, o + half, src.n - half, err, sizeof err);
             FILE *f = fopen(ix, "wb");
             fprintf(f, "{\"metadata\": {}, \"weight_map\": {");
-            for (int k = 0; k < src.n; k++) fprintf(f, "%s\"%s\": \"%s\"", k ? ", " : "", src.t[k].name, k < half ? "a.safetensors" : "b.safetensors");
+            for (int k = 0; k < src.n; k++) fprintf(f, "%s\"%s\": \"%s\"", k ? ", " : "", src.t[k].name,
+                                                    k < half ? "a.safetensors" : "b.safetensors");
             fprintf(f, "}}");
             fclose(f);
             rc = ok ? convert_import(sd, bin2, NULL, 0, err, sizeof err) : -1;
@@ -501,12 +552,14 @@ static void test_convert(void) {
             g = fopen(one, "wb"); fwrite("\x08\x00\x00\x00\x00\x00\x00\x00{\"a\":[1,", 1, 16, g); fclose(g);
             expect_import_error(sd, "model.safetensors", "malformed header JSON", "malformed header JSON");
             // wrong dtype: an I32 tensor where the embedding should be
-            write_st_raw(one, "{\"model.embed_tokens.weight\":{\"dtype\":\"I32\",\"shape\":[512,32],\"data_offsets\":[0,65536]}}", 65536);
+            write_st_raw(one,
+                         "{\"model.embed_tokens.weight\":{\"dtype\":\"I32\",\"shape\":[512,32],\"data_offsets\":[0,65536]}}", 65536);
             expect_import_error(sd, "model.embed_tokens.weight", "I32", "wrong dtype");
             // offsets that disagree with the shape, overlapping tensors, an unknown dtype
             write_st_raw(one, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,12]}}", 16);
             expect_import_error(sd, "tensor x", "data_offsets", "offsets that disagree with the shape");
-            write_st_raw(one, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},\"y\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", 24);
+            write_st_raw(one,
+                         "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},\"y\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", 24);
             expect_import_error(sd, "model.safetensors", "overlaps", "overlapping tensors");
             write_st_raw(one, "{\"x\":{\"dtype\":\"Q4\",\"shape\":[4],\"data_offsets\":[0,16]}}", 16);
             expect_import_error(sd, "tensor x", "unknown dtype", "unknown dtype");

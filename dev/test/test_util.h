@@ -108,6 +108,13 @@ static void state_load(State *s, const char *path, size_t V, size_t num_params) 
     s->losses = (float *)read_exact(f, (size_t)s->steps * 4, path);
     fclose(f);
 }
-static void state_free(State *s) { free(s->inputs); free(s->targets); free(s->mask); free(s->logits); free(s->grads); free(s->losses); }
+static void state_free(State *s) {
+    free(s->inputs);
+    free(s->targets);
+    free(s->mask);
+    free(s->logits);
+    free(s->grads);
+    free(s->losses);
+}
 
 #endif // TEST_UTIL_H
