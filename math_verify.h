@@ -31,7 +31,15 @@
 #define MV_MAX_DEPTH 64     // parser recursion depth
 #define MV_MAX_WORK  20000  // node comparisons per equality call
 #define MV_NPTS      6      // evaluation points for expressions with variables
+#define MV_FALLBACK_WINDOW 32768  // bytes at the end of a response that the no-box fallbacks read
 #define MV_POOL      (2 * MV_MAX_LEN + 64)
+
+// Per-thread storage for math_answers_equal's two parse buffers (no mutable globals shared between threads).
+#ifdef __cplusplus
+#define MV_THREAD_LOCAL thread_local
+#else
+#define MV_THREAD_LOCAL _Thread_local
+#endif
 
 // Node types. Expression nodes carry values; the others are structures around expressions.
 enum {
@@ -55,6 +63,7 @@ typedef struct {
     unsigned char is_float;   // an atomic decimal literal (Math-Verify's Float): 6-decimal rule
     unsigned char has_var, has_pm, has_inf, bigint, relop;  // relop: relation before this term in a chain
     unsigned char lopen, ropen;                     // intervals
+    unsigned char semi;       // list item after ';' (1: p=5,q=2;p=7,q=2 groups) or after "or"/"and" (2)
     int a, b;                 // expression children (-1 if none); a = first child of structures
     int next;                 // next sibling in a structure's child list
     int n, rows, cols;        // child count; matrix shape
@@ -165,7 +174,14 @@ static inline void mv__puts(MvOut *o, const char *s) { while (*s) mv__put(o, *s+
 static inline int mv__prev(const MvOut *o) { return o->n > 0 ? (unsigned char)o->out[o->n - 1] : 0; }
 
 static inline int mv__cmd_is(const char *name, int len, const char *const *list) {
-    for (int i = 0; list[i]; i++) if ((int)strlen(list[i]) == len && memcmp(list[i], name, (size_t)len) == 0) return 1;
+    if (len <= 0) return 0;
+    for (int i = 0; list[i]; i++) {
+        const char *w = list[i];
+        if (w[0] != name[0]) continue;          // cheap test first: this runs for every command
+        int k = 1;
+        while (k < len && w[k] == name[k]) k++;
+        if (k == len && w[len] == 0) return 1;
+    }
     return 0;
 }
 // End (exclusive) of the balanced {...} group starting at s[i] == '{', or -1 if unbalanced.
@@ -277,13 +293,30 @@ static inline int mv__normalize_rec(MvOut *o, const char *s, int n) {
             mv__put(o, '^');
             continue;
         }
+        if (c == '!' && i + 1 < n && s[i + 1] == '=') { mv__puts(o, "\\ne "); i++; continue; }   // x != 1
+        if (mv__isalpha(c) && (i == 0 || !mv__isalpha((unsigned char)s[i - 1]))) {
+            // "28 percent", "28 pct" are 28\%
+            int j = i;
+            while (j < n && mv__isalpha((unsigned char)s[j])) j++;
+            static const char *const pct[] = {"percent", "percentage", "pct", "Percent", "percents", 0};
+            int q = o->n;
+            while (q > 0 && o->out[q - 1] == ' ') q--;
+            if (mv__cmd_is(s + i, j - i, pct) && q > 0 && mv__isdigit((unsigned char)o->out[q - 1])) {
+                o->n = q;
+                mv__put(o, '%');
+                i = j - 1;
+                continue;
+            }
+        }
         if (c != '\\') { mv__put(o, (char)c); continue; }
         // a command
         if (i + 1 >= n) break;
         unsigned char d = (unsigned char)s[i + 1];
         if (!mv__isalpha(d)) {
             i++;
-            if (d == '!') { }                                        // negative thin space
+            if (d == '!') {                                          // negative thin space
+                if (mv__prev(o) == ',') while (i + 1 < n && s[i + 1] == ' ') i++;   // 11,\! 111: a separator
+            }
             else if (d == ',' || d == ';' || d == ':' || d == '>') {
                 // thin spaces: vanish between digits (1\,000), else a space
                 if (!(mv__isdigit(mv__prev(o)) && i + 1 < n && mv__isdigit((unsigned char)s[i + 1]))) mv__put(o, ' ');
@@ -635,8 +668,7 @@ static inline void mv__skip_units(MvParser *P) {
 static inline int mv__parse_number(MvParser *P) {
     const char *s = P->s;
     int p = P->pos, start = p;
-    char digits[64]; int nd = 0, frac = 0, seen_dot = 0, total = 0;
-    char clean[80]; int nc = 0;
+    char digits[MV_MAX_LEN + 8]; int nd = 0, frac = 0, seen_dot = 0, total = 0;   // every digit: exact big literals
     int lead = 0;
     (void)seen_dot;
     while (p < P->len && mv__isdigit((unsigned char)s[p])) { lead++; p++; }
@@ -653,15 +685,14 @@ static inline int mv__parse_number(MvParser *P) {
     int stop = groups_end > 0 ? groups_end : start + lead;
     for (; p < stop; p++) {
         if (s[p] == ',') continue;
-        if (total < 60) { if (nd > 0 || s[p] != '0') digits[nd++] = s[p]; if (nc < 70) clean[nc++] = s[p]; }
+        if (nd < MV_MAX_LEN && (nd > 0 || s[p] != '0')) digits[nd++] = s[p];
         total++;
     }
     if (p < P->len && s[p] == '.' && p + 1 < P->len && mv__isdigit((unsigned char)s[p + 1])) {
         seen_dot = 1;
-        if (nc < 70) clean[nc++] = '.';
         p++;
         while (p < P->len && mv__isdigit((unsigned char)s[p])) {
-            if (total < 60) { digits[nd++] = s[p]; frac++; if (nc < 70) clean[nc++] = s[p]; }
+            if (nd < MV_MAX_LEN) { digits[nd++] = s[p]; frac++; }
             total++; p++;
         }
     }
@@ -676,14 +707,10 @@ static inline int mv__parse_number(MvParser *P) {
             while (r < P->len && mv__isdigit((unsigned char)s[r])) { if (v < 100000) v = v * 10 + (s[r] - '0'); r++; }
             if (r >= P->len || !mv__isalpha((unsigned char)s[r])) {
                 sci = 1; e10 = sign * v;
-                if (nc < 70) clean[nc++] = 'e';
-                char tmp[24]; int tl = snprintf(tmp, sizeof tmp, "%lld", e10);
-                for (int t = 0; t < tl && nc < 78; t++) clean[nc++] = tmp[t];
                 p = r;
             }
         }
     }
-    clean[nc] = 0;
     // a base subscript 2516_8 is dropped, as Math-Verify does
     if (p < P->len && s[p] == '_') {
         int q = p + 1;
@@ -715,13 +742,29 @@ static inline int mv__parse_number(MvParser *P) {
         if (ok) { x->exact = 1; x->q = q; }
     }
     if (!x->exact) {
-        x->v[0][0] = strtod(clean, NULL);
-        if (!seen_dot && !sci) {    // a big integer: keep its digits for an exact string comparison
-            x->bigint = 1;
-            int off = mv__pool_add(P->A, digits, nd);
-            if (off < 0) return mv__fail(P);
-            x->str = off; x->slen = nd;
-        }
+        // A big literal (over 18 digits, or a power of ten that overflows): value = D * 10^E with D its
+        // significant digits. The canonical "D e E" is compared exactly; the double is only for
+        // comparisons with expressions, and is inf when the literal overflows (then it equals no
+        // expression: 1e400 != \infty).
+        int b = 0, e = nd;
+        while (b < e && digits[b] == '0') b++;
+        long long E = e10 - frac;
+        while (e > b && digits[e - 1] == '0') { e--; E++; }
+        if (b == e) E = 0;
+        char canon[MV_MAX_LEN + 32];
+        int cl = 0;
+        for (int i = b; i < e; i++) canon[cl++] = digits[i];
+        if (cl == 0) canon[cl++] = '0';
+        cl += snprintf(canon + cl, 24, "e%lld", E);
+        char dbl[48];
+        int k = e - b < 17 ? e - b : 17;
+        memcpy(dbl, digits + b, (size_t)k);
+        snprintf(dbl + k, 24, "e%lld", E + (e - b - k));
+        x->v[0][0] = b == e ? 0.0 : strtod(dbl, NULL);
+        x->bigint = 1;
+        int off = mv__pool_add(P->A, canon, cl);
+        if (off < 0) return mv__fail(P);
+        x->str = off; x->slen = cl;
     }
     mv__eval(P->A, id);
     return id;
@@ -792,7 +835,7 @@ static inline int mv__func_op(const char *name) {
         "arccot", "sinh", "cosh", "tanh", "ln", "lg", "log", "exp", "tg", "ctg", "arctg", "cosec", 0};
     static const int ops[] = {MV_F_SIN, MV_F_COS, MV_F_TAN, MV_F_COT, MV_F_SEC, MV_F_CSC, MV_F_ASIN, MV_F_ACOS, MV_F_ATAN,
         MV_F_ACOT, MV_F_SINH, MV_F_COSH, MV_F_TANH, MV_F_LN, MV_F_LOG10, MV_F_LOG10, MV_F_EXP, MV_F_TAN, MV_F_COT, MV_F_ATAN, MV_F_CSC};
-    for (int i = 0; names[i]; i++) if (strcmp(names[i], name) == 0) return ops[i];
+    for (int i = 0; names[i]; i++) if (names[i][0] == name[0] && strcmp(names[i], name) == 0) return ops[i];
     return -1;
 }
 static inline int mv__is_greek(const char *name) {
@@ -926,6 +969,10 @@ static inline int mv__parse_bracketed(MvParser *P, int open) {
         else return mv__fail(P);
     } else P->pos++;
     MvNode *x = &P->A->nodes[inner];
+    // (2 or 0): words make it a grouped list, not a tuple
+    if (x->type == MV_LIST && ((open == '(' && close == ')') || (open == '[' && close == ']'))) {
+        for (int c = x->a; c >= 0; c = P->A->nodes[c].next) if (P->A->nodes[c].semi == 2) return inner;
+    }
     if (x->type != MV_LIST) {
         if ((open == '(' && close == ')') || (open == '[' && close == ']')) return inner;   // grouping
         return mv__fail(P);
@@ -1127,7 +1174,7 @@ static inline int mv__starts_factor(MvParser *P, int fn_arg) {
 // Products: explicit (\cdot, \times, *, /, \div) and implicit (2x, 2\sqrt3, (x+1)(x-1)).
 static inline int mv__parse_term(MvParser *P, int fn_arg) {
     if (++P->depth > MV_MAX_DEPTH) return mv__fail(P);
-    int neg = 0;
+    int neg = 0, start = (mv__ws(P), P->pos);
     while (mv__peek(P) == '-' || mv__peek(P) == '+') { if (P->s[P->pos] == '-') neg ^= 1; P->pos++; }
     int r = mv__parse_postfix(P);
     if (!fn_arg) mv__skip_units(P);
@@ -1168,19 +1215,42 @@ static inline int mv__parse_term(MvParser *P, int fn_arg) {
     }
     if (neg && r >= 0) {
         r = mv__expr(P, MV_NEG, 0, r, -1);
+        if (r >= 0) P->A->nodes[r].s0 = start;     // the sign is part of the text: -2^{2009} != 2^{2009}
         if (r >= 0) P->A->nodes[r].is_float = P->A->nodes[P->A->nodes[r].a].is_float && P->A->nodes[P->A->nodes[r].a].type == MV_NUM;
     }
     P->depth--;
     return r;
 }
 
+// A + B and A - B of two matrices of the same shape: a new matrix of cell sums.
+static inline int mv__matrix_add(MvParser *P, int ma, int mb, int type) {
+    const MvNode *x = &P->A->nodes[ma], *y = &P->A->nodes[mb];
+    if (y->type != MV_MATRIX || x->rows != y->rows || x->cols != y->cols) return mv__fail(P);
+    int m = mv__new(P, MV_MATRIX, 0, -1, -1);
+    if (m < 0) return -1;
+    int last = -1;
+    for (int i = P->A->nodes[ma].a, j = P->A->nodes[mb].a; i >= 0 && j >= 0;
+         i = P->A->nodes[i].next, j = P->A->nodes[j].next) {
+        int c = mv__expr(P, type, 0, i, j);
+        if (c < 0) return -1;
+        if (last < 0) P->A->nodes[m].a = c; else P->A->nodes[last].next = c;
+        last = c;
+        P->A->nodes[m].n++;
+    }
+    P->A->nodes[m].rows = P->A->nodes[ma].rows; P->A->nodes[m].cols = P->A->nodes[ma].cols;
+    P->A->nodes[m].s0 = P->A->nodes[ma].s0;
+    return m;
+}
+
 // Sums with \pm.
 static inline int mv__parse_additive(MvParser *P) {
     if (++P->depth > MV_MAX_DEPTH) return mv__fail(P);
-    int r;
+    int r, start = (mv__ws(P), P->pos);
     if (mv__eat_cmd(P, "pm")) { int t = mv__parse_term(P, 0); r = mv__expr(P, MV_PM, 0, -1, t); }
     else if (mv__eat_cmd(P, "mp")) { int t = mv__parse_term(P, 0); r = mv__expr(P, MV_PM, 1, -1, t); }
     else r = mv__parse_term(P, 0);
+    // \pm\infty != \pm 3
+    if (r >= 0 && P->A->nodes[r].type == MV_PM && P->A->nodes[r].a < 0) P->A->nodes[r].s0 = start;
     for (int guard = 0; r >= 0 && guard < 4096; guard++) {
         int c = mv__peek(P), type, op = 0;
         if (c == '+') { P->pos++; type = MV_ADD; }
@@ -1189,7 +1259,9 @@ static inline int mv__parse_additive(MvParser *P) {
         else if (mv__eat_cmd(P, "mp")) { type = MV_PM; op = 1; }
         else break;
         int t = mv__parse_term(P, 0);
-        r = mv__expr(P, type, op, r, t);
+        if (t >= 0 && P->A->nodes[r].type == MV_MATRIX && (type == MV_ADD || type == MV_SUB)) r = mv__matrix_add(P, r,
+            t, type);
+        else r = mv__expr(P, type, op, r, t);
     }
     P->depth--;
     return r;
@@ -1270,7 +1342,8 @@ static inline int mv__parse_rel(MvParser *P) {
 // Is the next token a list separator: , ; \text{and} \text{or}?
 static inline int mv__eat_sep(MvParser *P) {
     int c = mv__peek(P);
-    if (c == ',' || c == ';') { P->pos++; return 1; }
+    if (c == ',') { P->pos++; return 1; }
+    if (c == ';') { P->pos++; return 2; }
     if (mv__at_cmd(P, "text")) {
         int k = P->pos + 5;
         if (k < P->len && P->s[k] == '{') {
@@ -1280,15 +1353,50 @@ static inline int mv__eat_sep(MvParser *P) {
                 while (b < t && P->s[b] == ' ') b++;
                 while (t > b && (P->s[t - 1] == ' ' || P->s[t - 1] == ',')) t--;
                 if ((t - b == 3 && memcmp(P->s + b, "and", 3) == 0) || (t - b == 2 && memcmp(P->s + b, "or", 2) == 0)) {
-                    P->pos = e; return 1;
+                    P->pos = e; return 3;
                 }
             }
         }
     }
-    if (mv__at_word(P, "or")) { P->pos += 2; return 1; }
-    if (mv__at_word(P, "and")) { P->pos += 3; return 1; }
+    if (mv__at_word(P, "or")) { P->pos += 2; return 3; }
+    if (mv__at_word(P, "and")) { P->pos += 3; return 3; }
     if (mv__eat_cmd(P, "land") || mv__eat_cmd(P, "lor") || mv__eat_cmd(P, "wedge") || mv__eat_cmd(P, "vee")) return 1;
     return 0;
+}
+
+// Is node i an equation lhs = rhs whose left side is a single symbol?
+static inline int mv__labelled_eq(const MathAnswer *A, int i) {
+    const MvNode *x = &A->nodes[i];
+    return x->type == MV_REL && x->n == 2 && A->nodes[x->a].type == MV_SYM
+        && A->nodes[A->nodes[x->a].next].relop == MV_R_EQ;
+}
+// "p=5,q=2;p=7,q=2" is two labelled points, not four equations: when every ';'-group of a top-level list
+// is one equation or several labelled ones, the groups become sub-lists (each compares as a point).
+static inline void mv__group_labelled(MathAnswer *A, int list) {
+    for (int c = A->nodes[list].a; c >= 0; c = A->nodes[c].next) if (!mv__labelled_eq(A, c)) return;
+    int head = -1, tail = -1, groups = 0;
+    for (int c = A->nodes[list].a; c >= 0 && A->n_nodes < MV_MAX_NODES;) {
+        int g0 = c, g1 = c, cnt = 1;
+        while (A->nodes[g1].next >= 0 && A->nodes[A->nodes[g1].next].semi != 1) { g1 = A->nodes[g1].next; cnt++; }
+        int nextc = A->nodes[g1].next, g = g0;
+        if (cnt > 1) {
+            g = A->n_nodes++;
+            MvNode *x = &A->nodes[g];
+            memset(x, 0, sizeof *x);
+            x->type = MV_LIST; x->a = g0; x->b = -1; x->n = cnt; x->next = -1;
+            x->s0 = A->nodes[g0].s0; x->s1 = A->nodes[g1].s1;
+            A->nodes[g1].next = -1;
+        }
+        A->nodes[g].next = -1;
+        if (tail < 0) head = g; else A->nodes[tail].next = g;
+        tail = g; groups++;
+        c = nextc;
+        if (c >= 0 && A->n_nodes >= MV_MAX_NODES) {     // out of nodes: the rest stay ungrouped
+            A->nodes[tail].next = c;
+            while (c >= 0) { groups++; c = A->nodes[c].next; }
+        }
+    }
+    A->nodes[list].a = head; A->nodes[list].n = groups;
 }
 
 // list := item (sep item)*; a single item is returned as is.
@@ -1296,12 +1404,15 @@ static inline int mv__parse_list(MvParser *P, int top) {
     if (++P->depth > MV_MAX_DEPTH) return mv__fail(P);
     int first = mv__parse_rel(P);
     if (first < 0) return -1;
-    int list = -1, last = first;
+    int list = -1, last = first, semis = 0, commas = 0;
     for (int guard = 0; guard < MV_MAX_NODES; guard++) {
-        if (!mv__eat_sep(P)) break;
+        int sep = mv__eat_sep(P);
+        if (!sep) break;
         if (top) { int c = mv__peek(P); if (c == 0) break; }      // trailing comma
         int it = mv__parse_rel(P);
         if (it < 0) return -1;
+        if (sep == 2) { P->A->nodes[it].semi = 1; semis++; } else commas++;
+        if (sep == 3) P->A->nodes[it].semi = 2;
         if (list < 0) {
             list = mv__new(P, MV_LIST, 0, -1, -1);
             if (list < 0) return -1;
@@ -1312,6 +1423,7 @@ static inline int mv__parse_list(MvParser *P, int top) {
         P->A->nodes[list].n++;
     }
     P->depth--;
+    if (list >= 0 && top && semis && commas) mv__group_labelled(P->A, list);
     return list >= 0 ? list : first;
 }
 
@@ -1380,19 +1492,41 @@ static inline int mv__span_eq(const MathAnswer *A, const MvNode *x, const MathAn
         i++; j++;
     }
 }
+// The big literal node at i (a NUM, or the negation of one), with its sign; NULL if none.
+static inline const MvNode *mv__big(const MathAnswer *A, int i, int *neg) {
+    const MvNode *x = &A->nodes[i];
+    *neg = 0;
+    if (x->type == MV_NEG && x->a >= 0) { x = &A->nodes[x->a]; *neg = 1; }
+    return x->type == MV_NUM && x->bigint ? x : NULL;
+}
 // Two expressions, with sign choices sa/sb for their \pm.
 static inline int mv__expr_eq(MvCtx *C, const MathAnswer *A, int ia, int sa, const MathAnswer *B, int ib, int sb) {
     const MvNode *x = &A->nodes[ia], *y = &B->nodes[ib];
-    // a percentage equals its number or its fraction: 25\% == 25 == 0.25 (as Math-Verify)
-    if (x->type == MV_PCT && !x->has_var && mv__expr_eq(C, A, x->a, sa, B, ib, sb)) return 1;
-    if (y->type == MV_PCT && !y->has_var && mv__expr_eq(C, A, ia, sa, B, y->a, sb)) return 1;
+    // a percentage equals its number or its fraction: 25\% == 25 == 0.25 (as Math-Verify). One level
+    // only: unwrapping 5%%%%... on both sides branched 2^depth ways (a fuzzer timeout, 4.5 s per call).
+    if (x->type == MV_PCT && !x->has_var && A->nodes[x->a].type != MV_PCT && mv__expr_eq(C, A, x->a, sa, B, ib,
+        sb)) return 1;
+    if (y->type == MV_PCT && !y->has_var && B->nodes[y->a].type != MV_PCT && mv__expr_eq(C, A, ia, sa, B, y->a,
+        sb)) return 1;
     if (x->type == MV_SYM && y->type == MV_SYM) {
         C->why = "same symbol";
         return x->slen == y->slen && memcmp(A->pool + x->str, B->pool + y->str, (size_t)x->slen) == 0;
     }
-    if (x->bigint && y->bigint) {
-        C->why = "big integers compared digit by digit";
-        return x->slen == y->slen && memcmp(A->pool + x->str, B->pool + y->str, (size_t)x->slen) == 0;
+    {   // big literals (over 18 digits, or overflowing): exact digits, never doubles
+        int nx = 0, ny = 0;
+        const MvNode *bx = mv__big(A, ia, &nx), *by = mv__big(B, ib, &ny);
+        if (bx && by) {
+            double va = x->v[sa][0], vb = y->v[sb][0];
+            if ((bx->is_float || by->is_float) && fabs(va) < 1e9 && fabs(vb) < 1e9) {
+                C->why = "decimal: both rounded to 6 places";
+                return mv__round6_eq(va, vb);
+            }
+            C->why = "big literals compared digit by digit";
+            return nx == ny && bx->slen == by->slen && memcmp(A->pool + bx->str, B->pool + by->str,
+                (size_t)bx->slen) == 0;
+        }
+        if ((bx && isinf(bx->v[0][0])) || (by
+            && isinf(by->v[0][0]))) { C->why = "a literal too large for a double"; return 0; }
     }
     if (!x->has_var && !y->has_var) {
         double va = x->v[sa][0], vb = y->v[sb][0];
@@ -1427,6 +1561,24 @@ static inline int mv__expr_eq(MvCtx *C, const MathAnswer *A, int ia, int sa, con
 
 static inline int mv__eq(MvCtx *C, const MathAnswer *A, int a, const MathAnswer *B, int b);
 
+static inline int mv__is_equation(const MathAnswer *A, int i) {
+    const MvNode *x = &A->nodes[i];
+    if (x->type != MV_REL) return 0;
+    for (int c = A->nodes[x->a].next; c >= 0; c = A->nodes[c].next) if (A->nodes[c].relop != MV_R_EQ) return 0;
+    return 1;
+}
+static inline int mv__last_child(const MathAnswer *A, int i) {
+    int c = A->nodes[i].a;
+    while (c >= 0 && A->nodes[c].next >= 0) c = A->nodes[c].next;
+    return c;
+}
+// An equation lhs = rhs whose right side has a \pm (and the left side none): x = \pm 5 is x = 5, x = -5.
+static inline int mv__pm_equation(const MathAnswer *A, int i) {
+    if (!mv__is_equation(A, i) || A->nodes[i].n != 2) return 0;
+    int l = A->nodes[i].a, r = A->nodes[l].next;
+    return mv__is_expr(A, r) && A->nodes[r].has_pm && !(mv__is_expr(A, l) && A->nodes[l].has_pm);
+}
+
 // Elements of a collection: a LIST/SET's children, or the thing itself; an expression with \pm
 // counts as its two values. Writes (node, sign) pairs, returns the count.
 static inline int mv__elems(const MathAnswer *A, int i, int *node, int *sign, int cap) {
@@ -1437,12 +1589,19 @@ static inline int mv__elems(const MathAnswer *A, int i, int *node, int *sign, in
     for (; c >= 0 && n < cap; c = single ? -1 : A->nodes[c].next) {
         const MvNode *e = &A->nodes[c];
         node[n] = c; sign[n] = 0; n++;
-        if (e->type < MV_EXPR_END && e->has_pm && n < cap) { node[n] = c; sign[n] = 1; n++; }
+        if (((e->type < MV_EXPR_END && e->has_pm) || mv__pm_equation(A, c))
+            && n < cap) { node[n] = c; sign[n] = 1; n++; }
     }
     return n;
 }
 static inline int mv__eq_signed(MvCtx *C, const MathAnswer *A, int a, int sa, const MathAnswer *B, int b, int sb) {
     if (mv__is_expr(A, a) && mv__is_expr(B, b)) return mv__expr_eq(C, A, a, sa, B, b, sb);
+    // x = \pm 5 as two elements: the sign choice applies to its right-hand side
+    int ea = mv__is_equation(A, a) && A->nodes[a].n == 2, eb = mv__is_equation(B, b) && B->nodes[b].n == 2;
+    int ra = ea ? mv__last_child(A, a) : a, rb = eb ? mv__last_child(B, b) : b;
+    if (ea && eb && (mv__pm_equation(A, a) || mv__pm_equation(B, b)))
+        return mv__eq(C, A, A->nodes[a].a, B, B->nodes[b].a) && mv__eq_signed(C, A, ra, sa, B, rb, sb);
+    if (ea != eb && mv__is_expr(A, ra) && mv__is_expr(B, rb)) return mv__expr_eq(C, A, ra, sa, B, rb, sb);
     return mv__eq(C, A, a, B, b);
 }
 // Unordered comparison: every element of each side equals some element of the other.
@@ -1476,17 +1635,6 @@ static inline int mv__seq_eq(MvCtx *C, const MathAnswer *A, int a, const MathAns
     return i < 0 && j < 0;
 }
 
-static inline int mv__is_equation(const MathAnswer *A, int i) {
-    const MvNode *x = &A->nodes[i];
-    if (x->type != MV_REL) return 0;
-    for (int c = A->nodes[x->a].next; c >= 0; c = A->nodes[c].next) if (A->nodes[c].relop != MV_R_EQ) return 0;
-    return 1;
-}
-static inline int mv__last_child(const MathAnswer *A, int i) {
-    int c = A->nodes[i].a;
-    while (c >= 0 && A->nodes[c].next >= 0) c = A->nodes[c].next;
-    return c;
-}
 // lhs - rhs of relation i at point k, sign s.
 static inline double mv__rel_diff(const MathAnswer *A, int l, int r, int s, int k) {
     return A->nodes[l].v[s][k] - A->nodes[r].v[s][k];
@@ -1494,6 +1642,8 @@ static inline double mv__rel_diff(const MathAnswer *A, int l, int r, int s, int 
 // Are (l1 - r1) and (l2 - r2) proportional with a constant ratio (positive if need_pos)?
 static inline int mv__proportional(const MathAnswer *A, int l1, int r1, const MathAnswer *B, int l2, int r2, int need_pos) {
     if (!mv__is_expr(A, l1) || !mv__is_expr(A, r1) || !mv__is_expr(B, l2) || !mv__is_expr(B, r2)) return 0;
+    // a \pm stands for two values, and the test below sees one: x = 2 \pm 1 is not x = 3
+    if (A->nodes[l1].has_pm || A->nodes[r1].has_pm || B->nodes[l2].has_pm || B->nodes[r2].has_pm) return 0;
     // without variables every "ratio" is constant: 1 + \sqrt{97} \approx 1.36 would equal 2 + ...
     if (!(A->nodes[l1].has_var || A->nodes[r1].has_var) || !(B->nodes[l2].has_var || B->nodes[r2].has_var)) return 0;
     double ratio = NAN;
@@ -1594,6 +1744,128 @@ static inline int mv__rel_vs_set(MvCtx *C, const MathAnswer *A, int r, const Mat
     return ok;
 }
 
+// A labelled point: a list of equations x = 2, y = 1 with distinct single-symbol left sides. Writes its
+// right-hand sides ordered by label name (so y = 1, x = 2 is the same point); returns the count, else 0.
+static inline int mv__labelled(const MathAnswer *A, int i, int *vals, int cap) {
+    const MvNode *x = &A->nodes[i];
+    if (x->type != MV_LIST || x->n < 2 || x->n > cap) return 0;
+    int lab[16], n = 0;
+    for (int c = x->a; c >= 0; c = A->nodes[c].next) {
+        if (n >= cap || n >= 16 || !mv__labelled_eq(A, c)) return 0;
+        int l = A->nodes[c].a;
+        const MvNode *sl = &A->nodes[l];
+        int k = n++;
+        for (; k > 0; k--) {     // insertion sort by name
+            const MvNode *o = &A->nodes[lab[k - 1]];
+            int m = sl->slen < o->slen ? sl->slen : o->slen, d = memcmp(A->pool + sl->str, A->pool + o->str, (size_t)m);
+            if (d == 0 && sl->slen == o->slen) return 0;          // x = 1, x = 2: solutions, not a point
+            if (d > 0 || (d == 0 && sl->slen > o->slen)) break;
+            lab[k] = lab[k - 1]; vals[k] = vals[k - 1];
+        }
+        lab[k] = l; vals[k] = A->nodes[l].next;
+    }
+    return n;
+}
+
+// An answer read as a set of reals in one variable: an interval, x \in [a,b], a <= x < b, or a linear
+// inequality 2x > 6 solved for x. Comparing these views keeps -2 <= x <= 7, [-2,7] and x \in [-2,7] one
+// class. lo/hi: the node of a finite end, -1 for an infinite one, -2 for a solved value in lov/hiv.
+typedef struct { int lo, hi, lopen, ropen, var; double lov, hiv; } MvIv;
+
+// Does subtree i have at most one distinct symbol? Sets *sym to it (a node index).
+static inline int mv__one_var(const MathAnswer *A, int i, int *sym, int depth) {
+    if (i < 0) return 1;
+    const MvNode *x = &A->nodes[i];
+    if (x->type >= MV_EXPR_END || depth > MV_MAX_DEPTH * 8) return 0;
+    if (x->type == MV_SYM) {
+        if (*sym >= 0 && A->nodes[*sym].hash != x->hash) return 0;
+        *sym = i;
+        return 1;
+    }
+    if (!x->has_var) return 1;
+    return mv__one_var(A, x->a, sym, depth + 1) && mv__one_var(A, x->b, sym, depth + 1);
+}
+// lhs op rhs with lhs - rhs linear in its one variable: the half-line it describes.
+static inline int mv__solve_linear(const MathAnswer *A, int l, int r, int op, MvIv *v) {
+    int sym = -1;
+    if (!mv__is_expr(A, l) || !mv__is_expr(A, r) || A->nodes[l].has_pm || A->nodes[r].has_pm) return 0;
+    if (A->nodes[l].has_inf || A->nodes[r].has_inf) return 0;
+    if (!mv__one_var(A, l, &sym, 0) || !mv__one_var(A, r, &sym, 0) || sym < 0) return 0;
+    double t[MV_NPTS], f[MV_NPTS];
+    for (int k = 0; k < MV_NPTS; k++) {
+        t[k] = mv__sym_value(A->nodes[sym].hash, k);
+        f[k] = A->nodes[l].v[0][k] - A->nodes[r].v[0][k];
+        if (!isfinite(f[k])) return 0;
+    }
+    double m = (f[1] - f[0]) / (t[1] - t[0]);
+    if (!isfinite(m) || fabs(m) < 1e-9) return 0;
+    for (int k = 2; k < MV_NPTS; k++) {
+        double pred = f[0] + m * (t[k] - t[0]);
+        if (fabs(f[k] - pred) > 1e-9 * (fabs(f[k]) + fabs(pred) + fabs(m * t[k])) + 1e-12) return 0;
+    }
+    double root = t[0] - f[0] / m;
+    int strict = op == MV_R_LT || op == MV_R_GT, below = (op == MV_R_LT || op == MV_R_LE) == (m > 0);
+    v->var = sym;
+    if (below) { v->lo = -1; v->lopen = 1; v->hi = -2; v->hiv = root; v->ropen = strict; }
+    else { v->lo = -2; v->lov = root; v->lopen = strict; v->hi = -1; v->ropen = 1; }
+    return 1;
+}
+static inline int mv__interval_view(const MathAnswer *A, int i, MvIv *v, int depth) {
+    const MvNode *x = &A->nodes[i];
+    v->var = -1; v->lov = v->hiv = 0;
+    if (x->type == MV_INTERVAL) {
+        int l = x->a, r = l >= 0 ? A->nodes[l].next : -1;
+        if (!mv__is_expr(A, l) || !mv__is_expr(A, r) || mv__is_point(A, i)) return 0;
+        v->lo = mv__is_inf(A, l, -1) ? -1 : l;
+        v->hi = mv__is_inf(A, r, +1) ? -1 : r;
+        v->lopen = x->lopen || v->lo < 0;
+        v->ropen = x->ropen || v->hi < 0;
+        return 1;
+    }
+    if (x->type != MV_REL || depth > 0) return 0;
+    int l = x->a, r = A->nodes[l].next;
+    if (x->n == 2 && A->nodes[r].relop == MV_R_IN) {
+        if (A->nodes[l].type != MV_SYM || !mv__interval_view(A, r, v, depth + 1)) return 0;
+        v->var = l;
+        return 1;
+    }
+    int lo, hi, lopen, ropen;
+    if (mv__rel_interval(A, i, &lo, &hi, &lopen, &ropen)) {
+        for (int c = x->a; c >= 0; c = A->nodes[c].next) if (A->nodes[c].type == MV_SYM) v->var = c;
+        v->lo = lo >= 0 && mv__is_inf(A, lo, -1) ? -1 : lo;
+        v->hi = hi >= 0 && mv__is_inf(A, hi, +1) ? -1 : hi;
+        v->lopen = lopen || v->lo < 0;
+        v->ropen = ropen || v->hi < 0;
+        return 1;
+    }
+    if (x->n == 2) {
+        int op = A->nodes[r].relop;
+        if (op == MV_R_LT || op == MV_R_LE || op == MV_R_GT || op == MV_R_GE) return mv__solve_linear(A, l, r, op, v);
+    }
+    return 0;
+}
+static inline int mv__iv_end_eq(MvCtx *C, const MathAnswer *A, int ea, double va, const MathAnswer *B, int eb,
+    double vb) {
+    if ((ea == -1) != (eb == -1)) return 0;
+    if (ea == -1) return 1;
+    if (ea >= 0 && eb >= 0) return mv__eq(C, A, ea, B, eb);
+    double x = ea >= 0 ? A->nodes[ea].v[0][0] : va, y = eb >= 0 ? B->nodes[eb].v[0][0] : vb;
+    return !isnan(x) && !isnan(y) && mv__close(x, y);
+}
+static inline int mv__iv_eq(MvCtx *C, const MathAnswer *A, const MvIv *u, const MathAnswer *B, const MvIv *w) {
+    if (u->var >= 0 && w->var >= 0) {
+        const MvNode *p = &A->nodes[u->var], *q = &B->nodes[w->var];
+        if (p->slen != q->slen || memcmp(A->pool + p->str, B->pool + q->str, (size_t)p->slen) != 0) {
+            C->why = "inequalities in different variables";
+            return 0;
+        }
+    }
+    int ok = u->lopen == w->lopen && u->ropen == w->ropen && mv__iv_end_eq(C, A, u->lo, u->lov, B, w->lo, w->lov) &&
+             mv__iv_end_eq(C, A, u->hi, u->hiv, B, w->hi, w->hiv);
+    C->why = ok ? "the same set of reals" : "different sets of reals";
+    return ok;
+}
+
 // The core: are node a of A and node b of B the same answer?
 static inline int mv__eq_core(MvCtx *C, const MathAnswer *A, int a, const MathAnswer *B, int b);
 static inline int mv__eq(MvCtx *C, const MathAnswer *A, int a, const MathAnswer *B, int b) {
@@ -1608,6 +1880,13 @@ static inline int mv__eq_core(MvCtx *C, const MathAnswer *A, int a, const MathAn
     const MvNode *x = &A->nodes[a], *y = &B->nodes[b];
     int tx = x->type, ty = y->type;
     // x = 5 vs 5, x \in [1,2] vs [1,2]: compare the right-hand side
+    if (tx == MV_REL || ty == MV_REL) {                 // inequalities, x \in I and intervals: as sets of reals
+        MvIv u, w;
+        if (mv__interval_view(A, a, &u, 0) && mv__interval_view(B, b, &w, 0)) return mv__iv_eq(C, A, &u, B, &w);
+    }
+    if ((mv__pm_equation(A, a) && (ty == MV_LIST || ty == MV_SET)) || (mv__pm_equation(B, b) && (tx == MV_LIST
+        || tx == MV_SET)))
+        return mv__set_eq(C, A, a, B, b);              // x = \pm 5 vs x = 5, x = -5
     if (tx == MV_REL && ty != MV_REL) {
         int last = mv__last_child(A, a);
         if (mv__is_equation(A, a) || (x->n == 2 && A->nodes[last].relop == MV_R_IN)) return mv__eq(C, A, last, B, b);
@@ -1640,33 +1919,32 @@ static inline int mv__eq_core(MvCtx *C, const MathAnswer *A, int a, const MathAn
         return k == t->slen && k > 0;
     }
     if (tx == MV_LIST || tx == MV_SET || ty == MV_LIST || ty == MV_SET) {
-        // collections of solutions: any order. An open pair (1,2) or a tuple against a bare list
-        // is compared as a list too (Math-Verify does the same for (1,2) vs 1,2).
+        // collections of solutions: any order. A labelled point (x = 2, y = 1) is a tuple, not a list.
         int colx = tx == MV_LIST || tx == MV_SET, coly = ty == MV_LIST || ty == MV_SET;
-        if (colx && coly) return mv__set_eq(C, A, a, B, b);
+        if (colx && coly) {
+            int tmp[16];
+            if (!mv__labelled(A, a, tmp, 16) != !mv__labelled(B, b, tmp,
+                16)) { C->why = "labelled point vs list"; return 0; }
+            return mv__set_eq(C, A, a, B, b);
+        }
         int other = colx ? ty : tx;
-        const MvNode *o = colx ? y : x, *col = colx ? x : y;
-        if (other == MV_TUPLE || (other == MV_INTERVAL && o->lopen && o->ropen)) {
-            if (o->n != col->n) { C->why = "different lengths"; return 0; }
-            // compare the pair's elements as a list
-            enum { CAP = 64 };
-            int ea[CAP], eb[CAP], na = 0, nb = 0;
+        const MathAnswer *L0 = A;
+        const MvNode *o = colx ? y : x;
+        // a labelled point x = 2, y = 1 is the tuple of its values ordered by label: (2, 1)
+        int vals[16];
+        int nl = colx ? mv__labelled(L0, a, vals, 16) : mv__labelled(B, b, vals, 16);
+        if (nl && (other == MV_TUPLE || (other == MV_INTERVAL && o->lopen && o->ropen))) {
             const MathAnswer *L = colx ? A : B, *T = colx ? B : A;
-            for (int c = col->a; c >= 0 && na < CAP; c = L->nodes[c].next) ea[na++] = c;
-            for (int c = o->a; c >= 0 && nb < CAP; c = T->nodes[c].next) eb[nb++] = c;
-            for (int i = 0; i < na; i++) {
-                int found = 0;
-                for (int j = 0; j < nb && !found; j++) found = mv__eq(C, L, ea[i], T, eb[j]);
-                if (!found) return 0;
-            }
-            for (int j = 0; j < nb; j++) {
-                int found = 0;
-                for (int i = 0; i < na && !found; i++) found = mv__eq(C, L, ea[i], T, eb[j]);
-                if (!found) return 0;
-            }
-            C->why = "list vs tuple, same elements";
+            if (o->n != nl) { C->why = "different lengths"; return 0; }
+            int k = 0;
+            for (int c = o->a; c >= 0 && k < nl; c = T->nodes[c].next, k++)
+                if (!(colx ? mv__eq(C, L, vals[k], T, c) : mv__eq(C, T, c, L,
+                    vals[k]))) { C->why = "a coordinate differs"; return 0; }
+            C->why = "labelled point vs tuple";
             return 1;
         }
+        // a tuple is ordered and a list or set is not: never equal, so that (1,2) = 1,2 = 2,1 = (2,1) cannot chain
+        if (other == MV_TUPLE || other == MV_INTERVAL) { C->why = "tuple vs list or set"; return 0; }
         if (other >= MV_EXPR_END && other != MV_REL && other != MV_TEXT) { C->why = "different structures"; return 0; }
         return mv__set_eq(C, A, a, B, b);        // 5 vs \{5\}
     }
@@ -1717,15 +1995,15 @@ static inline int math_parsed_equal(const MathAnswer *A, const MathAnswer *B) { 
 
 // 1 if the two extracted answers are mathematically equivalent, else 0. Symmetric.
 // why (optional) receives a short static string explaining the decision.
+// The two parse buffers are per thread and reused, so a call costs the parsing, not malloc/free (which
+// shrank the heap with a brk syscall on every call). Thread-safe: callers run under OpenMP.
 static inline int math_answers_equal_why(const char *a, const char *b, const char **why) {
-    // two separate blocks: each stays under glibc's mmap threshold, so no syscall per call
-    MathAnswer *A = (MathAnswer *)malloc(sizeof(MathAnswer)), *B = (MathAnswer *)malloc(sizeof(MathAnswer));
-    if (!A || !B) { free(A); free(B); if (why) *why = "out of memory"; return a && b && a[0] && strcmp(a, b) == 0; }
+    static MV_THREAD_LOCAL MathAnswer tls_pair[2];
+    MathAnswer *A = &tls_pair[0], *B = &tls_pair[1];
     math_parse(a, A);
     math_parse(b, B);
     int r = math_parsed_equal_why(A, B, why);
-    free(A);
-    free(B);
+    A->raw = B->raw = NULL;       // do not keep pointers to the caller's strings
     return r;
 }
 static inline int math_answers_equal(const char *a, const char *b) { return math_answers_equal_why(a, b, NULL); }
@@ -1734,56 +2012,103 @@ static inline int math_answers_equal(const char *a, const char *b) { return math
 // Extraction
 
 // Case-insensitive comparison of n bytes with a lower-case needle.
+// Extraction policies. No state: the caller passes the policy with every call.
+//   MV_EXTRACT_REFERENCE  the order of Math-Verify's parse() on a whole response (the default): the
+//                         boxed answer, else LaTeX or a number after an "answer" anchor, else the
+//                         last LaTeX expression or plain number/expression of the response.
+//   MV_EXTRACT_BOXED      only \boxed{} / \fbox{} (strict).
+//   MV_EXTRACT_ANCHORED   the EMPO repository's configuration (try_extract_without_anchor=False,
+//                         LaTeX only): the boxed answer, else LaTeX after an "answer" anchor.
+typedef enum { MV_EXTRACT_REFERENCE = 0, MV_EXTRACT_BOXED = 1, MV_EXTRACT_ANCHORED = 2 } MvExtractPolicy;
+
+// Case-insensitive comparison of n bytes with a lower-case needle.
 static inline int mv__ci_eq(const char *s, const char *needle, size_t n) {
     for (size_t k = 0; k < n; k++) if (mv__lower((unsigned char)s[k]) != needle[k]) return 0;
     return 1;
 }
-static inline int mv__emit(const char *s, size_t b, size_t e, char *out, size_t cap) {
+// Does s[b..e) normalize to something? "\quad", "$", "." and "^\circ" are no answer.
+static inline int mv__has_content(const char *s, size_t b, size_t e) {
+    if (e - b > (size_t)MV_MAX_LEN) return 1;
+    char tmp[MV_MAX_LEN + 1];
+    int l = mv_normalize(s + b, e - b, tmp, (int)sizeof tmp);
+    return l != 0;   // -1 (too deep to normalize) still counts: it compares as raw text
+}
+// Output buffer: appends pieces, always NUL-terminated, truncating at cap.
+typedef struct { char *out; size_t cap, n; } MvEmit;
+static inline void mv__emit_add(MvEmit *E, const char *s, size_t b, size_t e) {
     while (b < e && mv__isspace((unsigned char)s[b])) b++;
     while (e > b && mv__isspace((unsigned char)s[e - 1])) e--;
-    if (b >= e || cap == 0) { if (cap) out[0] = 0; return 0; }
-    size_t n = e - b;
-    if (n > cap - 1) n = cap - 1;
-    memcpy(out, s + b, n);
-    out[n] = 0;
+    for (size_t i = b; i < e && E->n + 1 < E->cap; i++) E->out[E->n++] = s[i];
+    if (E->cap) E->out[E->n < E->cap ? E->n : E->cap - 1] = 0;
+}
+
+// ---- boxes
+typedef struct { size_t cmd, b, e; } MvBox;    // "\boxed" at cmd, content s[b..e)
+enum { MV_NBOX = 16 };
+// Is s[b..e) only separators between boxes of one final statement: spaces, , ; and or, \text{ and },
+// \quad, $, \( \) \[ \], "x ="? Then "\boxed{-2} \text{ and } \boxed{1}" is one answer, the list -2, 1.
+static inline int mv__box_sep(const char *s, size_t b, size_t e) {
+    if (e - b > 64) return 0;
+    for (size_t i = b; i < e;) {
+        unsigned char c = (unsigned char)s[i];
+        if (mv__isspace(c) || c == ',' || c == ';' || c == '$' || c == '~' || c == '&' || c == '{'
+            || c == '}') { i++; continue; }
+        if (e - i >= 3 && mv__ci_eq(s + i, "and", 3)) { i += 3; continue; }
+        if (mv__isalpha(c) && (i + 1 == e || !mv__isalpha((unsigned char)s[i + 1]))) {    // "x = \boxed{2}"
+            size_t j = i + 1;
+            while (j < e && mv__isspace((unsigned char)s[j])) j++;
+            if (j < e && s[j] == '=') { i = j + 1; continue; }
+        }
+        if (c == '=') { i++; continue; }
+        if (e - i >= 2 && mv__ci_eq(s + i, "or", 2)) { i += 2; continue; }
+        if (c == '\\') {
+            size_t j = i + 1;
+            while (j < e && mv__isalpha((unsigned char)s[j])) j++;
+            size_t l = j - i - 1;
+            if (l == 0 && j < e && strchr("()[],;!\\ ", s[j])) { i = j + 1; continue; }
+            if ((l == 4 && (memcmp(s + i + 1, "quad", 4) == 0 || memcmp(s + i + 1, "text", 4) == 0)) ||
+                (l == 5 && memcmp(s + i + 1, "qquad", 5) == 0) || (l == 6 && memcmp(s + i + 1, "mathrm",
+                    6) == 0)) { i = j; continue; }
+            return 0;
+        }
+        return 0;
+    }
     return 1;
 }
-// Final answer of a model response: the content of the last \boxed{...} (or \fbox{...}), braces
-// balanced; else the answer after "final answer is" / "the answer is". Writes a NUL-terminated
-// string of at most cap bytes into out. Returns 1 if an answer was found, 0 if not.
-static inline int math_extract_answer(const char *response, char *out, size_t cap) {
-    if (cap) out[0] = 0;
-    if (!response || cap == 0) return 0;
-    size_t n = strlen(response);
-    const char *s = response;
-    // The last \boxed{...} / \fbox{...} whose braces balance, in one forward pass: a stack holds
-    // the boxes still open with the brace depth they opened at; a box closes when its brace does.
+// The final boxed answer: the last complete box, with the boxes just before it that only separators
+// divide from it (identical neighbours once, as Math-Verify). 1 if found.
+static inline int mv__extract_boxes(const char *s, size_t n, MvEmit *E) {
     enum { STACK = 64 };
-    size_t open_at[STACK];
+    size_t open_at[STACK], open_cmd[STACK];
     long open_depth[STACK];
-    int top = 0;
+    int top = 0, nb = 0;
     long depth = 0;
-    size_t best_b = 0, best_e = 0, best_start = 0;
-    int have = 0;
+    MvBox box[MV_NBOX];                  // ring of the last outermost complete boxes, by closing order
     for (size_t i = 0; i < n; i++) {
         char c = s[i];
         if (c == '\\') {
-            size_t l = (i + 6 <= n && memcmp(s + i, "\\boxed", 6) == 0) ? 6 : (i + 5 <= n && memcmp(s + i, "\\fbox", 5) == 0) ? 5 : 0;
-            if (l && !(i + l < n && mv__isalpha((unsigned char)s[i + l]))) {
-                size_t k = i + l;
+            size_t at = i;
+            if (i + 1 < n && s[i + 1] == '\\') at = i + 1;             // \\boxed{..}: a doubled backslash
+            size_t l = (at + 6 <= n && memcmp(s + at, "\\boxed", 6) == 0) ? 6 : (at + 5 <= n && memcmp(s + at,
+                "\\fbox", 5) == 0) ? 5 : 0;
+            if (l && !(at + l < n && mv__isalpha((unsigned char)s[at + l]))) {
+                size_t k = at + l;
                 while (k < n && s[k] == ' ') k++;
                 if (k < n && s[k] == '{') {
-                    if (top < STACK) { open_at[top] = k + 1; open_depth[top] = depth; top++; }
+                    if (top < STACK) { open_at[top] = k + 1; open_cmd[top] = at; open_depth[top] = depth; top++; }
                     depth++;
                     i = k;
                     continue;
                 }
-                if (k > i + l && k < n) {           // "\boxed 5": up to the next space or $
+                if (k > at + l && k < n && top == 0) {        // "\boxed 5": up to the next space or $
                     size_t e = k;
                     while (e < n && !mv__isspace((unsigned char)s[e]) && s[e] != '$') e++;
-                    if (!have || i >= best_start) { best_b = k; best_e = e; best_start = i; have = 1; }
+                    MvBox bx = {at, k, e};
+                    box[nb++ % MV_NBOX] = bx;
+                    i = e - 1;
+                    continue;
                 }
-                i += l - 1;
+                i = at + l - 1;
                 continue;
             }
             i++;                                     // skip the escaped character: \{ \} do not count
@@ -1795,34 +2120,286 @@ static inline int math_extract_answer(const char *response, char *out, size_t ca
             while (top > 0 && open_depth[top - 1] > depth) top--;     // stray braces closed it earlier
             if (top > 0 && open_depth[top - 1] == depth) {
                 top--;
-                size_t st = open_at[top];
-                if (!have || st >= best_start) { best_b = st; best_e = i; best_start = st; have = 1; }
+                if (top == 0) { MvBox bx = {open_cmd[top], open_at[top], i}; box[nb++ % MV_NBOX] = bx; }
             }
         }
     }
-    if (have) return mv__emit(s, best_b, best_e, out, cap);
-    // "the final answer is X" / "the answer is X"
-    // the last "answer is" that follows "final " or "the " (one forward pass, case-insensitive)
-    long q = -1;
-    for (size_t i = 0; i + 9 <= n; i++) {
-        if ((s[i] | 32) != 'a' || !mv__ci_eq(s + i, "answer is", 9)) continue;
-        if ((i >= 6 && mv__ci_eq(s + i - 6, "final ", 6)) || (i >= 4 && mv__ci_eq(s + i - 4, "the ", 4))) q = (long)(i + 9);
+    // walk back from the last box while separators join them
+    int have = nb < MV_NBOX ? nb : MV_NBOX, first = nb, used = 0;
+    while (first > nb - have) {
+        const MvBox *cur = &box[(first - 1) % MV_NBOX];
+        if (first < nb) {
+            const MvBox *nx = &box[first % MV_NBOX];
+            size_t gap_b = cur->e < n && s[cur->e] == '}' ? cur->e + 1 : cur->e;
+            if (!mv__box_sep(s, gap_b, nx->cmd)) break;
+        }
+        first--;
     }
-    if (q < 0) return 0;
-    size_t b = (size_t)q;
-    while (b < n && (mv__isspace((unsigned char)s[b]) || s[b] == ':')) b++;
-    size_t e = b;
-    if (b < n && s[b] == '$') {                    // $...$ or $$...$$
-        size_t d = b; while (d < n && s[d] == '$') d++;
-        e = d;
-        while (e < n && s[e] != '$') e++;
-        return mv__emit(s, d, e, out, cap);
+    // skip empty boxes; the answer is the list of the rest (an empty last box: no answer)
+    const MvBox *prev = NULL;
+    for (int k = first; k < nb; k++) {
+        const MvBox *bx = &box[k % MV_NBOX];
+        if (!mv__has_content(s, bx->b, bx->e)) continue;
+        if (prev && prev->e - prev->b == bx->e - bx->b && memcmp(s + prev->b, s + bx->b, bx->e - bx->b) == 0) continue;
+        if (used) mv__emit_add(E, ";", 0, 1);     // ";" not ",": \boxed{1}\boxed{234} is not 1,234
+        mv__emit_add(E, s, bx->b, bx->e);
+        prev = bx;
+        used++;
     }
-    while (e < n && s[e] != '\n') {
-        if (s[e] == '.' && (e + 1 >= n || mv__isspace((unsigned char)s[e + 1]))) break;   // end of sentence
-        e++;
+    if (nb > 0 && !used) return -1;                 // boxes, all empty
+    return used > 0;
+}
+
+// ---- LaTeX environments and plain numbers (the fallbacks)
+// Where the closing delimiters are: the next $$, $ (or line end), \] and \) (or line end) after a
+// position, cached as an interval [from, pos] with no closer before pos, so that a response full of
+// unclosed openers costs one pass, not one pass per opener.
+typedef struct { const char *s; size_t n, from[4], pos[4]; } MvScan;
+static inline void mv__scan_init(MvScan *S, const char *s, size_t n) {
+    S->s = s; S->n = n;
+    for (int t = 0; t < 4; t++) { S->from[t] = n; S->pos[t] = n; }
+}
+static inline int mv__closer_is(const char *s, size_t n, size_t j, int t) {
+    int esc = j > 0 && s[j - 1] == '\\';
+    switch (t) {
+    case 0: return j + 1 < n && s[j] == '$' && s[j + 1] == '$' && !esc;
+    case 1: return s[j] == '\n' || (s[j] == '$' && !esc);
+    case 2: return j + 1 < n && s[j] == '\\' && s[j + 1] == ']' && !esc;
+    default: return s[j] == '\n' || (j + 1 < n && s[j] == '\\' && s[j + 1] == ')' && !esc);
     }
-    return mv__emit(s, b, e, out, cap);
+}
+static inline size_t mv__next_closer(MvScan *S, int t, size_t f) {
+    if (f >= S->n) return S->n;
+    if (S->from[t] <= f && f <= S->pos[t]) return S->pos[t];
+    size_t stop = f < S->from[t] ? S->from[t] : S->n, j = f;
+    while (j < stop && !mv__closer_is(S->s, S->n, j, t)) j++;
+    if (j == stop && f < S->from[t]) j = S->pos[t];
+    S->from[t] = f; S->pos[t] = j;
+    return j;
+}
+// A LaTeX environment starting at s[i]: $$..$$, \[..\], $..$ (one line), \(..\), or \frac{n}{m}. Sets
+// the content [*b, *e) and returns the end of the match, or 0.
+static inline size_t mv__env_at(MvScan *S, size_t i, size_t *b, size_t *e) {
+    const char *s = S->s;
+    size_t n = S->n;
+    int esc = i > 0 && s[i - 1] == '\\';
+    if (i + 1 < n && s[i] == '$' && s[i + 1] == '$') {
+        if (esc) return 0;
+        size_t j = mv__next_closer(S, 0, i + 2);
+        if (j >= n || j == i + 2) return 0;
+        *b = i + 2; *e = j; return j + 2;
+    }
+    if (s[i] == '$') {
+        if (esc || (i > 0 && mv__isdigit((unsigned char)s[i - 1]))) return 0;
+        size_t j = mv__next_closer(S, 1, i + 1);
+        if (j >= n || s[j] == '\n' || j == i + 1) return 0;
+        *b = i + 1; *e = j; return j + 1;
+    }
+    if (s[i] == '\\' && i + 1 < n && (s[i + 1] == '[' || s[i + 1] == '(')) {
+        if (esc) return 0;
+        size_t j = mv__next_closer(S, s[i + 1] == '[' ? 2 : 3, i + 2);
+        if (j >= n || s[j] == '\n' || j == i + 2) return 0;
+        *b = i + 2; *e = j; return j + 2;
+    }
+    if (s[i] == '\\' && i + 6 <= n && memcmp(s + i, "\\frac{", 6) == 0) {     // \frac{3}{4} without $..$
+        size_t j = i + 6, k;
+        for (int g = 0; g < 2; g++) {
+            k = j;
+            if (k < n && s[k] == '-') k++;
+            size_t d = k;
+            while (k < n && k - d < 64 && (mv__isdigit((unsigned char)s[k]) || ((s[k] == '.' || s[k] == ',')
+                && k > d))) k++;
+            if (k == d || k >= n || s[k] != '}') return 0;
+            j = k + 1;
+            if (g == 0) { if (j >= n || s[j] != '{') return 0; j++; }
+        }
+        *b = i; *e = j; return j;
+    }
+    return 0;
+}
+// A percent suffix after position j: \%, %, percent, pct. Returns its end, or j.
+static inline size_t mv__pct_at(const char *s, size_t n, size_t j) {
+    size_t k = j;
+    while (k < n && (s[k] == ' ' || s[k] == '\t')) k++;
+    if (k < n && s[k] == '%') return k + 1;
+    if (k + 1 < n && s[k] == '\\' && s[k + 1] == '%') return k + 2;
+    if (k + 7 <= n && mv__ci_eq(s + k, "percent", 7)) return k + 7 + (k + 10 <= n && mv__ci_eq(s + k + 7, "age", 3)
+        ? 3 : 0);
+    if (k + 3 <= n && mv__ci_eq(s + k, "pct", 3)) return k + 3;
+    return j;
+}
+// A plain number or arithmetic expression at s[i] (after a space, '=', "**" or the start): 12, -3.5,
+// 1,234, 3/4, 2^10. Sets [*b, *e) and returns the end of the match, or 0.
+static inline size_t mv__num_at(const char *s, size_t n, size_t i, size_t *b, size_t *e) {
+    if (i > 0) {
+        char p = s[i - 1];
+        if (!(mv__isspace((unsigned char)p) || p == '=' || (p == '*' && i >= 2 && s[i - 2] == '*')
+            || p == '$')) return 0;
+        if (p == '$' && !(i >= 2 && (mv__isspace((unsigned char)s[i - 2]) || s[i - 2] == '='))) return 0;
+    }
+    size_t k = i;
+    if (k < n && s[k] == '-') k++;
+    if (k < n && s[k] == '(') k++;
+    if (k < n && s[k] == '-') k++;
+    if (k >= n || !(mv__isdigit((unsigned char)s[k]) || (s[k] == '.' && k + 1 < n
+        && mv__isdigit((unsigned char)s[k + 1])))) return 0;
+    int ops = 0;
+    size_t last_digit = k, cap = i + 128;     // a bounded scan: no quadratic cost on long digit runs
+    while (k < n && k < cap) {
+        unsigned char c = (unsigned char)s[k];
+        if (mv__isdigit(c)) { last_digit = k; k++; continue; }
+        if (c == '.' && k + 1 < n && mv__isdigit((unsigned char)s[k + 1])) { k++; continue; }
+        if (c == ',' && k + 3 < n && mv__isdigit((unsigned char)s[k + 1]) && mv__isdigit((unsigned char)s[k + 2]) &&
+            mv__isdigit((unsigned char)s[k + 3]) && !(k + 4 < n
+                && mv__isdigit((unsigned char)s[k + 4]))) { k++; continue; }
+        if (c == '+' || c == '-' || c == '*' || c == '/' || c == '^' || c == '(' || c == ')') { ops++; k++; continue; }
+        if (c == ' ' && k + 1 < n && strchr("+-*/^", s[k + 1])) { k++; continue; }
+        if (c == ' ' && k > 0 && strchr("+-*/^", s[k - 1])) { k++; continue; }
+        break;
+    }
+    size_t end = last_digit + 1;
+    while (end < k && s[end] == ')') end++;          // (3+4)
+    // an opening parenthesis needs its closing one
+    int bal = 0;
+    for (size_t j = i; j < end; j++) bal += s[j] == '(' ? 1 : s[j] == ')' ? -1 : 0;
+    size_t st = i;
+    if (bal > 0 && s[st] == '(') { st++; bal--; }
+    if (bal > 0 && st + 1 < end && s[st] == '-' && s[st + 1] == '(') return 0;
+    while (bal < 0 && end > st && s[end - 1] == ')') { end--; bal++; }
+    if (bal != 0) return 0;
+    (void)ops;
+    *b = st; *e = end;
+    return end;
+}
+// One candidate answer: content pieces [b, e) of up to 6 environments joined by "and" / "or" / ",".
+typedef struct { size_t end, start; int n; size_t b[6], e[6]; unsigned char pct[6]; } MvCand;
+// Environments (or, if nums, numbers) starting exactly at i, joined: fills c, returns its end or 0.
+static inline size_t mv__cand_at(MvScan *S, size_t i, int nums, MvCand *c) {
+    const char *s = S->s;
+    size_t n = S->n;
+    size_t b, e, end = mv__env_at(S, i, &b, &e);
+    if (!end && nums) end = mv__num_at(s, n, i, &b, &e);
+    if (!end) return 0;
+    c->n = 0; c->start = i;
+    for (;;) {
+        size_t pe = mv__pct_at(s, n, end);
+        c->b[c->n] = b; c->e[c->n] = e; c->pct[c->n] = pe != end; c->n++;
+        end = pe;
+        if (c->n == 6 || nums) break;                  // Math-Verify joins LaTeX environments only
+        size_t k = end;
+        while (k < n && mv__isspace((unsigned char)s[k])) k++;
+        if (k < n && s[k] == ',') k++;
+        size_t k0 = k;
+        while (k < n && mv__isspace((unsigned char)s[k])) k++;
+        if (k + 3 <= n && mv__ci_eq(s + k, "and", 3)) k += 3;
+        else if (k + 2 <= n && mv__ci_eq(s + k, "or", 2)) k += 2;
+        else if (k0 == k && !(k0 > end && s[k0 - 1] == ',')) break;
+        while (k < n && mv__isspace((unsigned char)s[k])) k++;
+        size_t b2, e2, end2 = k < n ? mv__env_at(S, k, &b2, &e2) : 0;
+        if (!end2) break;
+        b = b2; e = e2; end = end2;
+    }
+    c->end = end;
+    return end;
+}
+static inline int mv__cand_content(const char *s, const MvCand *c) {
+    for (int k = 0; k < c->n; k++) if (mv__has_content(s, c->b[k], c->e[k])) return 1;
+    return 0;
+}
+static inline void mv__cand_emit(const char *s, const MvCand *c, MvEmit *E) {
+    int used = 0;
+    for (int k = 0; k < c->n; k++) {
+        if (!mv__has_content(s, c->b[k], c->e[k])) continue;
+        if (used++) mv__emit_add(E, ";", 0, 1);
+        mv__emit_add(E, s, c->b[k], c->e[k]);
+        if (c->pct[k]) mv__emit_add(E, "\\%", 0, 2);
+    }
+}
+// The first candidate starting in s[i..lim] (LaTeX first tried at each position; numbers if nums).
+static inline int mv__first_cand(MvScan *S, size_t i, size_t lim, int nums, MvCand *c) {
+    const char *s = S->s;
+    for (size_t j = i; j <= lim && j < S->n; j++) {
+        if (s[j] == '\n') nums = 0;                               // the number patterns do not cross lines
+        if ((s[j] == '$' || s[j] == '\\') && mv__cand_at(S, j, 0, c) && mv__cand_content(s, c)) return 1;
+        if (nums && (mv__isdigit((unsigned char)s[j]) || s[j] == '-' || s[j] == '(' || s[j] == '.') &&
+            mv__cand_at(S, j, 1, c) && mv__cand_content(s, c)) return 1;
+    }
+    return 0;
+}
+// Anchored answers, Math-Verify's priorities: "final answer ... is" X, then "answer:" X, then "answer" X
+// (X within 50 characters). Among the matches of the best priority, the one that ends last wins.
+static inline int mv__extract_anchored(const char *s, size_t n, int nums, MvEmit *E) {
+    MvCand best, c;
+    MvScan S;
+    mv__scan_init(&S, s, n);
+    int best_pri = 1 << 30;
+    best.end = 0;
+    for (size_t i = 0; i + 6 <= n; i++) {
+        if ((s[i] | 32) != 'a' || !mv__ci_eq(s + i, "answer", 6)) continue;
+        size_t q = i + 6;
+        int found = 0, pri = 0;
+        if (i >= 6 && mv__ci_eq(s + i - 6, "final ", 6)) {       // final answer .{0,100} is :? X
+            for (size_t j = q; j + 3 <= n && j <= q + 100 && !found; j++) {
+                if (!(mv__isspace((unsigned char)s[j]) && mv__ci_eq(s + j + 1, "is", 2))) continue;
+                size_t k = j + 3;
+                if (k < n && s[k] == ':') k++;
+                while (k < n && mv__isspace((unsigned char)s[k])) k++;
+                if (mv__cand_at(&S, k, 0, &c) || (nums && mv__cand_at(&S, k, 1, &c))) { found = mv__cand_content(s,
+                    &c); pri = 50; }
+            }
+        }
+        if (!found && q < n && s[q] == ':' && mv__first_cand(&S, q + 1, q + 51, nums, &c)) { found = 1; pri = 100; }
+        if (!found && mv__first_cand(&S, q, q + 50, nums, &c)) { found = 1; pri = 200; }
+        if (!found) continue;
+        if (pri < best_pri || (pri == best_pri && c.end >= best.end)) { best = c; best_pri = pri; }
+        if (c.end > i) i = c.end - 1;                   // matches do not overlap
+    }
+    if (best_pri == 1 << 30) return 0;
+    mv__cand_emit(s, &best, E);
+    return 1;
+}
+// No anchor: the LaTeX environment or plain number/expression that ends last.
+static inline int mv__extract_last(const char *s, size_t n, MvEmit *E) {
+    MvCand best, c;
+    MvScan S;
+    mv__scan_init(&S, s, n);
+    int have = 0;
+    for (size_t i = 0; i < n; i++) {
+        int ok = ((s[i] == '$' || s[i] == '\\') && mv__cand_at(&S, i, 0, &c)) ||
+                 ((mv__isdigit((unsigned char)s[i]) || s[i] == '-' || s[i] == '(' || s[i] == '.') && mv__cand_at(&S,
+                     i, 1, &c));
+        if (!ok) continue;
+        if (mv__cand_content(s, &c) && (!have || c.end >= best.end)) { best = c; have = 1; }
+        i = c.end - 1;
+    }
+    if (!have) return 0;
+    mv__cand_emit(s, &best, E);
+    return 1;
+}
+
+// Final answer of a model response under a policy (MvExtractPolicy). Writes a NUL-terminated string of
+// at most cap bytes into out (truncated if longer). Returns 1 if an answer was found, 0 if not (also
+// when cap < 2: no room for an answer). An answer that normalizes to nothing ("\quad", "$") is none.
+static inline int math_extract_answer_policy(const char *response, char *out, size_t cap, int policy) {
+    if (cap) out[0] = 0;
+    if (!response || cap < 2) return 0;
+    size_t n = strlen(response);
+    MvEmit E = {out, cap, 0};
+    int r = mv__extract_boxes(response, n, &E);
+    if (r > 0) return E.n > 0;
+    if (policy == MV_EXTRACT_BOXED || r < 0) { out[0] = 0; return 0; }    // boxed but empty: no answer
+    // the fallbacks read the end of a long response only: the final answer is there, and the work stays
+    // bounded on hostile megabytes
+    size_t off = n > MV_FALLBACK_WINDOW ? n - MV_FALLBACK_WINDOW : 0;
+    E.n = 0; out[0] = 0;
+    if (mv__extract_anchored(response + off, n - off, policy == MV_EXTRACT_REFERENCE, &E)) return E.n > 0;
+    if (policy != MV_EXTRACT_REFERENCE) return 0;
+    E.n = 0; out[0] = 0;
+    return mv__extract_last(response + off, n - off, &E) && E.n > 0;
+}
+// The default policy, the reference's (MV_EXTRACT_REFERENCE).
+static inline int math_extract_answer(const char *response, char *out, size_t cap) {
+    return math_extract_answer_policy(response, out, cap, MV_EXTRACT_REFERENCE);
 }
 
 #endif // MATH_VERIFY_H

@@ -29,7 +29,7 @@ typedef struct {
     float reward[SC_MAX_G];    // EMPO: r_i = p(cluster of i), 0 if no answer
     float advantage[SC_MAX_G]; // (r - mean) / (std_unbiased + 1e-4)
     int majority;              // a representative response of the largest cluster (-1 if none)
-    float majority_share;      // its p (ties: the cluster formed first)
+    float majority_share;      // its p (ties: see semantic_cluster_parsed)
 } SemanticGroup;
 
 // Group-normalized advantages: (r - mean) / (std + 1e-4), std with the unbiased (G-1) estimator
@@ -69,25 +69,70 @@ static inline void semantic_group_finish(SemanticGroup *out) {
     group_advantages(out->reward, G, out->advantage);
 }
 
-// Clusters already-parsed answers (NULL entry = no answer). Greedy as the EMPO reference: an
-// answer joins the first cluster whose representative it equals, else it starts a new one.
+// Does a parsed answer say nothing? Text that normalizes to nothing ("\\quad", "$", ".") equals no
+// answer, not even itself, so it is counted as missing instead of as a singleton cluster.
+static inline int sc_answer_empty(const MathAnswer *A) { return !A || (!A->raw && A->canon_len == 0); }
+// The key that orders answers canonically: the normalized text (raw text for over-long answers).
+static inline int sc_key_cmp(const MathAnswer *A, const MathAnswer *B) {
+    const char *a = A->raw ? A->raw : A->canon, *b = B->raw ? B->raw : B->canon;
+    size_t la = A->raw ? A->raw_len : (size_t)A->canon_len, lb = B->raw ? B->raw_len : (size_t)B->canon_len;
+    int d = memcmp(a, b, la < lb ? la : lb);
+    return d ? d : (la < lb ? -1 : la > lb);
+}
+static inline int sc__find(int *parent, int i) {
+    while (parent[i] != i) { parent[i] = parent[parent[i]]; i = parent[i]; }
+    return i;
+}
+// Clusters already-parsed answers (NULL entry = no answer). The clusters are the connected components
+// of "equal" (every pair compared, then the transitive closure): an equivalence relation whose
+// partition does not depend on the order of the G answers, even where equality itself is not
+// transitive (x=5 = 5 = y=5; doc/math_verify.md). Cluster ids and representatives follow the first
+// member. The majority is the largest cluster, ties broken by the smallest normalized text among
+// each cluster's members, so the majority cluster is the same whatever the order.
 static inline void semantic_cluster_parsed(const MathAnswer *const *ans, int G, SemanticGroup *out) {
     if (G > SC_MAX_G) G = SC_MAX_G;
     if (G < 0) G = 0;
     memset(out, 0, sizeof *out);
     out->G = G;
     out->majority = -1;
+    int parent[SC_MAX_G];
     for (int i = 0; i < G; i++) {
         out->cluster[i] = -1;
-        if (!ans[i]) { out->n_missing++; continue; }
+        parent[i] = i;
+        if (sc_answer_empty(ans[i])) { out->n_missing++; continue; }
         out->has_answer[i] = 1;
-        int c = 0;
-        for (; c < out->n_clusters; c++) if (math_parsed_equal(ans[out->rep[c]], ans[i])) break;
-        if (c == out->n_clusters) { out->rep[c] = i; out->n_clusters++; }
+    }
+    for (int i = 0; i < G; i++) {
+        if (!out->has_answer[i]) continue;
+        for (int j = i + 1; j < G; j++) {
+            if (!out->has_answer[j]) continue;
+            int ri = sc__find(parent, i), rj = sc__find(parent, j);
+            if (ri != rj && math_parsed_equal(ans[i], ans[j])) parent[rj < ri ? ri : rj] = rj < ri ? rj : ri;
+        }
+    }
+    int id_of_root[SC_MAX_G], key[SC_MAX_G];   // key[c]: the member of c with the smallest normalized text
+    for (int i = 0; i < G; i++) id_of_root[i] = -1;
+    for (int i = 0; i < G; i++) {
+        if (!out->has_answer[i]) continue;
+        int r = sc__find(parent, i);
+        if (id_of_root[r] < 0) {
+            id_of_root[r] = out->n_clusters;
+            out->rep[out->n_clusters] = key[out->n_clusters] = i;
+            out->n_clusters++;
+        }
+        int c = id_of_root[r];
         out->cluster[i] = c;
         out->size[c]++;
+        if (sc_key_cmp(ans[i], ans[key[c]]) < 0) key[c] = i;
     }
     semantic_group_finish(out);
+    // the majority: largest cluster, ties broken by text (not by the order); named by its representative
+    int best = -1;
+    for (int c = 0; c < out->n_clusters; c++)
+        if (best < 0 || out->size[c] > out->size[best] ||
+            (out->size[c] == out->size[best] && sc_key_cmp(ans[key[c]], ans[key[best]]) < 0)) best = c;
+    out->majority = best >= 0 ? out->rep[best] : -1;
+    out->majority_share = best >= 0 ? out->p[best] : 0.0f;
 }
 
 // Same from extracted answer strings: NULL or "" means no answer.
@@ -100,7 +145,7 @@ static inline void semantic_cluster(const char *const *answers, int G, SemanticG
         ptr[i] = NULL;
         if (!answers[i] || !answers[i][0] || !parsed) continue;
         math_parse(answers[i], &parsed[i]);
-        ptr[i] = &parsed[i];
+        if (!sc_answer_empty(&parsed[i])) ptr[i] = &parsed[i];
     }
     if (!parsed) {      // out of memory: every answer becomes its own cluster only if identical strings
         memset(out, 0, sizeof *out);

@@ -334,11 +334,14 @@ typedef struct {   // pointers into one block, in checkpoint order (see checkpoi
     float *lmw;      // (V, C); points at wte when tied
 } ParameterTensors;
 
+// The layout (the order, and a tied LM head sharing wte) is model.h's param_offsets, which the GPU
+// engine uses too.
 static void point_parameters(ParameterTensors *p, const size_t sizes[NUM_PARAM_TENSORS], float *mem, int tied) {
     float **ptrs[NUM_PARAM_TENSORS] = {&p->wte, &p->ln1w, &p->qkvw, &p->qkvb, &p->attprojw,
                                        &p->ln2w, &p->fcw, &p->fcprojw, &p->lnfw, &p->lmw};
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { *ptrs[i] = mem; mem += sizes[i]; }
-    if (tied) p->lmw = p->wte;
+    size_t off[NUM_PARAM_TENSORS];
+    param_offsets(off, sizes, tied);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) *ptrs[i] = mem + off[i];
 }
 
 #define NUM_ACTIVATION_TENSORS 17
@@ -722,6 +725,7 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
         m->v_memory = (float *)xcalloc(m->num_parameters, sizeof(float));
     }
     float norm = model_grad_norm(m);
+    if (!isfinite(norm)) return norm;   // the contract: a non-finite gradient changes nothing (the host skips the step)
     float scale = 1.0f;
     if (grad_clip > 0.0f && grad_clip / (norm + 1e-6f) < 1.0f) scale = grad_clip / (norm + 1e-6f);
     m->adam_step++;
@@ -897,6 +901,25 @@ static float row_logprob(const float *logits, int V, int tok) {
     return logits[tok] - maxv - logf(s);
 }
 
+// The token-level statistics of one row at T = 1 (engine.h): the entropy H(p) and the self-certainty
+// KL(U || p) of p = softmax(logits), in one pass after the max. With lse = logsumexp(logits):
+//   H = lse - sum_v p(v) logit(v),   KL(U || p) = -log V - (1/V) sum_v log p(v) = lse - mean(logit) - log V.
+// In double: sum_v p(v) logit(v) cancels against lse, and a float sum over 150k terms would lose digits.
+static void row_token_stats(const float *logits, int V, double *entropy, double *certainty) {
+    float maxv = -FLT_MAX;
+    for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
+    double s = 0.0, sx = 0.0, sl = 0.0;   // sum e^(x - max), sum e^(x - max) (x - max), sum (x - max)
+    for (int v = 0; v < V; v++) {
+        double x = (double)logits[v] - maxv, e = exp(x);
+        s += e;
+        sx += e * x;
+        sl += x;
+    }
+    double lse = log(s);   // of the shifted logits
+    *entropy = lse - sx / s;
+    *certainty = lse - sl / V - log((double)V);
+}
+
 typedef struct { float p; int id; } ProbId;
 static int probid_desc(const void *a, const void *b) {   // by probability, ties by lower id first
     const ProbId *x = (const ProbId *)a, *y = (const ProbId *)b;
@@ -980,6 +1003,9 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
         out->tokens[j] = (int *)xmalloc((size_t)(room > 0 ? room : 1) * sizeof(int));
         out->logprobs[j] = (float *)xmalloc((size_t)(room > 0 ? room : 1) * sizeof(float));
     }
+    // the token statistics of -r entropy / certainty: sums in double, divided by len at the end
+    double *ent_sum = (double *)xcalloc((size_t)n, sizeof(double));
+    double *cert_sum = (double *)xcalloc((size_t)n, sizeof(double));
     uint64_t *rng = (uint64_t *)xmalloc((size_t)n * sizeof(uint64_t));
     for (int j = 0; j < n; j++)   // stream j: from (seed, j) alone
         rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
@@ -1019,6 +1045,14 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             out->logprobs[j][0] = row_logprob(logits, V, t0);
             out->len[j] = 1;
         }
+        if (n_active > 0 && active[n_active - 1] >= s0) {   // the G first positions share one row
+            double h, k;
+            row_token_stats(logits, V, &h, &k);
+            for (int a = n_active - 1; a >= 0 && active[a] >= s0; a--) {
+                ent_sum[active[a]] = h;
+                cert_sum[active[a]] = k;
+            }
+        }
     }
     // drop the responses that are already finished after one token
     int w = 0;
@@ -1051,6 +1085,10 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             out->tokens[j][out->len[j]] = t;
             out->logprobs[j][out->len[j]] = row_logprob(row, V, t);
             out->len[j]++;
+            double h, k;
+            row_token_stats(row, V, &h, &k);
+            ent_sum[j] += h;
+            cert_sum[j] += k;
         }
         w = 0;
         for (int a = 0; a < n_active; a++) {
@@ -1068,6 +1106,15 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             if (n_active == 0) fputc('\n', stderr);
         }
     }
+    out->mean_entropy = (float *)xcalloc((size_t)n, sizeof(float));
+    out->mean_certainty = (float *)xcalloc((size_t)n, sizeof(float));
+    for (int j = 0; j < n; j++)
+        if (out->len[j] > 0) {
+            out->mean_entropy[j] = (float)(ent_sum[j] / out->len[j]);
+            out->mean_certainty[j] = (float)(cert_sum[j] / out->len[j]);
+        }
+    free(ent_sum);
+    free(cert_sum);
     free(cap);
     free(rng);
     free(logits);
@@ -1190,8 +1237,25 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
 // ----------------------------------------------------------------------------
 // 5. questions, prompts and answers
 
-typedef struct { char *problem, *answer, *solution; } Problem;
-typedef struct { Problem *items; int n, cap; const char *path; } ProblemSet;
+typedef struct {
+    char *problem, *answer, *solution;
+    int line;       // in its file (1-based), for error messages
+    int too_long;   // the prompt leaves no room for an answer in the model's context (problems_check_prompts)
+} Problem;
+typedef struct {
+    Problem *items;
+    int n, cap;
+    const char *path;
+    int n_bad, first_bad;   // lines refused while reading (and the first one's number)
+    int n_too_long;         // problems marked too_long
+} ProblemSet;
+// A line that cannot be a problem: reported with its number and counted; problems_read decides
+// whether that is an error (the default) or a skip (--skip-bad-lines).
+static void problems_bad_line(ProblemSet *ps, int line, const char *why) {
+    fprintf(stderr, "%s:%d: %s\n", ps->path, line, why);
+    ps->n_bad++;
+    if (!ps->first_bad) ps->first_bad = line;
+}
 
 static char *xstrdup(const char *s) {
     size_t n = strlen(s) + 1;
@@ -1224,24 +1288,45 @@ static Problem *problems_push(ProblemSet *ps) {
 static int problems_add(const JDoc *d, int root, int line, void *user) {
     ProblemSet *ps = (ProblemSet *)user;
     char *prob = json_text_field(d, root, "problem");
-    if (!prob) {
-        fprintf(stderr, "%s:%d: no \"problem\" string; line skipped\n", ps->path, line);
+    if (!prob || !prob[0]) {
+        problems_bad_line(ps, line, prob ? "\"problem\" is empty" : "no \"problem\" string");
+        free(prob);
         return 0;
     }
     Problem *p = problems_push(ps);
+    p->line = line;
     p->problem = prob;
     p->answer = json_text_field(d, root, "answer");
     p->solution = json_text_field(d, root, "solution");
     return 0;
 }
-// Reads {problem, answer?, solution?} lines. A malformed line is reported with its line number
-// and skipped; an unreadable file, or one with no usable line, is fatal.
-static void problems_load(ProblemSet *ps, const char *path) {
+// Reads a JSONL of problems with add (problems_add or freeform_add). Every bad line (malformed
+// JSON, no or an empty problem, bad choices) is reported as FILE:LINE; then, unless skip_bad, the
+// load fails with their count, so that an eval's denominator never shrinks without a word. A
+// UTF-8 BOM is accepted. An unreadable or non-regular file, or one with no usable line, is fatal.
+static void problems_read(ProblemSet *ps, const char *path, jsonl_fn add, const char *what, int skip_bad) {
     memset(ps, 0, sizeof *ps);
     ps->path = path;
-    if (jsonl_foreach(path, 0, problems_add, ps) < 0) FATAL("cannot read %s", path);
-    if (ps->n == 0) FATAL("%s: no usable {\"problem\": ...} lines", path);
+    int n_json = 0, first_json = 0;
+    if (jsonl_foreach_ex(path, 0, add, ps, &n_json, &first_json) < 0) {
+        char err[1200];
+        util_read_error(err, sizeof err, path);
+        FATAL("cannot read %s", err);
+    }
+    int bad = ps->n_bad + n_json;
+    int first = !first_json ? ps->first_bad : !ps->first_bad ? first_json : first_json < ps->first_bad ? first_json
+                                                                                                      : ps->first_bad;
+    if (bad && !skip_bad)
+        FATAL("%s: %d bad line%s (the first is line %d): fix %s, or pass --skip-bad-lines to skip %s", path, bad,
+              bad > 1 ? "s" : "", first, bad > 1 ? "them" : "it", bad > 1 ? "them" : "it");
+    ps->n_bad = bad;
+    ps->first_bad = first;
+    if (ps->n == 0) FATAL("%s: no usable {\"%s\": ...} lines", path, what);
+    if (bad) fprintf(stderr, "%s: skipped %d bad line%s (--skip-bad-lines); %d problems read\n", path, bad,
+                     bad > 1 ? "s" : "", ps->n);
 }
+// Reads {problem, answer?, solution?} lines (problems_read: bad lines are an error).
+static void problems_load(ProblemSet *ps, const char *path) { problems_read(ps, path, problems_add, "problem", 0); }
 static void problems_free(ProblemSet *ps) {
     for (int i = 0; i < ps->n; i++) {
         free(ps->items[i].problem);
@@ -1263,8 +1348,9 @@ static int freeform_add(const JDoc *d, int root, int line, void *user) {
     ProblemSet *ps = (ProblemSet *)user;
     char *q = json_text_field(d, root, "question");
     if (!q) q = json_text_field(d, root, "problem");
-    if (!q) {
-        fprintf(stderr, "%s:%d: no \"question\" string; line skipped\n", ps->path, line);
+    if (!q || !q[0]) {
+        problems_bad_line(ps, line, q ? "\"question\" is empty" : "no \"question\" string");
+        free(q);
         return 0;
     }
     char *answer = json_text_field(d, root, "answer"), *solution = NULL, *text = q;
@@ -1276,8 +1362,9 @@ static int freeform_add(const JDoc *d, int root, int line, void *user) {
         for (int i = 0; ok && i < nc; i++)
             ok = (opts[i] = json_str(d, json_at(d, ch, i))) != NULL && !strchr(opts[i], '\n');
         if (!ok) {
-            fprintf(stderr, "%s:%d: \"choices\" must be 2 to %d one-line strings; line skipped\n", ps->path, line,
-                    FF_MAX_CHOICES);
+            char why[96];
+            snprintf(why, sizeof why, "\"choices\" must be 2 to %d one-line strings", FF_MAX_CHOICES);
+            problems_bad_line(ps, line, why);
             free(q);
             free(answer);
             return 0;
@@ -1291,8 +1378,9 @@ static int freeform_add(const JDoc *d, int root, int line, void *user) {
         free(answer);
         answer = NULL;
         if (gold < 0 && (json_get(d, root, "answer") >= 0 || ai >= 0)) {
-            fprintf(stderr, "%s:%d: \"answer\" is neither a letter A-%c nor the text of an option; line skipped\n",
-                    ps->path, line, 'A' + nc - 1);
+            char why[96];
+            snprintf(why, sizeof why, "\"answer\" is neither a letter A-%c nor the text of an option", 'A' + nc - 1);
+            problems_bad_line(ps, line, why);
             free(q);
             return 0;
         }
@@ -1313,16 +1401,14 @@ static int freeform_add(const JDoc *d, int root, int line, void *user) {
         free(q);
     }
     Problem *p = problems_push(ps);
+    p->line = line;
     p->problem = text;
     p->answer = answer;
     p->solution = solution;
     return 0;
 }
 static void freeform_problems_load(ProblemSet *ps, const char *path) {
-    memset(ps, 0, sizeof *ps);
-    ps->path = path;
-    if (jsonl_foreach(path, 0, freeform_add, ps) < 0) FATAL("cannot read %s", path);
-    if (ps->n == 0) FATAL("%s: no usable {\"question\": ...} lines", path);
+    problems_read(ps, path, freeform_add, "question", 0);
 }
 
 // The options of a multiple-choice Problem (see freeform_add): pointers into a copy, n returned;
@@ -1361,6 +1447,38 @@ static int encode_prompt(const Tokenizer *tok, int template_id, const char *prob
     return n;
 }
 
+// Marks the problems whose prompt leaves no room for an answer in the model's context (the test of
+// encode_prompt) and returns how many, so that a run finds them all before its first step rather
+// than dying on one mid-run. *first: the first such problem (or NULL), *first_len its tokens.
+static int problems_check_prompts(ProblemSet *ps, const Tokenizer *tok, int template_id, int maxT,
+                                  const Problem **first, int *first_len) {
+    ps->n_too_long = 0;
+    *first = NULL;
+    for (int i = 0; i < ps->n; i++) {
+        int *ids, n = chat_template_encode(tok, template_id, ps->items[i].problem, &ids);
+        if (n < 0) FATAL("cannot apply the chat template (does the tokenizer have <|im_start|> and <|im_end|>?)");
+        free(ids);
+        ps->items[i].too_long = n >= maxT;
+        if (n < maxT) continue;
+        if (!ps->n_too_long++) {
+            *first = &ps->items[i];
+            *first_len = n;
+        }
+    }
+    return ps->n_too_long;
+}
+// Drops the too_long problems (training with --skip-long-prompts).
+static void problems_drop_too_long(ProblemSet *ps) {
+    int k = 0;
+    for (int i = 0; i < ps->n; i++) {
+        if (!ps->items[i].too_long) { ps->items[k++] = ps->items[i]; continue; }
+        free(ps->items[i].problem);
+        free(ps->items[i].answer);
+        free(ps->items[i].solution);
+    }
+    ps->n = k;
+}
+
 // The response text (without a final EOS), malloc'd.
 static char *decode_response(const Tokenizer *tok, const Generation *g, int j) {
     int n = g->len[j] - (g->eos[j] ? 1 : 0);
@@ -1377,6 +1495,8 @@ static char *decode_response(const Tokenizer *tok, const Generation *g, int j) {
 //   math      the last \boxed{} (math_verify.h), clustered by mathematical equivalence
 //   freeform  a phrase or sentence (freeform.h), clustered by a judge: a verifier model (-R) asked
 //             whether two answers are equivalent, or normalized-text equality without -R
+// --cluster exact (math) changes only the clustering the empo/ttrl rewards and their entropy filter
+// use; the logged semantic entropy and evaluation's maj@G/pass@G stay semantic, so runs compare.
 
 // The verifier judge of --task freeform: a second checkpoint asked "is the student's answer
 // equivalent to the ground truth?", its verdict read from the next-token probabilities of " Yes"
@@ -1485,6 +1605,9 @@ struct Scorer {
     int (*extract)(const Scorer *s, const char *response, char *out, size_t cap);
     // clusters n groups of G answers (answers[p*G + i], NULL = none; questions[p]) into groups[p]
     void (*cluster)(Scorer *s, char *const *answers, const char *const *questions, int n, int G, SemanticGroup *groups);
+    // the clustering of the empo/ttrl rewards, if not `cluster` (--cluster exact), else NULL
+    void (*reward_cluster)(Scorer *s, char *const *answers, const char *const *questions, int n, int G,
+                           SemanticGroup *groups);
     // the free-form judge, its settings (guards, threshold) and its running totals
     FreeformScorer ff;
     Verifier *verifier;   // -R, or NULL: normalized-text equality
@@ -1498,6 +1621,74 @@ static void math_cluster(Scorer *s, char *const *answers, const char *const *que
     #pragma omp parallel for schedule(dynamic, 1)
     for (int p = 0; p < n; p++) semantic_cluster((const char *const *)(answers + (size_t)p * G), G, &groups[p]);
 }
+
+// --cluster exact: the EMPO reference's clustering. Its trl/src/open_r1/rewards.py takes the string
+// that math_verify's parse() extracted (parse(...)[-1]), applies normalize_prediction (every
+// \text{X} -> X, shortest X; then \boxed{X} -> X, longest X on the line), and clusters with
+// math_verify.verify on two strings, which is string equality after strip(), false when either side
+// is empty. So there "1/2", "\frac{1}{2}" and "0.5" are three clusters. An answer that normalizes to
+// nothing is a missing answer (a singleton of the entropy, reward 0), as '' is there.
+static void exact_normalize(const char *a, char *out, size_t cap) {
+    char *tmp = (char *)xmalloc(strlen(a) + 1);
+    size_t n = 0;
+    for (const char *p = a; *p;) {   // \text{X} -> X: X up to the first '}', no newline in it
+        if (!strncmp(p, "\\text{", 6)) {
+            const char *e = p + 6;
+            while (*e && *e != '}' && *e != '\n') e++;
+            if (*e == '}') {
+                memcpy(tmp + n, p + 6, (size_t)(e - p - 6));
+                n += (size_t)(e - p - 6);
+                p = e + 1;
+                continue;
+            }
+        }
+        tmp[n++] = *p++;
+    }
+    tmp[n] = 0;
+    size_t o = 0;
+    for (const char *p = tmp; *p && o + 1 < cap;) {   // \boxed{X} -> X: X up to the line's last '}'
+        if (!strncmp(p, "\\boxed{", 7)) {
+            const char *e = p + 7, *last = NULL;
+            for (; *e && *e != '\n'; e++) if (*e == '}') last = e;
+            if (last) {
+                for (const char *q = p + 7; q < last && o + 1 < cap; q++) out[o++] = *q;
+                p = last + 1;
+                continue;
+            }
+        }
+        out[o++] = *p++;
+    }
+    out[o] = 0;
+    free(tmp);
+    size_t b = 0;   // strip(), as verify does before comparing
+    while (out[b] && strchr(" \t\n\r\f\v", out[b])) b++;
+    while (o > b && strchr(" \t\n\r\f\v", out[o - 1])) o--;
+    memmove(out, out + b, o - b);
+    out[o - b] = 0;
+}
+// Clusters by string equality of exact_normalize(answer), with the table clustering of freeform.h.
+#define EXACT_CAP 1024   // an extracted answer has at most ANSWER_CAP (section 7) = 1024 bytes
+static void exact_cluster(Scorer *s, char *const *answers, const char *const *questions, int n, int G,
+                          SemanticGroup *groups) {
+    #pragma omp parallel for schedule(dynamic, 1)
+    for (int p = 0; p < n; p++) {
+        char *norm[SC_MAX_G];
+        int uid[SC_MAX_G], U = 0, Gc = G < SC_MAX_G ? G : SC_MAX_G;
+        for (int i = 0; i < Gc; i++) {
+            const char *a = answers[(size_t)p * G + i];
+            norm[i] = (char *)xmalloc(EXACT_CAP);
+            exact_normalize(a ? a : "", norm[i], EXACT_CAP);
+            uid[i] = -1;
+            if (!norm[i][0]) continue;
+            for (int k = 0; k < i && uid[i] < 0; k++)
+                if (uid[k] >= 0 && !strcmp(norm[k], norm[i])) uid[i] = uid[k];
+            if (uid[i] < 0) uid[i] = U++;
+        }
+        semantic_cluster_table(uid, Gc, NULL, U, &groups[p]);
+        for (int i = 0; i < Gc; i++) free(norm[i]);
+    }
+}
+
 static int freeform_extract(const Scorer *s, const char *response, char *out, size_t cap) {
     return ff_extract_answer(response, out, cap);
 }
@@ -1562,9 +1753,10 @@ static void scorer_free(Scorer *s, int quiet) {
 // ----------------------------------------------------------------------------
 // 7. rollouts and rewards: the heart of EMPO
 
-enum { REWARD_EMPO, REWARD_GRPO, REWARD_TTRL };
-#define REWARD_CHOICES "empo|grpo|ttrl"
-static const char *const REWARD_NAMES[] = {"empo", "grpo", "ttrl"};
+enum { REWARD_EMPO, REWARD_GRPO, REWARD_TTRL, REWARD_ENTROPY, REWARD_CERTAINTY };
+#define REWARD_CHOICES "empo|grpo|ttrl|entropy|certainty"
+static const char *const REWARD_NAMES[] = {"empo", "grpo", "ttrl", "entropy", "certainty"};
+enum { CLUSTER_SEMANTIC, CLUSTER_EXACT };
 #define ANSWER_CAP 1024
 
 typedef struct {
@@ -1573,7 +1765,8 @@ typedef struct {
     Generation gen;
     char **answer;              // (n) extracted final answer, NULL if none
     float *reward, *adv;        // (n)
-    SemanticGroup *group;       // (n_prompts)
+    SemanticGroup *group;       // (n_prompts) by the scorer's (semantic) clustering: logged, evaluated
+    SemanticGroup *rgroup;      // (n_prompts) by its reward clustering (--cluster exact), else NULL
     int *keep;                  // (n_prompts) 1 if the group goes into the loss
 } Rollouts;
 
@@ -1586,6 +1779,7 @@ static void rollouts_free(Rollouts *r) {
     free(r->reward);
     free(r->adv);
     free(r->group);
+    free(r->rgroup);
     free(r->keep);
     generation_free(&r->gen);
     memset(r, 0, sizeof *r);
@@ -1618,33 +1812,50 @@ static void rollouts_sample(Rollouts *r, Model *m, const Tokenizer *tok, const S
     r->keep = (int *)xcalloc((size_t)n_prompts, sizeof(int));
 }
 
-// Steps 3 to 6 of EMPO: clusters each group's answers (by the scorer), then rewards:
-//   empo: r_i = p(cluster of i), the share of the G answers equal to i's (0 without an answer);
-//   grpo: r_i = 1 if i's answer equals the gold answer (the supervised baseline);
-//   ttrl: r_i = 1 if i's answer equals the group's majority answer.
-// Advantages are normalized within each group. Unsupervised groups (empo, ttrl) whose semantic
-// entropy falls outside [ent_lo, ent_hi) are dropped: at H = log G every answer differs, so there
-// is no consensus to learn from.
+// The reward of response i of a group g (clustered by the reward's clustering), j = its index in r.
+//   empo:      r_i = p(cluster of i), the share of the G answers equal to i's (0 without an answer);
+//   grpo:      r_i = 1 if i's answer equals the gold answer (the supervised baseline);
+//   ttrl:      r_i = 1 if i's answer equals the group's majority answer;
+//   entropy:   r_i = -(1/|y_i|) sum_t H(p_t), RENT: minus the mean token entropy of the response;
+//   certainty: r_i = (1/|y_i|) sum_t KL(U || p_t), Intuitor's self-certainty.
+// The token rewards are of the untempered distribution p_t at each sampled position (engine.h).
+static float response_reward(const Rollouts *r, const SemanticGroup *g, const Problem *prob, int reward, int i, int j) {
+    const char *a = r->answer[j];
+    switch (reward) {
+    case REWARD_EMPO: return g->reward[i];
+    case REWARD_GRPO: return a && prob && prob->answer && math_answers_equal(a, prob->answer) ? 1.0f : 0.0f;
+    case REWARD_TTRL: return a && g->majority >= 0 && g->cluster[i] == g->cluster[g->majority] ? 1.0f : 0.0f;
+    case REWARD_ENTROPY: return -r->gen.mean_entropy[j];
+    default: return r->gen.mean_certainty[j];
+    }
+}
+
+// Steps 3 to 6 of EMPO: clusters each group's answers (by the scorer), then rewards each response
+// (response_reward). Advantages are normalized within each group. Groups of the answer-agreement
+// rewards (empo, ttrl) whose entropy, by the reward's own clustering, falls outside [ent_lo, ent_hi)
+// are dropped: at H = log G every answer differs, so there is no consensus to learn from. grpo and the
+// token rewards keep every group, as their papers do.
 static void rollouts_score(Rollouts *r, Scorer *scorer, const Problem *const *probs, int reward, float ent_lo,
                            float ent_hi) {
     int G = r->G;
+    if ((reward == REWARD_ENTROPY || reward == REWARD_CERTAINTY) && (!r->gen.mean_entropy || !r->gen.mean_certainty))
+        FATAL("-r %s: this engine's generate() does not compute the token statistics (engine.h)", REWARD_NAMES[reward]);
     const char **qs = (const char **)xmalloc((size_t)(r->n_prompts ? r->n_prompts : 1) * sizeof(char *));
     for (int p = 0; p < r->n_prompts; p++) qs[p] = probs[p] ? probs[p]->problem : "";
     scorer->cluster(scorer, r->answer, qs, r->n_prompts, G, r->group);
+    int by_answers = reward == REWARD_EMPO || reward == REWARD_TTRL;
+    if (by_answers && scorer->reward_cluster) {
+        r->rgroup = (SemanticGroup *)xcalloc((size_t)(r->n_prompts ? r->n_prompts : 1), sizeof(SemanticGroup));
+        scorer->reward_cluster(scorer, r->answer, qs, r->n_prompts, G, r->rgroup);
+    }
     free(qs);
     #pragma omp parallel for schedule(dynamic, 1)
     for (int p = 0; p < r->n_prompts; p++) {
-        SemanticGroup *g = &r->group[p];
+        const SemanticGroup *g = r->rgroup ? &r->rgroup[p] : &r->group[p];
         float *rw = r->reward + (size_t)p * G;
-        for (int i = 0; i < G; i++) {
-            const char *a = r->answer[p * G + i];
-            if (reward == REWARD_EMPO) rw[i] = g->reward[i];
-            else if (reward == REWARD_GRPO)
-                rw[i] = a && probs[p]->answer && math_answers_equal(a, probs[p]->answer) ? 1.0f : 0.0f;
-            else rw[i] = a && g->majority >= 0 && g->cluster[i] == g->cluster[g->majority] ? 1.0f : 0.0f;
-        }
+        for (int i = 0; i < G; i++) rw[i] = response_reward(r, g, probs[p], reward, i, p * G + i);
         group_advantages(rw, G, r->adv + (size_t)p * G);
-        r->keep[p] = reward == REWARD_GRPO ? 1 : entropy_in_band(g->entropy, ent_lo, ent_hi);
+        r->keep[p] = by_answers ? entropy_in_band(g->entropy, ent_lo, ent_hi) : 1;
     }
 }
 
@@ -1761,7 +1972,9 @@ static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const Tr
         loss += policy_objective(m, B, T, mask, adv, old, ref_logp, tc->clip_eps, tc->kl_beta, 1.0f / n_total);
         model_backward(m);
     }
-    *grad_norm = model_update(m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip);
+    // a non-finite loss skips the update (the engine itself skips one whose gradient norm is not finite)
+    *grad_norm = isfinite(loss) ? model_update(m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip)
+                                : NAN;
     free(idx);
     free(inputs);
     free(targets);
@@ -1785,22 +1998,26 @@ typedef struct {
     uint64_t seed;
     int batch;          // problems generated together
 } EvalConfig;
-typedef struct { float greedy, maj, pass, entropy, mean_len; int n; } EvalResult;
+typedef struct { float greedy, maj, pass, entropy, mean_len; int n, n_long; } EvalResult;   // n_long: of the n
 
 // The per-problem records go to OUT.tmp first (renamed over OUT by eval_result). NULL: none.
 static FILE *eval_open_records(const char *out_jsonl, char *tmp_path, size_t cap) {
     if (!out_jsonl) return NULL;
     snprintf(tmp_path, cap, "%s.tmp", out_jsonl);
     FILE *f = fopen(tmp_path, "w");
-    if (!f) FATAL("cannot write %s", tmp_path);
+    if (!f) FATAL("cannot write %s: %s", tmp_path, strerror(errno));
     return f;
 }
-// The problems that have a gold answer (malloc'd list); none is an error.
+// The problems that have a gold answer (malloc'd list); none is an error. Problems whose prompt is
+// beyond the model's context (too_long) are left out here and counted as wrong by eval_result.
 static const Problem **eval_problems(const ProblemSet *ps, int *n_out, const char *what) {
     const Problem **probs = (const Problem **)xmalloc((size_t)ps->n * sizeof(Problem *));
-    int n = 0;
-    for (int i = 0; i < ps->n; i++)
-        if (ps->items[i].answer) probs[n++] = &ps->items[i];
+    int n = 0, n_long = 0;
+    for (int i = 0; i < ps->n; i++) {
+        if (ps->items[i].answer && !ps->items[i].too_long) probs[n++] = &ps->items[i];
+        n_long += ps->items[i].answer && ps->items[i].too_long;
+    }
+    if (n == 0 && n_long) FATAL("%s: every %s is beyond the model's context", ps->path, what);
     if (n == 0) FATAL("%s: no %s has an \"answer\" to evaluate against", ps->path, what);
     *n_out = n;
     return probs;
@@ -1813,19 +2030,37 @@ static void eval_progress(int done, int n, int n_greedy, int n_maj, int n_pass, 
     if (done == n) fputc('\n', stderr);
 }
 // Closes the per-problem records (written to tmp_path, renamed over out_jsonl) and turns the
-// counts into rates. f may be NULL (no records).
-static EvalResult eval_result(FILE *f, const char *tmp_path, const char *out_jsonl, int n, int n_greedy, int n_maj,
-                              int n_pass, int G, double ent_sum, double len_sum) {
+// counts into rates. f may be NULL (no records). The problems of ps whose prompt is beyond the
+// context (eval_problems left them out) get a record and count as wrong: the rates are over all.
+static EvalResult eval_result(FILE *f, const char *tmp_path, const char *out_jsonl, const ProblemSet *ps, int n,
+                              int n_greedy, int n_maj, int n_pass, int G, double ent_sum, double len_sum) {
+    int n_long = 0;
+    for (int i = 0; i < ps->n; i++) {
+        const Problem *p = &ps->items[i];
+        if (!p->answer || !p->too_long) continue;
+        n_long++;
+        if (!f) continue;
+        fputs("{\"problem\": ", f);
+        json_write_str(f, p->problem, strlen(p->problem));
+        fputs(", \"answer\": ", f);
+        json_write_str(f, p->answer, strlen(p->answer));
+        fputs(", \"correct\": false, \"skipped\": \"prompt beyond the model's context\"}\n", f);
+    }
     if (f) {
-        int bad = ferror(f);
-        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) FATAL("cannot write %s", out_jsonl);
+        int bad = ferror(f), e = errno;
+        if (fclose(f) != 0 || bad || rename(tmp_path, out_jsonl) != 0) {
+            remove(tmp_path);
+            FATAL("cannot write %s: %s", out_jsonl, strerror(errno ? errno : e ? e : EIO));
+        }
     }
     EvalResult res;
     memset(&res, 0, sizeof res);
-    res.n = n;
-    res.greedy = (float)n_greedy / n;
-    res.maj = G > 1 ? (float)n_maj / n : res.greedy;
-    res.pass = G > 1 ? (float)n_pass / n : res.greedy;
+    int all = n + n_long;
+    res.n = all;
+    res.n_long = n_long;
+    res.greedy = (float)n_greedy / all;
+    res.maj = G > 1 ? (float)n_maj / all : res.greedy;
+    res.pass = G > 1 ? (float)n_pass / all : res.greedy;
     res.entropy = G > 1 ? (float)(ent_sum / n) : 0.0f;
     res.mean_len = (float)(len_sum / n);
     return res;
@@ -1906,7 +2141,7 @@ static EvalResult evaluate(Model *m, const Tokenizer *tok, Scorer *scorer, int t
         if (verbose) eval_progress(i0 + nb, n, n_greedy, n_maj, n_pass, G, t0);
     }
     free(probs);
-    return eval_result(f, tmp_path, out_jsonl, n, n_greedy, n_maj, n_pass, G, ent_sum, len_sum);
+    return eval_result(f, tmp_path, out_jsonl, ps, n, n_greedy, n_maj, n_pass, G, ent_sum, len_sum);
 }
 
 // Multiple choice: the letter of the greedy response, and (G > 1) maj@G, pass@G and the entropy over
@@ -2043,7 +2278,7 @@ static EvalResult freeform_evaluate(Model *m, const Tokenizer *tok, Scorer *scor
         if (verbose) eval_progress(i0 + nb, n, n_greedy, n_maj, n_pass, G, t0);
     }
     free(probs);
-    return eval_result(f, tmp_path, out_jsonl, n, n_greedy, n_maj, n_pass, G, ent_sum, len_sum);
+    return eval_result(f, tmp_path, out_jsonl, ps, n, n_greedy, n_maj, n_pass, G, ent_sum, len_sum);
 }
 
 // ----------------------------------------------------------------------------
@@ -2078,50 +2313,187 @@ static int data_order_next(DataOrder *d) {
     return d->perm[d->cursor++];
 }
 
-// Training state next to the model: out/state.bin holds the step, the data position, and the
-// engine's optimizer block (AdamW moments), so that --resume continues bit-identically (the
-// model itself is saved in fp32).
-#define STATE_MAGIC 0x53504D45u   // "EMPS"
-#define STATE_VERSION 2
-typedef struct { const Model *m; int32_t h[16]; } StateWrite;
-static int state_body(FILE *f, const void *user) {
-    const StateWrite *s = (const StateWrite *)user;
-    if (fwrite(s->h, sizeof s->h, 1, f) != 1) return -1;
-    return model_save_optimizer(s->m, f);
+// The run checkpoint: ONE file, DIR/model.bin, that commits the model, the optimizer, the run state
+// and the run's configuration together (doc/formats.md, "Run state"). It is the self-contained
+// model checkpoint (-m reads it as any other), followed by a run section and a trailer:
+//   1. model_save writes the fp32 model to DIR/model.bin.tmp (itself atomically, via .tmp.tmp);
+//   2. the run section is appended: a header (step, data position, seed, run id, the log's length,
+//      the identity of the data files), the configuration as JSON, the engine's optimizer block;
+//   3. the trailer records the section's length and checksum; the file is synced and renamed over
+//      DIR/model.bin. That rename is the commit point: before it, DIR/model.bin is the previous
+//      checkpoint, whole; after it, the new one. An interruption leaves at most *.tmp files, which
+//      the next run removes.
+// The model part carries its own checksum (checkpoint.h); the run section is verified on resume.
+#define RUN_MAGIC 0x53504D45u   // "EMPS"
+#define RUN_VERSION 3
+#define RUN_HEADER_INTS 32
+typedef struct {
+    int step, epoch, cursor, seed, mode, demo, nonfinite;
+    uint64_t run_id, log_bytes, data_size, data_hash, eval_size, eval_hash;
+    char *config;           // the run's flags as a JSON object {"-G": "8", ...} (malloc'd)
+    long long opt_offset;   // where the optimizer block starts in the file
+} RunState;
+static void put_u64(int32_t *h, uint64_t v) { h[0] = (int32_t)(uint32_t)v; h[1] = (int32_t)(uint32_t)(v >> 32); }
+static uint64_t get_u64(const int32_t *h) { return (uint64_t)(uint32_t)h[0] | (uint64_t)(uint32_t)h[1] << 32; }
+
+// The identity of a data file: its size and checksum. 0 if it cannot be read.
+static int file_identity(const char *path, uint64_t *size, uint64_t *hash) {
+    size_t n;
+    char *buf = path ? read_whole_file(path, &n) : NULL;
+    *size = *hash = 0;
+    if (!buf) return -1;
+    Hash64 h;
+    hash64_init(&h);
+    hash64_update(&h, buf, n);
+    *size = n;
+    *hash = hash64_final(&h);
+    free(buf);
+    return 0;
 }
-static void save_run_state(const char *dir, const Model *m, int step, const DataOrder *d, uint64_t seed) {
-    char path[1024], err[512];
+
+// Writes the checkpoint of a run at rs->step (see above). Exits with one line on failure, leaving
+// DIR/model.bin as it was: a full disk, a non-finite weight (ckpt_save refuses it), a write error.
+static void run_state_commit(const char *dir, const Model *m, const RunState *rs) {
+    char path[1100], part[1100], err[1400];
     snprintf(path, sizeof path, "%s/model.bin", dir);
-    if (model_save(m, path, CKPT_DTYPE_FP32, err, sizeof err) != 0) FATAL("%s", err);
-    StateWrite s;
-    memset(&s, 0, sizeof s);
-    s.m = m;
-    int32_t h[16] = {(int32_t)STATE_MAGIC, STATE_VERSION, step, d->epoch, d->cursor, 0, (int32_t)(seed & 0x7fffffff),
-                     0, (int32_t)(m->num_parameters & 0x7fffffff), (int32_t)(m->num_parameters >> 31)};
-    memcpy(s.h, h, sizeof h);
-    snprintf(path, sizeof path, "%s/state.bin", dir);
-    if (write_file_atomic(path, state_body, &s, err, sizeof err) != 0) FATAL("%s", err);
+    snprintf(part, sizeof part, "%s/model.bin.tmp", dir);
+    if (model_save(m, part, CKPT_DTYPE_FP32, err, sizeof err) != 0) FATAL("%s", err);
+    FILE *f = fopen(part, "r+b");
+    int e = 0;
+    long long base = -1;
+    if (f && fseek(f, 0, SEEK_END) == 0) base = ftell(f);
+    int32_t h[RUN_HEADER_INTS];
+    memset(h, 0, sizeof h);
+    h[0] = (int32_t)RUN_MAGIC; h[1] = RUN_VERSION; h[2] = rs->step; h[3] = rs->epoch; h[4] = rs->cursor;
+    h[5] = rs->seed; h[6] = rs->mode; h[7] = rs->demo; h[8] = rs->nonfinite;
+    put_u64(&h[10], rs->run_id); put_u64(&h[12], rs->log_bytes); put_u64(&h[14], rs->data_size);
+    put_u64(&h[16], rs->data_hash); put_u64(&h[18], rs->eval_size); put_u64(&h[20], rs->eval_hash);
+    put_u64(&h[22], (uint64_t)m->num_parameters);
+    size_t clen = strlen(rs->config);
+    h[24] = (int32_t)clen;
+    int ok = f && base > 0 && fwrite(h, sizeof h, 1, f) == 1 && fwrite(rs->config, 1, clen, f) == clen &&
+             model_save_optimizer(m, f) == 0 && fflush(f) == 0;
+    if (!ok) e = errno;
+    long long end = ok ? ftell(f) : -1;
+    // the checksum of the section, read back (the optimizer block is the engine's to write)
+    Hash64 hs;
+    hash64_init(&hs);
+    if (ok && fseek(f, (long)base, SEEK_SET) == 0) {
+        unsigned char buf[1 << 16];
+        for (long long left = end - base; ok && left > 0;) {
+            size_t k = left < (long long)sizeof buf ? (size_t)left : sizeof buf;
+            ok = fread(buf, 1, k, f) == k;
+            hash64_update(&hs, buf, k);
+            left -= (long long)k;
+        }
+        if (!ok) e = errno;
+    } else if (ok) ok = 0, e = errno;
+    int32_t t[8] = {(int32_t)CKPT_RUN_MAGIC, CKPT_RUN_VERSION, 0, 0, 0, 0, 0, 0};
+    put_u64(&t[2], (uint64_t)(end - base));
+    put_u64(&t[4], hash64_final(&hs));
+    if (ok) ok = fseek(f, 0, SEEK_END) == 0 && fwrite(t, sizeof t, 1, f) == 1 && fflush(f) == 0;
+    if (!ok && !e) e = errno;
+    if (ok && util_fault_point(f, base, end + CKPT_TRAILER_BYTES) != 0) ok = 0, e = errno;
+    if (ok && fsync(fileno(f)) != 0 && errno != EINVAL) ok = 0, e = errno;
+    if (f && fclose(f) != 0 && ok) ok = 0, e = errno;
+    if (ok && rename(part, path) != 0) ok = 0, e = errno;
+    if (!ok) {
+        remove(part);
+        FATAL("cannot write %s: %s (the previous checkpoint, if any, is unchanged)", path, strerror(e ? e : EIO));
+    }
+    util_sync_dir_of(path);
 }
-// Loads dir/state.bin into m (the optimizer block) and returns the step; the data position goes to
-// epoch and cursor.
-static int load_run_state(const char *dir, Model *m, int *epoch, int *cursor, uint64_t seed) {
-    char path[1024], err[256];
-    snprintf(path, sizeof path, "%s/state.bin", dir);
+
+// Reads the run state of DIR/model.bin: the header and the configuration, after checking the
+// section's checksum. The optimizer block is left for run_state_load_optimizer. -1 with one line in
+// err if the file has no run state, or a damaged one.
+static int run_state_read(const char *dir, RunState *rs, char *err, size_t errcap) {
+    char path[1100];
+    memset(rs, 0, sizeof *rs);
+    snprintf(path, sizeof path, "%s/model.bin", dir);
+    char why[256];
+    const char *nr = util_not_regular(path, why, sizeof why);
+    if (nr) { snprintf(err, errcap, "%s: %s (nothing to resume)", path, nr); return -1; }
     FILE *f = fopen(path, "rb");
-    if (!f) FATAL("cannot open %s to resume from", path);
-    int32_t h[16];
-    if (fread(h, sizeof h, 1, f) != 1 || (uint32_t)h[0] != STATE_MAGIC) FATAL("%s: not an empo.c training state", path);
-    if (h[1] != STATE_VERSION) FATAL("%s: unsupported state version %d", path, h[1]);
-    size_t n = (size_t)(uint32_t)h[8] | ((size_t)(uint32_t)h[9] << 31);
-    if (n != m->num_parameters) FATAL("%s: state is for %zu parameters, the model has %zu", path, n, m->num_parameters);
-    if (h[6] != (int32_t)(seed & 0x7fffffff))
-        FATAL("%s: saved with seed %d; pass the same -s to resume exactly", path, h[6]);
-    if (model_load_optimizer(m, f, err, sizeof err) != 0) FATAL("%s: %s", path, err);
-    if (fgetc(f) != EOF) FATAL("%s: trailing data", path);
+    if (!f) { snprintf(err, errcap, "%s: %s", path, strerror(errno)); return -1; }
+    int32_t ch[CKPT_HEADER_INTS], t[8];
+    long long fsize = -1;
+    int ok = fread(ch, sizeof ch, 1, f) == 1 && fseek(f, 0, SEEK_END) == 0 && (fsize = ftell(f)) >= 0;
+    if (!ok || (uint32_t)ch[0] != CKPT_MAGIC) {
+        fclose(f);
+        snprintf(err, errcap, "%s: not an empo.c checkpoint", path);
+        return -1;
+    }
+    ok = fsize >= (long long)sizeof ch + CKPT_TRAILER_BYTES && fseek(f, (long)(fsize - CKPT_TRAILER_BYTES), SEEK_SET) == 0 &&
+         fread(t, sizeof t, 1, f) == 1 && (uint32_t)t[0] == CKPT_RUN_MAGIC;
+    if (!ok) {
+        fclose(f);
+        if (ch[2] == CKPT_DTYPE_BF16)
+            snprintf(err, errcap, "%s: saved with -S bf16, which keeps only rounded weights and no run state: "
+                     "a bf16 run cannot be resumed (train with -S fp32 to be able to)", path);
+        else snprintf(err, errcap, "%s: holds a model but no run state (not the checkpoint of a training run)", path);
+        return -1;
+    }
+    long long len = (long long)get_u64(&t[2]), off = fsize - CKPT_TRAILER_BYTES - len;
+    ok = t[1] == CKPT_RUN_VERSION && len >= (long long)(RUN_HEADER_INTS * 4) && off > (long long)sizeof ch &&
+         fseek(f, (long)off, SEEK_SET) == 0;
+    Hash64 hs;
+    hash64_init(&hs);
+    unsigned char buf[1 << 16];
+    for (long long left = len; ok && left > 0;) {
+        size_t k = left < (long long)sizeof buf ? (size_t)left : sizeof buf;
+        ok = fread(buf, 1, k, f) == k;
+        hash64_update(&hs, buf, k);
+        left -= (long long)k;
+    }
+    if (!ok || hash64_final(&hs) != get_u64(&t[4])) {
+        fclose(f);
+        snprintf(err, errcap, "%s: the run state is damaged (checksum mismatch or truncated)", path);
+        return -1;
+    }
+    int32_t h[RUN_HEADER_INTS];
+    ok = fseek(f, (long)off, SEEK_SET) == 0 && fread(h, sizeof h, 1, f) == 1 && (uint32_t)h[0] == RUN_MAGIC;
+    if (!ok || h[1] != RUN_VERSION) {
+        fclose(f);
+        snprintf(err, errcap, "%s: unsupported run state (version %d; this build reads %d)", path, ok ? h[1] : -1,
+                 RUN_VERSION);
+        return -1;
+    }
+    rs->step = h[2]; rs->epoch = h[3]; rs->cursor = h[4]; rs->seed = h[5]; rs->mode = h[6]; rs->demo = h[7];
+    rs->nonfinite = h[8];
+    rs->run_id = get_u64(&h[10]); rs->log_bytes = get_u64(&h[12]); rs->data_size = get_u64(&h[14]);
+    rs->data_hash = get_u64(&h[16]); rs->eval_size = get_u64(&h[18]); rs->eval_hash = get_u64(&h[20]);
+    long long clen = h[24];
+    if (clen < 2 || clen > len - RUN_HEADER_INTS * 4 || rs->step < 0 || rs->epoch < 0 || rs->cursor < 0) {
+        fclose(f);
+        snprintf(err, errcap, "%s: the run state is inconsistent", path);
+        return -1;
+    }
+    rs->config = (char *)xmalloc((size_t)clen + 1);
+    ok = fread(rs->config, 1, (size_t)clen, f) == (size_t)clen;
+    rs->config[clen] = 0;
+    rs->opt_offset = off + RUN_HEADER_INTS * 4 + clen;
     fclose(f);
-    *epoch = h[3];
-    *cursor = h[4];
-    return h[2];
+    if (!ok) {
+        free(rs->config);
+        rs->config = NULL;
+        snprintf(err, errcap, "%s: the run state is truncated", path);
+        return -1;
+    }
+    return 0;
+}
+// The optimizer block of DIR/model.bin into m (whose weights model_load read from the same file).
+static void run_state_load_optimizer(const char *dir, const RunState *rs, Model *m) {
+    char path[1100], err[512];
+    snprintf(path, sizeof path, "%s/model.bin", dir);
+    FILE *f = fopen(path, "rb");
+    if (!f) FATAL("%s: %s", path, strerror(errno));
+    if (fseek(f, (long)rs->opt_offset, SEEK_SET) != 0) FATAL("%s: cannot seek to the optimizer state", path);
+    if (model_load_optimizer(m, f, err, sizeof err) != 0) FATAL("%s: %s", path, err);
+    int32_t t0;
+    if (fread(&t0, 4, 1, f) != 1 || (uint32_t)t0 != CKPT_RUN_MAGIC)
+        FATAL("%s: the optimizer state does not end where the run state says", path);
+    fclose(f);
 }
 
 // The curves: an SVG with four panels (accuracy, reward, entropy, response length) drawn from
@@ -2139,10 +2511,116 @@ static void curve_add(Curve *c, float x, float y) {
     c->y[c->n] = y;
     c->n++;
 }
-#define PLOT_SERIES 6
+// The plot: panels of curves, each with ticks and values on both axes, light gridlines, and its legend
+// to the right of the plot area, where it cannot cover a curve. The per-run curves.svg and the reward
+// comparison (dev/compare_rewards.c) both draw with svg_panels.
+#define PLOT_MAX_LINES 8
+typedef struct { const char *label, *color; const Curve *c; } PlotLine;
+typedef struct {
+    const char *title, *ylabel;
+    int unit_range;   // y from 0 to 1 (accuracies), whatever the data
+    int n;
+    PlotLine line[PLOT_MAX_LINES];
+} PlotPanel;
+typedef struct { const PlotPanel *panel; int n, cols; } PlotPage;
+static const char *const PLOT_COLORS[PLOT_MAX_LINES] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728",
+                                                        "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
+#define PLOT_W 360      // plot area of one panel, pixels
+#define PLOT_H 220
+#define PLOT_LEGEND 150 // the legend's column, right of the plot area
+#define PLOT_MARGIN 64  // left of the plot area: the y tick values
+// Ticks at a "nice" step (1, 2 or 5 x 10^k) giving about 5 intervals over [lo, hi]; widens [lo, hi]
+// to whole steps. Returns the step.
+static double nice_ticks(double *lo, double *hi) {
+    double span = *hi - *lo, raw = span / 5, mag = pow(10, floor(log10(raw))), f = raw / mag;
+    double step = (f < 1.5 ? 1 : f < 3.5 ? 2 : f < 7.5 ? 5 : 10) * mag;
+    *lo = floor(*lo / step + 1e-9) * step;
+    *hi = ceil(*hi / step - 1e-9) * step;
+    return step;
+}
+static void svg_panel(FILE *f, const PlotPanel *pp, int ox, int oy) {
+    int pw = PLOT_W, ph = PLOT_H;
+    double x0 = 1e300, x1 = -1e300, y0 = 1e300, y1 = -1e300;
+    for (int l = 0; l < pp->n; l++)
+        for (int i = 0; i < pp->line[l].c->n; i++) {
+            x0 = fmin(x0, pp->line[l].c->x[i]);
+            x1 = fmax(x1, pp->line[l].c->x[i]);
+            y0 = fmin(y0, pp->line[l].c->y[i]);
+            y1 = fmax(y1, pp->line[l].c->y[i]);
+        }
+    fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s</text>\n", ox, oy - 10, pp->title);
+    if (x0 > x1) {   // nothing logged for this panel
+        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n", ox, oy, pw,
+                ph);
+        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#888\">(not logged)</text>\n", ox + pw / 2,
+                oy + ph / 2);
+        return;
+    }
+    if (pp->unit_range) {
+        y0 = fmin(y0, 0.0);
+        y1 = fmax(y1, 1.0);
+    }
+    if (x1 == x0) x1 = x0 + 1;
+    if (y1 == y0) {
+        y1 += 0.5;
+        y0 -= 0.5;
+    }
+    double xs = nice_ticks(&x0, &x1), ys = nice_ticks(&y0, &y1);
+    // gridlines and tick values, then the frame over them, then the curves
+    for (double v = x0; v <= x1 + xs * 1e-6; v += xs) {
+        double px = ox + (v - x0) / (x1 - x0) * pw;
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#e6e6e6\"/>\n", px, oy, px, oy + ph);
+        fprintf(f, "<line x1=\"%.1f\" y1=\"%d\" x2=\"%.1f\" y2=\"%d\" stroke=\"#888\"/>\n", px, oy + ph, px,
+                oy + ph + 4);
+        fprintf(f, "<text x=\"%.1f\" y=\"%d\" text-anchor=\"middle\">%g</text>\n", px, oy + ph + 16, v);
+    }
+    for (double v = y0; v <= y1 + ys * 1e-6; v += ys) {
+        double py = oy + ph - (v - y0) / (y1 - y0) * ph, shown = fabs(v) < ys * 1e-6 ? 0.0 : v;
+        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#e6e6e6\"/>\n", ox, py, ox + pw, py);
+        fprintf(f, "<line x1=\"%d\" y1=\"%.1f\" x2=\"%d\" y2=\"%.1f\" stroke=\"#888\"/>\n", ox - 4, py, ox, py);
+        fprintf(f, "<text x=\"%d\" y=\"%.1f\" text-anchor=\"end\">%g</text>\n", ox - 6, py + 4, shown);
+    }
+    fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n", ox, oy, pw, ph);
+    fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"middle\" fill=\"#555\">step</text>\n", ox + pw / 2, oy + ph + 32);
+    if (pp->ylabel)
+        fprintf(f, "<text transform=\"translate(%d,%d) rotate(-90)\" text-anchor=\"middle\" fill=\"#555\">%s</text>\n",
+                ox - PLOT_MARGIN + 14, oy + ph / 2, pp->ylabel);
+    int legend = 0;
+    for (int l = 0; l < pp->n; l++) {
+        const Curve *c = pp->line[l].c;
+        if (c->n == 0) continue;
+        fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.8\" points=\"", pp->line[l].color);
+        for (int i = 0; i < c->n; i++)
+            fprintf(f, "%.1f,%.1f ", ox + (c->x[i] - x0) / (x1 - x0) * pw, oy + ph - (c->y[i] - y0) / (y1 - y0) * ph);
+        fprintf(f, "\"/>\n");
+        if (c->n == 1)   // a single point draws no line: mark it
+            fprintf(f, "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%s\"/>\n", ox + (c->x[0] - x0) / (x1 - x0) * pw,
+                    oy + ph - (c->y[0] - y0) / (y1 - y0) * ph, pp->line[l].color);
+        int ly = oy + 10 + 18 * legend++;
+        fprintf(f, "<line x1=\"%d\" y1=\"%d\" x2=\"%d\" y2=\"%d\" stroke=\"%s\" stroke-width=\"3\"/>\n", ox + pw + 12,
+                ly - 4, ox + pw + 32, ly - 4, pp->line[l].color);
+        fprintf(f, "<text x=\"%d\" y=\"%d\">%s</text>\n", ox + pw + 38, ly, pp->line[l].label);
+    }
+}
+static int svg_panels(FILE *f, const void *user) {
+    const PlotPage *pg = (const PlotPage *)user;
+    int cols = pg->cols < 1 ? 1 : pg->cols, rows = (pg->n + cols - 1) / cols;
+    int cw = PLOT_MARGIN + PLOT_W + PLOT_LEGEND, chh = PLOT_H + 80;
+    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
+               "font-size=\"12\">\n", cols * cw + 10, rows * chh + 20);
+    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
+    for (int p = 0; p < pg->n; p++) svg_panel(f, &pg->panel[p], PLOT_MARGIN + (p % cols) * cw, 40 + (p / cols) * chh);
+    fprintf(f, "</svg>\n");
+    return ferror(f) ? -1 : 0;
+}
+
+// curves.svg of a run, from its log.jsonl: accuracy, reward, entropy, length; an SFT run (no reward
+// logged) draws its loss instead of the reward and entropy panels.
+#define PLOT_SERIES 7
 static const Series PLOT[PLOT_SERIES] = {
-    {"eval_greedy", "greedy pass@1"}, {"eval_maj", "maj@G"},          {"reward", "mean reward"},
-    {"entropy", "semantic entropy"},  {"eval_entropy", "eval entropy"}, {"resp_len", "response length"}};
+    {"eval_greedy", "greedy pass@1"},   {"eval_maj", "maj@G"},           {"reward", "mean reward"},
+    {"entropy", "semantic entropy"},    {"eval_entropy", "eval entropy"}, {"resp_len", "response length"},
+    {"loss", "SFT loss"}};
 static int plot_collect(const JDoc *d, int root, int line, void *user) {
     Curve *c = (Curve *)user;
     int st = json_get(d, root, "step");
@@ -2153,58 +2631,6 @@ static int plot_collect(const JDoc *d, int root, int line, void *user) {
     }
     return 0;
 }
-static int svg_body(FILE *f, const void *user) {
-    const Curve *c = (const Curve *)user;
-    static const char *colors[PLOT_SERIES] = {"#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b"};
-    static const int panel_of[PLOT_SERIES] = {0, 0, 1, 2, 2, 3};
-    static const char *titles[4] = {"held-out accuracy", "mean reward", "semantic entropy", "response length (tokens)"};
-    int W = 980, H = 640, pw = 400, ph = 250;
-    fprintf(f, "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"%d\" height=\"%d\" font-family=\"sans-serif\" "
-               "font-size=\"12\">\n", W, H);
-    fprintf(f, "<rect width=\"100%%\" height=\"100%%\" fill=\"white\"/>\n");
-    for (int p = 0; p < 4; p++) {
-        int ox = 60 + (p % 2) * (pw + 60), oy = 40 + (p / 2) * (ph + 60);
-        float x0 = 1e30f, x1 = -1e30f, y0 = 1e30f, y1 = -1e30f;
-        for (int s = 0; s < PLOT_SERIES; s++) {
-            if (panel_of[s] != p) continue;
-            for (int i = 0; i < c[s].n; i++) {
-                x0 = fminf(x0, c[s].x[i]);
-                x1 = fmaxf(x1, c[s].x[i]);
-                y0 = fminf(y0, c[s].y[i]);
-                y1 = fmaxf(y1, c[s].y[i]);
-            }
-        }
-        fprintf(f, "<text x=\"%d\" y=\"%d\" font-weight=\"bold\">%s</text>\n", ox, oy - 10, titles[p]);
-        fprintf(f, "<rect x=\"%d\" y=\"%d\" width=\"%d\" height=\"%d\" fill=\"none\" stroke=\"#888\"/>\n",
-                ox, oy, pw, ph);
-        if (x0 > x1) continue;   // nothing logged for this panel
-        if (p == 0) {            // accuracy: always the full range
-            y0 = 0.0f;
-            y1 = 1.0f;
-        }
-        if (x1 == x0) x1 = x0 + 1;
-        if (y1 == y0) {
-            y1 += 0.5f;
-            y0 -= 0.5f;
-        }
-        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.3g</text>\n", ox - 4, oy + 10, y1);
-        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">%.3g</text>\n", ox - 4, oy + ph, y0);
-        fprintf(f, "<text x=\"%d\" y=\"%d\">step %.0f</text>\n", ox, oy + ph + 15, x0);
-        fprintf(f, "<text x=\"%d\" y=\"%d\" text-anchor=\"end\">step %.0f</text>\n", ox + pw, oy + ph + 15, x1);
-        int legend = 0;
-        for (int s = 0; s < PLOT_SERIES; s++) {
-            if (panel_of[s] != p || c[s].n == 0) continue;
-            fprintf(f, "<polyline fill=\"none\" stroke=\"%s\" stroke-width=\"1.5\" points=\"", colors[s]);
-            for (int i = 0; i < c[s].n; i++)
-                fprintf(f, "%.1f,%.1f ", ox + (c[s].x[i] - x0) / (x1 - x0) * pw,
-                        oy + ph - (c[s].y[i] - y0) / (y1 - y0) * ph);
-            fprintf(f, "\"/>\n<text x=\"%d\" y=\"%d\" fill=\"%s\">%s</text>\n", ox + 8, oy + 16 + 14 * legend++,
-                    colors[s], PLOT[s].label);
-        }
-    }
-    fprintf(f, "</svg>\n");
-    return ferror(f) ? -1 : 0;
-}
 static void write_plot(const char *dir) {
     char log_path[1024], svg_path[1024], err[512];
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", dir);
@@ -2212,7 +2638,33 @@ static void write_plot(const char *dir) {
     Curve c[PLOT_SERIES];
     memset(c, 0, sizeof c);
     if (jsonl_foreach(log_path, 0, plot_collect, c) < 0) return;
-    if (write_file_atomic(svg_path, svg_body, c, err, sizeof err) != 0) fprintf(stderr, "warning: %s\n", err);
+    PlotPanel pan[4];
+    memset(pan, 0, sizeof pan);
+    int np = 0, sft = c[2].n == 0 && c[6].n > 0;
+#define PANEL(t, yl, unit) (pan[np].title = (t), pan[np].ylabel = (yl), pan[np].unit_range = (unit), &pan[np++])
+#define LINE(P, s) ((P)->line[(P)->n].label = PLOT[s].label, (P)->line[(P)->n].color = PLOT_COLORS[s], \
+                    (P)->line[(P)->n++].c = &c[s])
+    PlotPanel *acc = PANEL("held-out accuracy", "accuracy", 1);
+    LINE(acc, 0);
+    LINE(acc, 1);
+    if (sft) {
+        PlotPanel *loss = PANEL("SFT loss (mean NLL of the response tokens)", "nats per token", 0);
+        LINE(loss, 6);
+    } else {
+        PlotPanel *rw = PANEL("mean reward", "reward", 0), *ent = PANEL("semantic entropy", "nats", 0);
+        LINE(rw, 2);
+        LINE(ent, 3);
+        LINE(ent, 4);
+    }
+    PlotPanel *len = PANEL("response length", "tokens", 0);
+    LINE(len, 5);
+#undef PANEL
+#undef LINE
+    if (sft) {   // SFT logs no response length; the eval length is what there is
+        len->n = 0;
+    }
+    PlotPage page = {pan, sft ? 2 : np, 2};
+    if (write_file_atomic(svg_path, svg_panels, &page, err, sizeof err) != 0) fprintf(stderr, "warning: %s\n", err);
     for (int s = 0; s < PLOT_SERIES; s++) {
         free(c[s].x);
         free(c[s].y);
@@ -2226,7 +2678,7 @@ enum { MODE_TRAIN, MODE_SFT, MODE_EVAL, MODE_PROMPT, MODE_TOKENIZE };
 typedef struct {
     int mode;
     const char *model_path, *data_path, *sft_path, *eval_path, *out_dir, *resume_dir, *prompt_text, *init_spec;
-    int reward, G, prompts_per_step, steps, max_new, eval_max_new, eval_every, ckpt_every, eval_G, eval_batch;
+    int reward, cluster, G, prompts_per_step, steps, max_new, eval_max_new, eval_every, ckpt_every, eval_G, eval_batch;
     int template_id;   // -1: chosen by the tokenizer (CoT for Qwen vocabularies, plain for small ones)
     int top_k, save_dtype, quiet, seed, help, tokenize;
     float temperature, top_p, eval_temperature, ent_lo, ent_hi;   // ent_hi < 0: log G
@@ -2236,6 +2688,14 @@ typedef struct {
     const char *verifier_path, *judge_template_path; // -R, --judge-template (NULL: the default template)
     int judge_batch;                                 // pairs per verifier pass (KV cache memory)
     FreeformConfig ff;                               // judge direction/threshold and the reward guards
+    // data checks and resume (doc/formats.md)
+    int skip_bad, skip_long;   // --skip-bad-lines, --skip-long-prompts
+    int override_cfg;          // --override: resume although flags or data differ from the stored run
+    int demo;                  // the embedded default run's defaults were used (stored with the run)
+    RunState resumed;          // with --resume: the state read from DIR/model.bin (parse_flags)
+    char *overrides;           // with --override: the differences, a JSON object for the log (or NULL)
+    char *owned[96];           // strings parse_flags restored from a stored run (run_config_free frees them)
+    int n_owned;
 } RunConfig;
 
 // A fresh model with the byte-level tokenizer, from an --init spec (model.h): "C=128,L=4,NH=4,NKV=2,I=384,T=256".
@@ -2271,13 +2731,17 @@ static int pick_template(const RunConfig *rc, const Tokenizer *tok) {
     return rc->template_id >= 0 ? rc->template_id : tok->n_vocab > 1000 ? TEMPLATE_QWEN_MATH_COT : TEMPLATE_PLAIN;
 }
 static Scorer scorer_for(const RunConfig *rc) {
+    if (rc->task == TASK_FREEFORM && rc->cluster == CLUSTER_EXACT)
+        FATAL("--cluster exact is the EMPO reference's clustering of math answers: it needs --task math");
     if (rc->task == TASK_FREEFORM)
         return scorer_freeform(&rc->ff, rc->verifier_path, rc->judge_template_path, rc->judge_batch, rc->quiet);
-    return scorer_math();
+    Scorer s = scorer_math();
+    if (rc->cluster == CLUSTER_EXACT) s.reward_cluster = exact_cluster;
+    return s;
 }
 static void load_problems(ProblemSet *ps, const RunConfig *rc, const char *path) {
-    if (rc->task == TASK_FREEFORM) freeform_problems_load(ps, path);
-    else problems_load(ps, path);
+    if (rc->task == TASK_FREEFORM) problems_read(ps, path, freeform_add, "question", rc->skip_bad);
+    else problems_read(ps, path, problems_add, "problem", rc->skip_bad);
 }
 static EvalConfig eval_config(const RunConfig *rc) {
     EvalConfig ec = {rc->eval_max_new, rc->eval_G, rc->eval_temperature, rc->top_p, rc->top_k, (uint64_t)rc->seed,
@@ -2298,7 +2762,20 @@ typedef struct {
     float ent_hi;
     FILE *log;
     char eval_out[1200];
+    int step;                   // the step being run (the fault injection of the tests reads it)
+    uint64_t run_id, data_size, data_hash, eval_size, eval_hash;
+    int nonfinite;              // steps skipped for a non-finite loss or gradient norm, in all
 } Run;
+
+// Test hook (doc/formats.md, "Fault injection"): EMPO_FAULT=nan:K poisons the gradients of every
+// step >= K, as a diverging run would; EMPO_FAULT=signal:K sends SIGINT to the process during step K.
+static int fault_at(const char *kind, int step) {
+    const char *f = getenv("EMPO_FAULT");
+    size_t n = strlen(kind);
+    if (!f || strncmp(f, kind, n) != 0 || f[n] != ':') return 0;
+    int k = atoi(f + n + 1);
+    return !strcmp(kind, "nan") ? step >= k : step == k;
+}
 
 // The numbers of one step, for the log line and the console.
 typedef struct {
@@ -2338,13 +2815,16 @@ static StepStats sft_step(Run *run, const Problem *const *batch, int B) {
         }
     double t1 = now_seconds();
     model_forward(&run->m, inputs, targets, mask, B, T);
+    if (fault_at("nan", run->step)) run->m.dlogp[0] = NAN;
     model_zero_grad(&run->m);
     model_backward(&run->m);
     StepStats st;
     memset(&st, 0, sizeof st);
     const TrainConfig *tc = &rc->tc;
-    st.norm = model_update(&run->m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip);
     st.loss = run->m.mean_loss;
+    // a non-finite loss skips the update (the engine itself skips one whose gradient norm is not finite)
+    st.norm = isfinite(st.loss) ? model_update(&run->m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay,
+                                               tc->grad_clip) : NAN;
     st.t_train = now_seconds() - t1;
     st.t_step = now_seconds() - t0;
     for (int b = 0; b < B; b++) free(seqs[b]);
@@ -2368,6 +2848,8 @@ static StepStats empo_step(Run *run, const Problem *const *batch, int B, int ste
     rollouts_sample(&r, &run->m, &run->tok, &run->scorer, run->template_id, batch, B, rc->G, &sc, verbose);
     double t1 = now_seconds();
     rollouts_score(&r, &run->scorer, batch, rc->reward, rc->ent_lo, run->ent_hi);
+    if (fault_at("nan", step))
+        for (int j = 0; j < r.n; j++) r.adv[j] = NAN;
     double t2 = now_seconds();
     StepStats st;
     memset(&st, 0, sizeof st);
@@ -2398,25 +2880,38 @@ static StepStats empo_step(Run *run, const Problem *const *batch, int B, int ste
     return st;
 }
 
-// One line in log.jsonl and one on the console per step.
+// One JSON number, or null when it is not finite (NaN is not JSON).
+static void json_num_or_null(FILE *f, const char *key, double v, const char *fmt) {
+    fprintf(f, ", \"%s\": ", key);
+    if (isfinite(v)) fprintf(f, fmt, v);
+    else fputs("null", f);
+}
+
+// One line in log.jsonl and one on the console per step. A step whose loss or gradient norm is not
+// finite was skipped: its line says "skipped": "non-finite", with null for the non-finite values.
 static void log_step(const Run *run, int step, const StepStats *st) {
     const RunConfig *rc = run->rc;
+    int skipped = !isfinite(st->loss) || !isfinite(st->norm);
     if (rc->mode == MODE_SFT) {
-        fprintf(run->log, "{\"step\": %d, \"loss\": %.6f, \"grad_norm\": %.4f, \"time\": %.3f}\n", step, st->loss,
-                st->norm, st->t_step);
+        fprintf(run->log, "{\"step\": %d", step);
+        json_num_or_null(run->log, "loss", st->loss, "%.6f");
+        json_num_or_null(run->log, "grad_norm", st->norm, "%.4f");
+        fprintf(run->log, ", \"time\": %.3f%s}\n", st->t_step, skipped ? ", \"skipped\": \"non-finite\"" : "");
         if (!rc->quiet)
-            printf("step %5d/%d | loss %.4f | grad norm %.3f | %.0f ms\n", step, rc->steps, st->loss, st->norm,
-                   st->t_step * 1e3);
+            printf("step %5d/%d | loss %.4f | grad norm %.3f | %.0f ms%s\n", step, rc->steps, st->loss, st->norm,
+                   st->t_step * 1e3, skipped ? " | SKIPPED: non-finite" : "");
     } else {
         fprintf(run->log, "{\"step\": %d, \"reward\": %.4f, \"entropy\": %.4f, \"clusters\": %.3f, \"kept\": %.3f, "
-                "\"resp_len\": %.2f, \"loss\": %.6f, \"grad_norm\": %.4f, \"gen_tok_s\": %.1f, \"t_gen\": %.3f, "
-                "\"t_score\": %.4f, \"t_train\": %.3f}\n", step, st->reward, st->entropy, st->clusters, st->kept,
-                st->resp_len, st->loss, st->norm, st->tok_s, st->t_gen, st->t_score, st->t_train);
+                "\"resp_len\": %.2f", step, st->reward, st->entropy, st->clusters, st->kept, st->resp_len);
+        json_num_or_null(run->log, "loss", st->loss, "%.6f");
+        json_num_or_null(run->log, "grad_norm", st->norm, "%.4f");
+        fprintf(run->log, ", \"gen_tok_s\": %.1f, \"t_gen\": %.3f, \"t_score\": %.4f, \"t_train\": %.3f%s}\n",
+                st->tok_s, st->t_gen, st->t_score, st->t_train, skipped ? ", \"skipped\": \"non-finite\"" : "");
         if (!rc->quiet)
             printf("step %5d/%d | reward %.3f | entropy %.3f | clusters %.2f | kept %3.0f%% | len %5.1f | "
-                   "loss %+.4f | norm %.3f | %6.0f tok/s | gen %.2fs score %.3fs train %.2fs\n", step, rc->steps,
+                   "loss %+.4f | norm %.3f | %6.0f tok/s | gen %.2fs score %.3fs train %.2fs%s\n", step, rc->steps,
                    st->reward, st->entropy, st->clusters, 100.0 * st->kept, st->resp_len, st->loss, st->norm,
-                   st->tok_s, st->t_gen, st->t_score, st->t_train);
+                   st->tok_s, st->t_gen, st->t_score, st->t_train, skipped ? " | SKIPPED: non-finite" : "");
     }
     fflush(run->log);
     fflush(stdout);
@@ -2438,15 +2933,68 @@ static void run_evaluate(Run *run, int step) {
     log_eval(run->log, step, &e, rc->eval_G);
     write_plot(rc->out_dir);
 }
+static char *config_to_json(const RunConfig *rc);   // section 12: the run's flags as a JSON object
+
+// The checkpoint of step `step`: with -S fp32 (the default) one committed file with the model, the
+// optimizer, the run state and the configuration (run_state_commit); with -S bf16 the rounded weights
+// alone, which cannot be resumed (run_open says so at the start).
 static void run_checkpoint(Run *run, int step) {
     const RunConfig *rc = run->rc;
     if (rc->save_dtype == CKPT_DTYPE_FP32) {
-        save_run_state(rc->out_dir, &run->m, step, &run->order, (uint64_t)rc->seed);
+        RunState rs;
+        memset(&rs, 0, sizeof rs);
+        rs.step = step;
+        rs.epoch = run->order.epoch;
+        rs.cursor = run->order.cursor;
+        rs.seed = rc->seed;
+        rs.mode = rc->mode;
+        rs.demo = rc->demo;
+        rs.nonfinite = run->nonfinite;
+        rs.run_id = run->run_id;
+        fflush(run->log);
+        long lb = ftell(run->log);
+        rs.log_bytes = lb > 0 ? (uint64_t)lb : 0;
+        rs.data_size = run->data_size; rs.data_hash = run->data_hash;
+        rs.eval_size = run->eval_size; rs.eval_hash = run->eval_hash;
+        rs.config = config_to_json(rc);
+        run_state_commit(rc->out_dir, &run->m, &rs);
+        free(rs.config);
     } else {
-        char path[1100], err[512];
+        char path[1100], err[1400];
         snprintf(path, sizeof path, "%s/model.bin", rc->out_dir);
         if (model_save(&run->m, path, rc->save_dtype, err, sizeof err) != 0) FATAL("%s", err);
     }
+}
+
+// The problems of a run whose prompts do not fit the model's context: in training an error naming
+// the file and line (or, with --skip-long-prompts, dropped and counted); in evaluation they stay,
+// marked, and count as wrong (evaluate).
+static void check_prompts(ProblemSet *ps, const Tokenizer *tok, int template_id, int maxT, int training, int skip,
+                          int quiet) {
+    const Problem *first;
+    int len = 0, n = problems_check_prompts(ps, tok, template_id, maxT, &first, &len);
+    if (!n) return;
+    if (training && !skip)
+        FATAL("%s:%d: the prompt has %d tokens, beyond the model's context of %d (%d such line%s in all): shorten "
+              "%s, or pass --skip-long-prompts", ps->path, first->line, len, maxT, n, n > 1 ? "s" : "",
+              n > 1 ? "them" : "it");
+    if (training) {
+        problems_drop_too_long(ps);
+        if (ps->n == 0) FATAL("%s: every prompt is beyond the model's context of %d", ps->path, maxT);
+    }
+    if (!quiet || training)
+        fprintf(stderr, "%s: %d prompt%s beyond the model's context of %d (the first: line %d) %s\n", ps->path, n,
+                n > 1 ? "s" : "", maxT, first->line, training ? "skipped (--skip-long-prompts)" : "count as wrong");
+}
+
+// The identity of this process's run: a new 64-bit id for each fresh run (kept across resumes).
+static uint64_t new_run_id(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    uint64_t x = (uint64_t)ts.tv_sec * 1000000007ull ^ (uint64_t)ts.tv_nsec * 0x9E3779B97F4A7C15ull ^
+                 (uint64_t)getpid() << 32;
+    x ^= x >> 31; x *= 0xBF58476D1CE4E5B9ull; x ^= x >> 29;
+    return x ? x : 1;
 }
 
 // Everything a run needs before its first step: the model, the data, the scorer, the output
@@ -2455,37 +3003,97 @@ static void run_open(Run *run, const RunConfig *rc) {
     memset(run, 0, sizeof *run);
     run->rc = rc;
     int sft = rc->mode == MODE_SFT;
+    RunState rs;
+    memset(&rs, 0, sizeof rs);
+    if (rc->resume_dir) {
+        char err[1400];
+        if (strcmp(rc->out_dir, rc->resume_dir) != 0) FATAL("--resume %s writes to %s, not to -o %s", rc->resume_dir,
+                                                            rc->resume_dir, rc->out_dir);
+        if (rc->resumed.config) rs = rc->resumed;
+        else if (run_state_read(rc->resume_dir, &rs, err, sizeof err) != 0) FATAL("%s", err);
+        if (rs.mode != rc->mode) FATAL("--resume %s: that run is %s, not %s", rc->resume_dir,
+                                       rs.mode == MODE_SFT ? "--sft" : "training", sft ? "--sft" : "training");
+        if (rs.seed != rc->seed) FATAL("--resume %s: saved with -s %d; resuming exactly needs the same seed",
+                                       rc->resume_dir, rs.seed);
+    }
     load_model_and_tokenizer(&run->m, &run->tok, rc);
     run->template_id = pick_template(rc, &run->tok);
     load_problems(&run->data, rc, rc->data_path);
     for (int i = 0; sft && i < run->data.n; i++)
-        if (!run->data.items[i].solution) FATAL("%s: problem %d has no \"solution\" for SFT", rc->data_path, i + 1);
+        if (!run->data.items[i].solution)
+            FATAL("%s:%d: no \"solution\" for SFT", rc->data_path, run->data.items[i].line);
     for (int i = 0; rc->reward == REWARD_GRPO && !sft && i < run->data.n; i++)
         if (!run->data.items[i].answer)
-            FATAL("%s: -r grpo needs an \"answer\" on every line (line-ordered problem %d has none)", rc->data_path,
-                  i + 1);
-    if (rc->eval_path) load_problems(&run->evalset, rc, rc->eval_path);
+            FATAL("%s:%d: -r grpo needs an \"answer\" on every line", rc->data_path, run->data.items[i].line);
+    check_prompts(&run->data, &run->tok, run->template_id, run->m.config.maxT, 1, rc->skip_long, rc->quiet);
+    if (rc->eval_path) {
+        load_problems(&run->evalset, rc, rc->eval_path);
+        check_prompts(&run->evalset, &run->tok, run->template_id, run->m.config.maxT, 0, 0, rc->quiet);
+    }
+    file_identity(rc->data_path, &run->data_size, &run->data_hash);
+    if (rc->eval_path) file_identity(rc->eval_path, &run->eval_size, &run->eval_hash);
     run->scorer = scorer_for(rc);
     run->use_ref = rc->tc.kl_beta > 0.0f && !sft;
     if (run->use_ref) {   // the reference policy is the starting model, frozen
-        char err[512];
+        char err[1400];
         if (rc->init_spec) FATAL("--kl needs a starting model (-m), not --init");
         if (model_load(&run->ref, rc->model_path, err, sizeof err) != 0) FATAL("%s", err);
     }
     model_reserve(&run->m, sft ? rc->prompts_per_step : rc->tc.micro, run->m.config.maxT);
-    if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s", rc->out_dir);
-    int epoch = 0, cursor = 0;
-    if (rc->resume_dir) run->start = load_run_state(rc->resume_dir, &run->m, &epoch, &cursor, (uint64_t)rc->seed);
-    data_order_init(&run->order, run->data.n, (uint64_t)rc->seed, epoch, cursor);
+    if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s: %s", rc->out_dir, strerror(errno));
+    int removed = util_remove_tmp_files(rc->out_dir);   // what an interrupted write left behind
+    if (removed && !rc->quiet) printf("%s: removed %d leftover .tmp file%s of an interrupted write\n", rc->out_dir,
+                                      removed, removed > 1 ? "s" : "");
     char log_path[1100];
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", rc->out_dir);
+    int epoch = 0, cursor = 0;
+    run->run_id = new_run_id();
+    if (rc->resume_dir) {
+        if (rs.data_size != run->data_size || rs.data_hash != run->data_hash || rs.eval_size != run->eval_size ||
+            rs.eval_hash != run->eval_hash) {
+            const char *which = rs.data_size != run->data_size || rs.data_hash != run->data_hash ? rc->data_path
+                                                                                                 : rc->eval_path;
+            if (!rc->override_cfg)
+                FATAL("--resume %s: %s is not the file the run began with (its size or checksum differs); pass "
+                      "--override to continue on it anyway", rc->resume_dir, which ? which : "(none)");
+            fprintf(stderr, "override: %s differs from the file the run began with\n", which ? which : "(none)");
+        }
+        run->run_id = rs.run_id;
+        run->start = rs.step;
+        run->nonfinite = rs.nonfinite;
+        epoch = rs.epoch;
+        cursor = rs.cursor;
+        if (cursor > run->data.n) FATAL("--resume %s: the data position %d is beyond the %d prompts of %s",
+                                        rc->resume_dir, cursor, run->data.n, rc->data_path);
+        run_state_load_optimizer(rc->resume_dir, &rs, &run->m);
+        // the log keeps what the checkpoint saw: lines of later steps (run again now) are cut
+        struct stat st;
+        if (stat(log_path, &st) == 0 && (uint64_t)st.st_size > rs.log_bytes) {
+            if (truncate(log_path, (off_t)rs.log_bytes) != 0) FATAL("cannot truncate %s: %s", log_path, strerror(errno));
+            if (!rc->quiet) printf("%s: cut to the %llu bytes of step %d's checkpoint (later steps are run again)\n",
+                                   log_path, (unsigned long long)rs.log_bytes, rs.step);
+        } else if (stat(log_path, &st) != 0 || (uint64_t)st.st_size < rs.log_bytes) {
+            fprintf(stderr, "warning: %s is shorter than at step %d's checkpoint; appending to it\n", log_path, rs.step);
+        }
+    }
+    data_order_init(&run->order, run->data.n, (uint64_t)rc->seed, epoch, cursor);
     run->log = fopen(log_path, rc->resume_dir ? "a" : "w");
-    if (!run->log) FATAL("cannot write %s", log_path);
+    if (!run->log) FATAL("cannot write %s: %s", log_path, strerror(errno));
+    if (rc->overrides) {
+        fprintf(run->log, "{\"step\": %d, \"override\": %s}\n", run->start, rc->overrides);
+        fflush(run->log);
+    }
     snprintf(run->eval_out, sizeof run->eval_out, "%s/eval_last.jsonl", rc->out_dir);
     // free-form: no entropy filter by default, as the reference's natural-reasoning reward (its
     // low-confidence cutoff plays that part)
     run->ent_hi = rc->ent_hi >= 0 ? rc->ent_hi : rc->task == TASK_FREEFORM ? INFINITY : logf((float)rc->G);
+    if (!sft && rc->ent_lo >= run->ent_hi)
+        FATAL("--ent-lo %g >= --ent-hi %g: the entropy band is empty, so no group would ever be trained on",
+              rc->ent_lo, run->ent_hi);
     const ModelConfig *c = &run->m.config;
+    if (rc->save_dtype == CKPT_DTYPE_BF16)
+        fprintf(stderr, "note: -S bf16 checkpoints keep rounded weights and no run state: this run cannot be "
+                "resumed (-S fp32 can)\n");
     if (rc->quiet) return;
     printf("%s | model %s: %.2fM params, V=%d C=%d L=%d heads %d/%d | data %s (%d prompts)\n",
            sft ? "SFT" : REWARD_NAMES[rc->reward], rc->resume_dir ? rc->resume_dir : rc->init_spec ? "(new)"
@@ -2495,12 +3103,13 @@ static void run_open(Run *run, const RunConfig *rc) {
                "entropy band [%.3f, %.3f)\n", rc->G, rc->temperature, rc->top_p, rc->max_new, rc->prompts_per_step,
                rc->tc.lr, rc->tc.grad_clip, rc->tc.clip_eps, rc->tc.kl_beta, rc->ent_lo, run->ent_hi);
     else printf("batch %d | lr %.2g | %d steps\n", rc->prompts_per_step, rc->tc.lr, rc->steps);
-    if (rc->resume_dir) printf("resuming from %s at step %d\n", rc->resume_dir, run->start);
+    if (rc->resume_dir) printf("resuming run %016llx from %s at step %d\n", (unsigned long long)run->run_id,
+                               rc->resume_dir, run->start);
     fflush(stdout);
 }
 static void run_close(Run *run) {
     const RunConfig *rc = run->rc;
-    fclose(run->log);
+    if (fclose(run->log) != 0) FATAL("cannot write %s/log.jsonl: %s", rc->out_dir, strerror(errno));
     write_plot(rc->out_dir);
     if (!rc->quiet) printf("done: %s/model.bin, %s/log.jsonl, %s/curves.svg\n", rc->out_dir, rc->out_dir, rc->out_dir);
     free(run->order.perm);
@@ -2512,25 +3121,80 @@ static void run_close(Run *run) {
     model_free(&run->m);
 }
 
+// SIGINT / SIGTERM: the first one asks the loop to finish the current step, write a checkpoint and
+// exit 130; a second one ends the process at once. A handler can only talk to the loop through a
+// volatile sig_atomic_t, so this flag is the one mutable global of the file.
+static volatile sig_atomic_t stop_signal = 0;
+static void on_stop_signal(int sig) {
+    if (stop_signal) {
+        static const char msg[] = "\nsecond signal: stopping now, without a checkpoint\n";
+        if (write(2, msg, sizeof msg - 1) < 0) {}
+        _exit(130);
+    }
+    stop_signal = sig;
+    static const char msg[] = "\nsignal: finishing the current step, then writing a checkpoint (again to abort)\n";
+    if (write(2, msg, sizeof msg - 1) < 0) {}
+}
+static void install_stop_handlers(void) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_stop_signal;
+    sa.sa_flags = SA_RESTART;   // reads and writes in progress go on
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    stop_signal = 0;
+}
+
+// How many steps in a row may have a non-finite loss or gradient norm before the run stops.
+#define NONFINITE_STOP 3
+
 // EMPO (or -r grpo / ttrl) training, or SFT when rc->mode == MODE_SFT, in the shape of llm.c's
 // main loop. Returns the number of steps run; losses[step-1] and norms[step-1] get each step's
-// loss and gradient norm when not NULL.
+// loss and gradient norm when not NULL. A step whose loss or gradient norm is not finite changes
+// nothing (the update is skipped), is logged as such and counted; NONFINITE_STOP of them in a row
+// stop the run with exit 1, leaving the last checkpoint (of a finite model) as it was. SIGINT or
+// SIGTERM: the step finishes, a checkpoint is written, exit 130.
 static int run_training(const RunConfig *rc, float *losses, float *norms) {
     Run run;
+    install_stop_handlers();
     run_open(&run, rc);
     if (rc->eval_path && run.start == 0 && rc->eval_every > 0) run_evaluate(&run, 0);
-    int B = rc->prompts_per_step, step;
+    int B = rc->prompts_per_step, step, in_a_row = 0;
+    if (run.start >= rc->steps && rc->resume_dir && !rc->quiet)
+        printf("%s is at step %d and -x is %d: nothing to train\n", rc->resume_dir, run.start, rc->steps);
     const Problem **batch = (const Problem **)xmalloc((size_t)B * sizeof(Problem *));
     for (step = run.start + 1; step <= rc->steps; step++) {
+        run.step = step;
+        if (fault_at("signal", step)) raise(SIGINT);
         for (int b = 0; b < B; b++) batch[b] = &run.data.items[data_order_next(&run.order)];
         StepStats st = rc->mode == MODE_SFT ? sft_step(&run, batch, B) : empo_step(&run, batch, B, step);
+        int finite = isfinite(st.loss) && isfinite(st.norm);
+        in_a_row = finite ? 0 : in_a_row + 1;
+        run.nonfinite += !finite;
         log_step(&run, step, &st);
         if (losses) losses[step - 1] = st.loss;
         if (norms) norms[step - 1] = st.norm;
+        if (in_a_row >= NONFINITE_STOP) {
+            fclose(run.log);
+            FATAL("steps %d-%d had a non-finite loss or gradient norm (their updates were skipped): the run "
+                  "diverged; stopping. The last checkpoint, of finite weights, is %s/model.bin", step - in_a_row + 1,
+                  step, rc->out_dir);
+        }
         if (rc->eval_path && rc->eval_every > 0 && (step % rc->eval_every == 0 || step == rc->steps))
             run_evaluate(&run, step);
-        if ((rc->ckpt_every > 0 && step % rc->ckpt_every == 0) || step == rc->steps) run_checkpoint(&run, step);
+        int ckpt = (rc->ckpt_every > 0 && step % rc->ckpt_every == 0) || step == rc->steps;
+        if (ckpt || stop_signal) run_checkpoint(&run, step);
+        if (stop_signal) {
+            printf("%s at step %d: checkpoint written to %s/model.bin; continue with --resume %s\n",
+                   stop_signal == SIGTERM ? "SIGTERM" : "interrupted", step, rc->out_dir, rc->out_dir);
+            fflush(stdout);
+            run_close(&run);
+            free(batch);
+            exit(130);
+        }
     }
+    if (rc->steps == 0 && run.start == 0) run_checkpoint(&run, 0);   // -x 0: the initial model, resumable
     free(batch);
     run_close(&run);
     return step - 1 - run.start;
@@ -2543,8 +3207,9 @@ static void run_eval(const RunConfig *rc) {
     load_model_and_tokenizer(&m, &tok, rc);
     ProblemSet ps;
     load_problems(&ps, rc, rc->eval_path);
+    check_prompts(&ps, &tok, pick_template(rc, &tok), m.config.maxT, 0, 0, 1);
     Scorer scorer = scorer_for(rc);   // free-form: multiple choice by letter, free-form answers by the judge
-    if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s", rc->out_dir);
+    if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s: %s", rc->out_dir, strerror(errno));
     const char *base = strrchr(rc->eval_path, '/');
     base = base ? base + 1 : rc->eval_path;
     char out[1200];
@@ -2557,7 +3222,12 @@ static void run_eval(const RunConfig *rc) {
     if (rc->eval_G > 1)
         printf(" | maj@%d %.2f%% | pass@%d %.2f%% | mean semantic entropy %.3f", rc->eval_G, 100 * e.maj, rc->eval_G,
                100 * e.pass, e.entropy);
-    printf(" | mean length %.1f | %.1f s\nper-problem records: %s\n", e.mean_len, now_seconds() - t0, out);
+    printf(" | mean length %.1f | %.1f s\n", e.mean_len, now_seconds() - t0);
+    if (e.n_long) printf("%d of the %d problems have a prompt beyond the model's context of %d: counted as wrong\n",
+                         e.n_long, e.n, m.config.maxT);
+    if (ps.n_bad) printf("%d bad line%s of %s skipped (--skip-bad-lines): not in the %d\n", ps.n_bad,
+                         ps.n_bad > 1 ? "s" : "", rc->eval_path, e.n);
+    printf("per-problem records: %s\n", out);
     scorer_free(&scorer, rc->quiet);
     problems_free(&ps);
     tokenizer_free(&tok);
@@ -2569,14 +3239,25 @@ static void run_prompt(const RunConfig *rc) {
     Model m;
     Tokenizer tok;
     load_model_and_tokenizer(&m, &tok, rc);
-    Problem p = {(char *)rc->prompt_text, NULL, NULL};
+    Problem p = {(char *)rc->prompt_text, NULL, NULL, 0, 0};
     const Problem *pp = &p;
     SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, (uint64_t)rc->seed};
     Scorer scorer = scorer_math();
+    scorer.reward_cluster = exact_cluster;
     Rollouts r;
     rollouts_sample(&r, &m, &tok, &scorer, pick_template(rc, &tok), &pp, 1, rc->G, &sc, 1);
-    rollouts_score(&r, &scorer, &pp, REWARD_EMPO, 0.0f, 1e9f);
-    SemanticGroup *g = &r.group[0];
+    rollouts_score(&r, &scorer, &pp, REWARD_EMPO, 0.0f, 1e9f);   // both clusterings: group and rgroup
+    const SemanticGroup *g = &r.group[0], *gx = &r.rgroup[0], *gs[2] = {g, gx};
+    // every reward of every response, side by side; grpo needs a gold answer, which --prompt has not
+    enum { N_SHOWN = 6 };
+    static const char *const shown[N_SHOWN] = {"empo", "empo/x", "ttrl", "ttrl/x", "entropy", "certainty"};
+    static const int kind[N_SHOWN] = {REWARD_EMPO, REWARD_EMPO, REWARD_TTRL, REWARD_TTRL, REWARD_ENTROPY,
+                                      REWARD_CERTAINTY};
+    float rw[N_SHOWN][SC_MAX_G], adv[N_SHOWN][SC_MAX_G];
+    for (int k = 0; k < N_SHOWN; k++) {
+        for (int j = 0; j < r.n; j++) rw[k][j] = response_reward(&r, gs[k % 2 && k < 4], NULL, kind[k], j, j);
+        group_advantages(rw[k], r.n, adv[k]);
+    }
     printf("question: %s\n\n", rc->prompt_text);
     for (int j = 0; j < r.n; j++) {
         char *text = decode_response(&tok, &r.gen, j);
@@ -2587,17 +3268,32 @@ static void run_prompt(const RunConfig *rc) {
             memcpy(text + 70, " ... ", 5);
             memmove(text + 75, text + n - 85, 86);
         }
-        printf("[%d] %s\n    answer: %s | cluster %d | reward %.3f | advantage %+.3f | %d tokens%s\n", j, text,
-               r.answer[j] ? r.answer[j] : "(none)", g->cluster[j], r.reward[j], r.adv[j], r.gen.len[j],
+        printf("[%d] %s\n    answer: %s | cluster %d semantic, %d exact | %d tokens%s\n", j, text,
+               r.answer[j] ? r.answer[j] : "(none)", g->cluster[j], gx->cluster[j], r.gen.len[j],
                r.gen.eos[j] ? "" : " (cut)");
         free(text);
     }
-    printf("\nclusters (answers equal by math_answers_equal):\n");
-    for (int c = 0; c < g->n_clusters; c++)
-        printf("  c%d  p = %d/%d = %.3f  \"%s\"\n", c, g->size[c], g->G, g->p[c], r.answer[g->rep[c]]);
-    if (g->n_missing) printf("  no answer: %d response(s), reward 0, each a singleton in the entropy\n", g->n_missing);
-    printf("semantic entropy H = %.4f (max log G = %.4f); the reference keeps the group if H < log G: %s\n",
-           g->entropy, logf((float)g->G), entropy_in_band(g->entropy, 0.0f, logf((float)g->G)) ? "kept" : "dropped");
+    printf("\nrewards (advantage) of each response; /x: with --cluster exact; entropy, certainty: per token at T=1\n");
+    printf("%4s", "");
+    for (int k = 0; k < N_SHOWN; k++) printf(" %17s", shown[k]);
+    printf("\n");
+    for (int j = 0; j < r.n; j++) {
+        printf("[%2d]", j);
+        for (int k = 0; k < N_SHOWN; k++) printf("  %7.3f (%+6.2f)", rw[k][j], adv[k][j]);
+        printf("\n");
+    }
+    for (int x = 0; x < 2; x++) {
+        const SemanticGroup *h = gs[x];
+        printf(x ? "\nclusters by --cluster exact (the EMPO reference: equal strings after stripping \\text{}, "
+                   "\\boxed{}):\n" : "\nclusters by --cluster semantic (answers equal by math_answers_equal):\n");
+        for (int c = 0; c < h->n_clusters; c++)
+            printf("  c%d  p = %d/%d = %.3f  \"%s\"\n", c, h->size[c], h->G, h->p[c], r.answer[h->rep[c]]);
+        if (h->n_missing)
+            printf("  no answer: %d response(s), reward 0, each a singleton in the entropy\n", h->n_missing);
+        printf("%s entropy H = %.4f (max log G = %.4f); the reference keeps the group if H < log G: %s\n",
+               x ? "exact-match" : "semantic", h->entropy, logf((float)h->G),
+               entropy_in_band(h->entropy, 0.0f, logf((float)h->G)) ? "kept" : "dropped");
+    }
     rollouts_free(&r);
     tokenizer_free(&tok);
     model_free(&m);
@@ -2673,13 +3369,21 @@ static const Flag FLAGS[] = {
     CHOICE("--template", template_id, "cot|plain", -1, -1, "cot (Qwen vocab) / plain", MD_TR | MD_SF | MD_EV | MD_PR,
            "cot: the Qwen2.5-Math CoT prompt; plain: the problem text"),
     STR("-o", out_dir, "out", "out", MD_TR | MD_SF | MD_EV, -1, "DIR",
-        "output: model.bin, state.bin, log.jsonl, curves.svg, eval records"),
+        "output: model.bin (+ run state), log.jsonl, curves.svg, eval records"),
     STR("--resume", resume_dir, NULL, NULL, MD_TR | MD_SF, -1, "DIR",
-        "continue a run from DIR/model.bin + DIR/state.bin, exactly (same -s)"),
+        "continue the run in DIR (its model.bin) exactly, with its stored flags,\n"
+        "writing to DIR; only -x, -E, -C, -q may change (else --override)"),
     HEADING("EMPO                                                                           with -m / default run"),
     CHOICE("-r", reward, REWARD_CHOICES, REWARD_EMPO, REWARD_EMPO, NULL, MD_TR,
            "reward: empo (cluster share, no labels), grpo (1 if equal to the gold\n"
-           "answer: the supervised baseline), ttrl (1 if equal to the majority)"),
+           "answer: the supervised baseline), ttrl (1 if equal to the majority),\n"
+           "entropy (RENT: minus the mean token entropy), certainty (Intuitor:\n"
+           "mean KL(uniform || p_t)); token rewards use the untempered (T=1)\n"
+           "distribution at each sampled position (doc/rewards.md)"),
+    CHOICE("--cluster", cluster, "semantic|exact", CLUSTER_SEMANTIC, CLUSTER_SEMANTIC, NULL, MD_TR,
+           "clustering of the empo/ttrl rewards: semantic (math equivalence) or\n"
+           "exact (the EMPO reference: equal strings after stripping \\text{},\n"
+           "\\boxed{}; empty never equal). Logs and evaluation stay semantic"),
     I_("-G", G, 1, SC_MAX_G, 7, 8, NULL, MD_TR | MD_EV | MD_PR, "INT",
        "responses per prompt (in --eval: samples per problem)"),
     I_("-B", prompts_per_step, 1, 1 << 20, 112, 16, NULL, MD_TR | MD_SF, "INT",
@@ -2712,12 +3416,20 @@ static const Flag FLAGS[] = {
     I_("-C", ckpt_every, 0, BIG, 10, 10, NULL, MD_TR | MD_SF, "INT",
        "checkpoint every INT steps and at the end (0: at the end only)"),
     CHOICE("-S", save_dtype, "fp32|bf16", CKPT_DTYPE_FP32, CKPT_DTYPE_FP32, NULL, MD_TR | MD_SF,
-           "checkpoint dtype: fp32 (with state.bin: resumes bit-exactly)\n"
-           "or bf16 (the weights only: no --resume)"),
+           "checkpoint dtype: fp32 (with the run state: --resume continues bit-exactly)\n"
+           "or bf16 (rounded weights only: cannot be resumed)"),
     I_("-s", seed, 0, BIG, 1337, 1337, NULL, MD_TR | MD_SF | MD_EV | MD_PR, "INT", "seed"),
     {"-q", FLAG_SWITCH, RC(quiet), 0, 0, NULL, {0, 0}, {NULL, NULL}, MD_TR | MD_SF | MD_EV, -1, NULL,
      "quiet: no progress lines (results and errors only)"},
     {"-h", FLAG_SWITCH, RC(help), 0, 0, NULL, {0, 0}, {NULL, NULL}, 0xff, -1, NULL, "this help"},
+    {"--skip-bad-lines", FLAG_SWITCH, RC(skip_bad), 0, 0, NULL, {0, 0}, {NULL, NULL}, MD_TR | MD_SF | MD_EV, -1, NULL,
+     "skip (and count) data lines that are not a problem; default: an error"},
+    {"--skip-long-prompts", FLAG_SWITCH, RC(skip_long), 0, 0, NULL, {0, 0}, {NULL, NULL}, MD_TR | MD_SF, -1, NULL,
+     "training: skip prompts beyond the model's context; default: an error\n"
+     "(in evaluation they always count as wrong, and the summary says how many)"},
+    {"--override", FLAG_SWITCH, RC(override_cfg), 0, 0, NULL, {0, 0}, {NULL, NULL}, MD_TR | MD_SF, -1, NULL,
+     "with --resume: accept flags or data files that differ from the stored run\n"
+     "(each difference is printed and logged); -x, -E, -C, -q need no override"},
     HEADING("free-form answers (doc/freeform.md)"),
     CHOICE("--task", task, "math|freeform", TASK_MATH, TASK_MATH, NULL, MD_TR | MD_EV,
            "math (\\boxed{} answers, math_verify) or freeform: phrases and\n"
@@ -2765,24 +3477,192 @@ static void usage(void) {
     flags_usage(stdout, FLAGS, N_FLAGS);
 }
 
+// The value of flag f in cfg as text: what a run stores (config_to_json) and a resume compares.
+// NULL for an unset path.
+static const char *flag_text(const Flag *f, const void *cfg, char *buf, size_t cap) {
+    const char *field = (const char *)cfg + f->offset;
+    if (f->kind == FLAG_STR) return *(const char *const *)field;
+    if (f->kind == FLAG_FLOAT) snprintf(buf, cap, "%.9g", *(const float *)field);   // 9 digits: exact for a float
+    else if (f->kind == FLAG_CHOICE) {
+        const char *c = f->choices;
+        for (int k = 0; k < *(const int *)field && strchr(c, '|'); k++) c = strchr(c, '|') + 1;
+        const char *e = strchr(c, '|');
+        snprintf(buf, cap, "%.*s", (int)(e ? (size_t)(e - c) : strlen(c)), c);
+    } else snprintf(buf, cap, "%d", *(const int *)field);
+    return buf;
+}
+// The flags a run stores with its checkpoint: every one that means something in training or SFT,
+// but not those that only say what to do now.
+static int flag_stored(const Flag *f) {
+    static const char *const transient[] = {"-h", "--resume", "--override"};
+    if (f->kind == FLAG_HEADING || !(f->modes & (MD_TR | MD_SF))) return 0;
+    for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++)
+        if (!strcmp(f->name, transient[i])) return 0;
+    return 1;
+}
+// The flags a resumed run may change without --override: the length of the run, its eval and
+// checkpoint cadence, the console, and the output directory (which --resume sets).
+static int flag_may_change(const Flag *f) {
+    static const char *const free_[] = {"-x", "-E", "-C", "-q", "-o"};
+    for (size_t i = 0; i < sizeof free_ / sizeof free_[0]; i++)
+        if (!strcmp(f->name, free_[i])) return 1;
+    return 0;
+}
+static char *config_to_json(const RunConfig *rc) {
+    char *out = NULL;
+    size_t n = 0;
+    FILE *f = open_memstream(&out, &n);
+    if (!f) FATAL("out of memory");
+    fprintf(f, "{\"mode\": \"%s\", \"demo\": \"%d\"", MODE_NAMES[rc->mode], rc->demo);
+    for (int i = 0; i < N_FLAGS; i++) {
+        if (!flag_stored(&FLAGS[i])) continue;
+        char buf[64];
+        const char *v = flag_text(&FLAGS[i], rc, buf, sizeof buf);
+        fprintf(f, ", \"%s\": ", FLAGS[i].name);
+        if (v) json_write_str(f, v, strlen(v));
+        else fputs("null", f);
+    }
+    fputs("}", f);
+    if (fclose(f) != 0) FATAL("out of memory");
+    return out;
+}
+static void run_config_free(RunConfig *rc) {
+    for (int i = 0; i < rc->n_owned; i++) free(rc->owned[i]);
+    free(rc->resumed.config);
+    free(rc->overrides);
+    rc->n_owned = 0;
+    rc->resumed.config = rc->overrides = NULL;
+}
+static const char *run_config_own(RunConfig *rc, const char *s) {
+    if (rc->n_owned == (int)(sizeof rc->owned / sizeof rc->owned[0])) FATAL("too many stored flags");
+    return rc->owned[rc->n_owned++] = xstrdup(s);
+}
+
+// --resume DIR: the stored configuration of the run in DIR becomes the defaults, and every flag on
+// the command line must agree with it, but for those of flag_may_change; with --override each
+// difference is printed and kept for the log. Returns the mode the stored run is in.
+static int resume_config(RunConfig *rc, const char *dir, int argc, char **argv, int mode, const int *has,
+                         char **before) {
+    char err[1400];
+    if (run_state_read(dir, &rc->resumed, err, sizeof err) != 0) FATAL("--resume: %s", err);
+    JDoc d;
+    if (json_parse(&d, rc->resumed.config, strlen(rc->resumed.config)) != 0 || json_type(&d, 0) != J_OBJ)
+        FATAL("--resume: %s/model.bin: the stored configuration is not a JSON object", dir);
+    int stored_mode = rc->resumed.mode;
+    if (stored_mode != MODE_TRAIN && stored_mode != MODE_SFT) FATAL("--resume: %s/model.bin: bad stored mode", dir);
+    if (mode == MODE_TRAIN && stored_mode == MODE_SFT) mode = MODE_SFT;   // an SFT run, without repeating --sft
+    if (mode != stored_mode)
+        FATAL("--resume %s: that run is %s, not %s", dir, MODE_NAMES[stored_mode], MODE_NAMES[mode]);
+    RunState keep = rc->resumed;
+    run_config_defaults(rc, rc->resumed.demo);
+    rc->resumed = keep;
+    rc->demo = keep.demo;
+    for (int c = json_first(&d, 0); c >= 0; c = json_next(&d, c)) {
+        const Flag *f = flag_find(FLAGS, N_FLAGS, json_key(&d, c));
+        if (!f || !flag_stored(f) || !(f->modes >> mode & 1)) continue;
+        const char *v = json_str(&d, c);
+        if (f->kind == FLAG_STR) *(const char **)((char *)rc + f->offset) = v ? run_config_own(rc, v) : NULL;
+        else if (!v) FATAL("--resume: %s/model.bin: stored flag %s has no value", dir, f->name);
+        else if (f->kind == FLAG_SWITCH) *(int *)((char *)rc + f->offset) = atoi(v) != 0;
+        else flag_set(f, v, rc);
+    }
+    json_free(&d);
+    for (int i = 0; i < N_FLAGS; i++) {
+        char buf[64];
+        const char *v = FLAGS[i].kind == FLAG_HEADING ? NULL : flag_text(&FLAGS[i], rc, buf, sizeof buf);
+        before[i] = v ? xstrdup(v) : NULL;
+    }
+    (void)argc; (void)argv;
+    return mode;
+}
+// After the command line is applied over a stored run: the flags that changed it.
+static void resume_conflicts(RunConfig *rc, const char *dir, const int *has, char **before) {
+    int n = 0;
+    char first[600] = "", names[400] = "";
+    char *js = NULL;
+    size_t jn = 0;
+    FILE *jf = open_memstream(&js, &jn);
+    if (!jf) FATAL("out of memory");
+    for (int i = 0; i < N_FLAGS; i++) {
+        const Flag *f = &FLAGS[i];
+        if (!has[i] || !flag_stored(f) || flag_may_change(f)) continue;
+        char buf[64];
+        const char *now = flag_text(f, rc, buf, sizeof buf), *was = before[i];
+        if ((!now && !was) || (now && was && !strcmp(now, was))) continue;
+        if (!n) snprintf(first, sizeof first, "%s %.200s differs from the run's stored %s %.200s", f->name,
+                         now ? now : "(unset)", f->name, was ? was : "(unset)");
+        else if (strlen(names) + strlen(f->name) + 3 < sizeof names) {
+            strcat(names, n > 1 ? ", " : "");
+            strcat(names, f->name);
+        }
+        n++;
+        if (rc->override_cfg) fprintf(stderr, "override: %s: stored %s, now %s\n", f->name, was ? was : "(unset)",
+                                      now ? now : "(unset)");
+        // for the log line: {"-G": ["8", "4"], ...}: the stored value, then the new one (null: unset)
+        fprintf(jf, "%s\"%s\": [", n > 1 ? ", " : "{", f->name);
+        if (was) json_write_str(jf, was, strlen(was));
+        else fputs("null", jf);
+        fputs(", ", jf);
+        if (now) json_write_str(jf, now, strlen(now));
+        else fputs("null", jf);
+        fputs("]", jf);
+    }
+    if (n) fputs("}", jf);
+    if (fclose(jf) != 0) FATAL("out of memory");
+    if (n && !rc->override_cfg) {
+        char more[460] = "";
+        if (n > 1) snprintf(more, sizeof more, " (and %s)", names);
+        FATAL("--resume %s: %s%s; only -x, -E, -C and -q may change on a resume (pass --override to change it "
+              "anyway)", dir, first, more);
+    }
+    if (n) rc->overrides = js;
+    else free(js);
+}
+
 // Parses the command line into rc: the mode first (it decides which flags apply), then the
-// defaults (the paper's with -m, --init or --resume; the embedded default run's otherwise), then
-// the flags, then the checks that span several flags.
+// defaults (the paper's with -m, --init or --resume; the embedded default run's otherwise; with
+// --resume, the stored run's), then the flags, then the checks that span several flags, including
+// settings that could not train anything.
 static void parse_flags(RunConfig *rc, int argc, char **argv) {
     int has[N_FLAGS];
     int mode = flags_scan(FLAGS, N_FLAGS, argc, argv, MODE_TRAIN, has);
     int demo = !has[flag_find(FLAGS, N_FLAGS, "-m") - FLAGS] && !has[flag_find(FLAGS, N_FLAGS, "--init") - FLAGS] &&
                !has[flag_find(FLAGS, N_FLAGS, "--resume") - FLAGS];
     run_config_defaults(rc, demo);
+    rc->demo = demo;
     if (has[flag_find(FLAGS, N_FLAGS, "-h") - FLAGS]) {
         usage();
         exit(0);
     }
+    const char *resume = NULL;
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--resume")) resume = argv[i + 1];
+    char *before[N_FLAGS];
+    memset(before, 0, sizeof before);
+    if (resume) mode = resume_config(rc, resume, argc, argv, mode, has, before);
     rc->mode = mode;
     flags_apply(FLAGS, N_FLAGS, argc, argv, mode, MODE_NAMES, rc);
+    if (resume) {
+        resume_conflicts(rc, resume, has, before);
+        for (int i = 0; i < N_FLAGS; i++) free(before[i]);
+        if (has[flag_find(FLAGS, N_FLAGS, "-o") - FLAGS] && strcmp(rc->out_dir, resume) != 0)
+            FATAL("--resume %s writes to %s: drop -o %s (to branch a run, copy the directory first)", resume, resume,
+                  rc->out_dir);
+        rc->out_dir = resume;
+    } else if (has[flag_find(FLAGS, N_FLAGS, "--override") - FLAGS]) {
+        FATAL("--override only applies to --resume");
+    }
     if (mode == MODE_SFT) rc->data_path = rc->sft_path;
     if (rc->eval_G < 0) rc->eval_G = mode == MODE_EVAL && !has[flag_find(FLAGS, N_FLAGS, "-G") - FLAGS] ? 1 : rc->G;
     if (rc->eval_temperature < 0) rc->eval_temperature = rc->temperature;
+    // paths: refused when too long for the buffers that hold DIR/NAME (a silent cut would write elsewhere)
+    for (int i = 0; i < N_FLAGS; i++) {
+        const Flag *f = &FLAGS[i];
+        const char *v = f->kind == FLAG_STR ? *(const char *const *)((const char *)rc + f->offset) : NULL;
+        size_t lim = !strcmp(f->name, "-o") || !strcmp(f->name, "--resume") ? 900 : 4000;
+        if (v && f->meta && (!strcmp(f->meta, "FILE") || !strcmp(f->meta, "DIR")) && strlen(v) > lim)
+            FATAL("flag %s: the path is %zu characters long; at most %zu are supported", f->name, strlen(v), lim);
+    }
     if (rc->task != TASK_FREEFORM && (rc->verifier_path || rc->judge_template_path))
         FATAL("-R and --judge-template need --task freeform");
     if (rc->judge_template_path && !rc->verifier_path) FATAL("--judge-template needs a verifier to prompt: give -R");
@@ -2790,6 +3670,16 @@ static void parse_flags(RunConfig *rc, int argc, char **argv) {
         FATAL("--task freeform: -r grpo is not supported (use empo or ttrl)");
     if ((mode == MODE_TRAIN || mode == MODE_SFT) && !rc->data_path)
         FATAL("training needs prompts: -d FILE.jsonl (see -h)");
+    // settings that cannot train: refused before any work
+    if (mode == MODE_TRAIN && rc->G < 2)
+        FATAL("-G %d: a group of one response has an advantage of 0, so no step would train anything; use -G 2 or "
+              "more", rc->G);
+    if (mode == MODE_TRAIN && rc->temperature == 0.0f)
+        FATAL("-T 0: greedy rollouts are %d copies of one response, so every advantage is 0 and nothing trains; use "
+              "a temperature > 0", rc->G);
+    if (mode == MODE_TRAIN && rc->ent_hi >= 0 && rc->ent_lo >= rc->ent_hi)
+        FATAL("--ent-lo %g >= --ent-hi %g: the entropy band is empty, so no group would ever be trained on",
+              rc->ent_lo, rc->ent_hi);
     if (demo && mode == MODE_TRAIN)
         printf("embedded default: EMPO on %s with %s (no labels used for training), eval on %s\n", rc->data_path,
                rc->model_path, rc->eval_path ? rc->eval_path : "(none)");
@@ -2808,6 +3698,7 @@ int EMPO_MAIN(int argc, char **argv) {
     case MODE_PROMPT: run_prompt(&rc); break;
     default: run_training(&rc, NULL, NULL);
     }
+    run_config_free(&rc);
     return 0;
 }
 #endif // TESTING

@@ -40,6 +40,8 @@ Status: compiled for sm_80 and sm_90; not yet run on a GPU (see doc/cuda.md).
 #pragma GCC diagnostic ignored "-Wextra"
 #include "empoc/checkpoint.h"
 #include "empoc/args.h"
+#include "empoc/model.h"
+#include "empoc/engine.h"
 #pragma GCC diagnostic pop
 
 // ----------------------------------------------------------------------------
@@ -224,27 +226,31 @@ static void rmsnorm_backward(floatX *dx, float *dw, const floatX *dout, const fl
 
 // --- rotary embedding (HF convention, see train_empo.c: the pair (x[i], x[i+HD/2]) rotates by pos*freq_i)
 
-// In place on the q and k heads of qkv (N, QKV); row n is at position n % T. dir = +1 forward;
-// dir = -1 rotates back, which is the backward (the rotation is orthogonal).
-__global__ void rope_kernel(floatX *qkv, const float *cosb, const float *sinb, int N, int T, int NH, int NKV, int HD, float dir) {
+// In place on the q and k heads of qkv (N, QKV); row n is at position pos[n], or n % T when pos is
+// NULL (a (B, T) training batch). dir = +1 forward; dir = -1 rotates back, which is the backward
+// (the rotation is orthogonal).
+__global__ void rope_kernel(floatX *qkv, const float *cosb, const float *sinb, const int *posv, int N, int T, int NH, int NKV,
+                            int HD, float dir) {
     int h = HD / 2, QKV = (NH + 2 * NKV) * HD;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * (NH + NKV) * h) return;
     int i = (int)(idx % h);
     size_t rest = idx / h;
-    int head = (int)(rest % (NH + NKV)), n = (int)(rest / (NH + NKV)), pos = n % T;
+    int head = (int)(rest % (NH + NKV)), n = (int)(rest / (NH + NKV)), pos = posv ? posv[n] : n % T;
     floatX *x = qkv + (size_t)n * QKV + (size_t)head * HD;
     float c = cosb[(size_t)pos * h + i], s = dir * sinb[(size_t)pos * h + i];
     float x1 = tof(x[i]), x2 = tof(x[i + h]);
     x[i] = fx(x1 * c - x2 * s);
     x[i + h] = fx(x2 * c + x1 * s);
 }
-static void rope_forward(floatX *qkv, const float *cosb, const float *sinb, int N, int T, int NH, int NKV, int HD) {
-    rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(qkv, cosb, sinb, N, T, NH, NKV, HD, 1.0f);
+// qkv (N, QKV); pos (N) device positions, or NULL for rows of a (B, T) batch
+static void rope_forward(floatX *qkv, const float *cosb, const float *sinb, const int *pos, int N, int T, int NH, int NKV,
+                         int HD) {
+    rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(qkv, cosb, sinb, pos, N, T, NH, NKV, HD, 1.0f);
     LAUNCH_CHECK();
 }
 static void rope_backward(floatX *dqkv, const float *cosb, const float *sinb, int N, int T, int NH, int NKV, int HD) {
-    rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(dqkv, cosb, sinb, N, T, NH, NKV, HD, -1.0f);
+    rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(dqkv, cosb, sinb, NULL, N, T, NH, NKV, HD, -1.0f);
     LAUNCH_CHECK();
 }
 
@@ -522,34 +528,56 @@ static size_t att_smem_dq(int HD) { return (size_t)(4 * ATT_TILE * att_stride(HD
 static size_t att_smem_dkv(int HD) { return (size_t)(4 * ATT_TILE * att_stride(HD) + 2 * ATT_WARPS * ATT_R * 32 + 2 * ATT_TILE) * sizeof(float); }
 static int att_dpl(int HD) { return HD <= 32 ? 1 : HD <= 64 ? 2 : HD <= 128 ? 4 : 8; }
 
-// Opts the kernels for this head dim into more than 48 KiB of shared memory (once, at model init).
-template <int DPL> static void att_setup_dpl(int HD) {
-    cudaCheck(cudaFuncSetAttribute(attention_forward_kernel<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem_forward(HD)));
-    cudaCheck(cudaFuncSetAttribute(attention_backward_dq_kernel<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem_dq(HD)));
-    cudaCheck(cudaFuncSetAttribute(attention_backward_dkv_kernel<DPL>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem_dkv(HD)));
+// The dynamic shared memory the kernels of one DPL instance may use: enough for the largest head
+// dim that instance serves (32 * DPL), capped at what the device allows. Set once per instance
+// (att_setup_all, at startup), so that setting up a model with a smaller head dim can never lower
+// the limit for a larger one; each launch checks its own need against it.
+static int g_smem_optin = 0;   // the device's per-block opt-in maximum, asked once
+static size_t smem_optin(void) {
+    if (!g_smem_optin) cudaCheck(cudaDeviceGetAttribute(&g_smem_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, 0));
+    return (size_t)g_smem_optin;
 }
+static size_t att_smem_limit(size_t need_at_max) { return need_at_max < smem_optin() ? need_at_max : smem_optin(); }
+template <typename K> static void att_optin(K kernel, size_t need_at_max) {
+    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem_limit(need_at_max)));
+}
+template <int DPL> static void att_setup_dpl(void) {
+    att_optin(attention_forward_kernel<DPL>, att_smem_forward(32 * DPL));
+    att_optin(attention_backward_dq_kernel<DPL>, att_smem_dq(32 * DPL));
+    att_optin(attention_backward_dkv_kernel<DPL>, att_smem_dkv(32 * DPL));
+}
+static void att_setup_all(void) { att_setup_dpl<1>(); att_setup_dpl<2>(); att_setup_dpl<4>(); att_setup_dpl<8>(); }
+static void att_check_smem(size_t need, int HD) {
+    if (need > smem_optin())
+        FATAL("head_dim %d: the attention kernels need %zu bytes of shared memory, the device allows %d", HD, need, g_smem_optin);
+}
+// A model's head dim must be one the kernels handle (called at model init).
 static void attention_setup(int HD) {
-    if (HD > 256) FATAL("head_dim %d: the attention kernels handle up to 256", HD);
-    switch (att_dpl(HD)) {
-    case 1: att_setup_dpl<1>(HD); break;
-    case 2: att_setup_dpl<2>(HD); break;
-    case 4: att_setup_dpl<4>(HD); break;
-    default: att_setup_dpl<8>(HD); break;
-    }
+    if (HD > 256 || HD % 2) FATAL("head_dim %d: the attention kernels handle even head dims up to 256", HD);
+    att_check_smem(att_smem_dkv(HD), HD);
 }
 
+// grid.z holds the batch; CUDA allows at most 65535, so larger batches go in slices.
+#define MAX_GRID_Z 65535
 // out (B, T, NH*HD); lse (B, NH, T) fp32; qkv (B, T, QKV) with rope applied
 static void attention_forward(floatX *out, float *lse, const floatX *qkv, int B, int T, int NH, int NKV, int HD) {
-    dim3 grid(ceil_div(T, ATT_TILE), NH, B);
     float scale = 1.0f / sqrtf((float)HD);
-    size_t sm = att_smem_forward(HD);
-    switch (att_dpl(HD)) {
-    case 1: attention_forward_kernel<1><<<grid, ATT_WARPS * 32, sm>>>(out, lse, qkv, T, NH, NKV, HD, scale); break;
-    case 2: attention_forward_kernel<2><<<grid, ATT_WARPS * 32, sm>>>(out, lse, qkv, T, NH, NKV, HD, scale); break;
-    case 4: attention_forward_kernel<4><<<grid, ATT_WARPS * 32, sm>>>(out, lse, qkv, T, NH, NKV, HD, scale); break;
-    default: attention_forward_kernel<8><<<grid, ATT_WARPS * 32, sm>>>(out, lse, qkv, T, NH, NKV, HD, scale); break;
+    size_t sm = att_smem_forward(HD), QKV = (size_t)(NH + 2 * NKV) * HD;
+    att_check_smem(sm, HD);
+    for (int b0 = 0; b0 < B; b0 += MAX_GRID_Z) {
+        int nb = B - b0 < MAX_GRID_Z ? B - b0 : MAX_GRID_Z;
+        dim3 grid(ceil_div(T, ATT_TILE), NH, nb);
+        floatX *o = out + (size_t)b0 * T * NH * HD;
+        float *ls = lse + (size_t)b0 * NH * T;
+        const floatX *q = qkv + (size_t)b0 * T * QKV;
+        switch (att_dpl(HD)) {
+        case 1: attention_forward_kernel<1><<<grid, ATT_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, HD, scale); break;
+        case 2: attention_forward_kernel<2><<<grid, ATT_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, HD, scale); break;
+        case 4: attention_forward_kernel<4><<<grid, ATT_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, HD, scale); break;
+        default: attention_forward_kernel<8><<<grid, ATT_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, HD, scale); break;
+        }
+        LAUNCH_CHECK();
     }
-    LAUNCH_CHECK();
 }
 // dqkv (B, T, QKV) = gradient of the above (overwritten, every entry); dout, out (B, T, NH*HD);
 // lse from the forward; D (B, NH, T) fp32 scratch
@@ -557,22 +585,29 @@ static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const
                                int B, int T, int NH, int NKV, int HD) {
     attention_rowdot_kernel<<<ceil_div((long)B * T * NH, 8), 256>>>(D, dout, out, B, T, NH, HD);
     LAUNCH_CHECK();
-    dim3 gq(ceil_div(T, ATT_TILE), NH, B), gk(ceil_div(T, ATT_TILE), NKV, B);
     float scale = 1.0f / sqrtf((float)HD);
-    size_t sq = att_smem_dq(HD), sk = att_smem_dkv(HD);
-    switch (att_dpl(HD)) {
+    size_t sq = att_smem_dq(HD), sk = att_smem_dkv(HD), QKV = (size_t)(NH + 2 * NKV) * HD, NHD = (size_t)NH * HD;
+    att_check_smem(sk, HD);
+    for (int b0 = 0; b0 < B; b0 += MAX_GRID_Z) {
+        int nb = B - b0 < MAX_GRID_Z ? B - b0 : MAX_GRID_Z;
+        dim3 gq(ceil_div(T, ATT_TILE), NH, nb), gk(ceil_div(T, ATT_TILE), NKV, nb);
+        floatX *dq = dqkv + (size_t)b0 * T * QKV;
+        const floatX *g = dout + (size_t)b0 * T * NHD, *q = qkv + (size_t)b0 * T * QKV;
+        const float *ls = lse + (size_t)b0 * NH * T, *d = D + (size_t)b0 * NH * T;
+        switch (att_dpl(HD)) {
 #define ATT_BWD(DPL_)                                                                                                   \
-    attention_backward_dq_kernel<DPL_><<<gq, ATT_WARPS * 32, sq>>>(dqkv, dout, qkv, lse, D, T, NH, NKV, HD, scale);     \
+    attention_backward_dq_kernel<DPL_><<<gq, ATT_WARPS * 32, sq>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);             \
     LAUNCH_CHECK();                                                                                                     \
-    attention_backward_dkv_kernel<DPL_><<<gk, ATT_WARPS * 32, sk>>>(dqkv, dout, qkv, lse, D, T, NH, NKV, HD, scale);    \
+    attention_backward_dkv_kernel<DPL_><<<gk, ATT_WARPS * 32, sk>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);            \
     break;
-    case 1: ATT_BWD(1)
-    case 2: ATT_BWD(2)
-    case 4: ATT_BWD(4)
-    default: ATT_BWD(8)
+        case 1: ATT_BWD(1)
+        case 2: ATT_BWD(2)
+        case 4: ATT_BWD(4)
+        default: ATT_BWD(8)
 #undef ATT_BWD
+        }
+        LAUNCH_CHECK();
     }
-    LAUNCH_CHECK();
 }
 
 // --- SwiGLU: out (N, I) = silu(gate) * up; fch (N, 2I) holds gate in [0, I), up in [I, 2I)
@@ -738,6 +773,400 @@ __global__ void add_bias_kernel(floatX *out, const floatX *bias, int N, int OC) 
     out[idx] = fx(tof(out[idx]) + tof(bias[idx % OC]));
 }
 
+// --- generation: the paged KV cache, decode attention, sampling
+//
+// The KV cache is a pool of pages of KV_PAGE positions each; a sequence holds a table of page ids,
+// so memory follows the actual lengths, and the G responses of a prompt share the pages their
+// prompt fills completely. Page layout: (L, 2, NKV, KV_PAGE, HD), k then v, so that the keys of one
+// layer and kv head in one page are KV_PAGE * HD contiguous values. floatX: bf16 in the bf16 build.
+
+#define KV_PAGE 16
+#define DEC_SPLIT 256      // keys per flash-decoding split: a multiple of 32 (the chunk) and of KV_PAGE
+#define DEC_WARPS 4
+#define DEC_MAX_REP 8      // query heads per kv head the decode kernel holds in registers (Qwen2.5-1.5B: 6)
+
+// Element offset of (position j, layer l, k or v, kv head hk, dim 0) for the sequence whose page
+// table row is `table`.
+__device__ __forceinline__ size_t kv_offset(const int *table, int j, int l, int w, int hk, int L, int NKV, int HD) {
+    int page = table[j / KV_PAGE];
+    return (((((size_t)page * L + l) * 2 + w) * NKV + hk) * KV_PAGE + j % KV_PAGE) * HD;
+}
+
+// Writes the keys and values of N new tokens of layer l into their pages. qkv (N, QKV) after rope;
+// token n belongs to the sequence of table row slot[n] (slot NULL: row n; -1: padding, skipped) at
+// position pos[n]. table (rows, max_pages) page ids. One thread per element.
+__global__ void kv_write_kernel(floatX *pool, const floatX *qkv, const int *slot, const int *pos, const int *table,
+                                int max_pages, int N, int l, int L, int NH, int NKV, int HD) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x, per = (size_t)2 * NKV * HD;
+    if (idx >= (size_t)N * per) return;
+    int n = (int)(idx / per), r = (int)(idx % per), s = slot ? slot[n] : n;
+    if (s < 0) return;
+    int w = r / (NKV * HD), hk = (r / HD) % NKV, d = r % HD, QKV = (NH + 2 * NKV) * HD;
+    pool[kv_offset(table + (size_t)s * max_pages, pos[n], l, w, hk, L, NKV, HD) + d] =
+        qkv[(size_t)n * QKV + (size_t)(NH + w * NKV + hk) * HD + d];   // k heads at NH*HD, v heads after them
+}
+// pool (pages, L, 2, NKV, KV_PAGE, HD); qkv (N, QKV) after rope
+static void kv_write(floatX *pool, const floatX *qkv, const int *slot, const int *pos, const int *table, int max_pages,
+                     int N, int l, const ModelConfig *c) {
+    kv_write_kernel<<<ceil_div((long)N * 2 * c->NKV * c->HD, 256), 256>>>(pool, qkv, slot, pos, table, max_pages, N, l, c->L,
+                                                                         c->NH, c->NKV, c->HD);
+    LAUNCH_CHECK();
+}
+// Page dst[i] = page src[i] (every layer), for n pairs: a response's own copy of its prompt's last,
+// partly filled page. page_elems = L * 2 * NKV * KV_PAGE * HD.
+__global__ void kv_copy_pages_kernel(floatX *pool, const int *src, const int *dst, int n, size_t page_elems) {
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < (size_t)n * page_elems;
+         idx += (size_t)gridDim.x * blockDim.x) {
+        size_t i = idx / page_elems, e = idx % page_elems;
+        pool[(size_t)dst[i] * page_elems + e] = pool[(size_t)src[i] * page_elems + e];
+    }
+}
+
+// Decode attention, flash-decoding style: one new query token per sequence against its cache.
+// One block per (sequence s, kv head hk, split): the rep = NH/NKV query heads of hk (GQA: each key
+// is read once for all of them) against keys [split*DEC_SPLIT, min(len, (split+1)*DEC_SPLIT)).
+// The split's warps take 32-key chunks in turn. Per chunk a warp stages the keys in shared memory
+// as fp32, lane j scores key j against the rep queries (dot products from shared memory, as the
+// training kernel), updates an online softmax per query head, then stages the values over the keys
+// and each lane accumulates head dims d = lane + 32k. The warps' partials are merged in shared
+// memory, and the split writes (max, sum, unnormalized output) for decode_combine_kernel.
+// Splits make the grid large enough for few long sequences; their boundaries are absolute
+// positions, so a sequence's result does not depend on the batch it is decoded in.
+// qkv (S, QKV) after rope; lens (S) keys per sequence, the new one included; table (S, max_pages).
+// part_o (S, NH, n_split, HD), part_ml (S, NH, n_split, 2) fp32.
+template <int DPL>
+__global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_kernel(float *part_o, float *part_ml, const floatX *qkv,
+                                                                          const floatX *pool, const int *table, const int *lens,
+                                                                          int max_pages, int n_split, int l, int L, int NH,
+                                                                          int NKV, int HD, float scale) {
+    extern __shared__ float4 dec_smem4[];
+    float *smem = (float *)dec_smem4;
+    const int SR = att_stride(HD), HDP = SR - 4, QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, MR = DEC_MAX_REP;
+    float *sQ = smem, *sKV = sQ + MR * SR, *sP = sKV + DEC_WARPS * 32 * SR;   // (MR, SR), (W, 32, SR), (W, MR, 32)
+    int s = blockIdx.x, hk = blockIdx.y, split = blockIdx.z, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int len = lens[s], k0 = split * DEC_SPLIT, k1 = min(len, k0 + DEC_SPLIT);
+    if (k0 >= len) return;   // block-uniform: the combine reads only the splits a sequence has
+    const int *tab = table + (size_t)s * max_pages;
+    for (int i = threadIdx.x; i < MR * SR; i += blockDim.x) {
+        int r = i / SR, d = i % SR;
+        sQ[i] = r < rep && d < HD ? tof(qkv[(size_t)s * QKV + (size_t)(hk * rep + r) * HD + d]) : 0.0f;
+    }
+    __syncthreads();
+    float o[DEC_MAX_REP][DPL], m[DEC_MAX_REP], lsum[DEC_MAX_REP];
+#pragma unroll
+    for (int r = 0; r < MR; r++) {
+        m[r] = -INFINITY; lsum[r] = 0.0f;
+#pragma unroll
+        for (int k = 0; k < DPL; k++) o[r][k] = 0.0f;
+    }
+    float *myKV = sKV + warp * 32 * SR, *myP = sP + warp * MR * 32;
+    for (int c0 = k0 + warp * 32; c0 < k1; c0 += DEC_WARPS * 32) {
+        int jn = min(32, k1 - c0), j = c0 + lane;
+        for (int jj = 0; jj < 32; jj++) {   // the chunk's keys, one row per step, lanes along the head dim
+            size_t at = jj < jn ? kv_offset(tab, c0 + jj, l, 0, hk, L, NKV, HD) : 0;
+            for (int d = lane; d < SR; d += 32) myKV[jj * SR + d] = jj < jn && d < HD ? tof(pool[at + d]) : 0.0f;
+        }
+        __syncwarp();
+        float sc[DEC_MAX_REP];
+#pragma unroll
+        for (int r = 0; r < MR; r++) sc[r] = 0.0f;
+        for (int d = 0; d < HDP; d += 4) {
+            float4 y = *(const float4 *)(myKV + lane * SR + d);
+#pragma unroll
+            for (int r = 0; r < MR; r++) {
+                if (r >= rep) break;
+                float4 x = *(const float4 *)(sQ + r * SR + d);
+                sc[r] = fmaf(x.x, y.x, fmaf(x.y, y.y, fmaf(x.z, y.z, fmaf(x.w, y.w, sc[r]))));
+            }
+        }
+#pragma unroll
+        for (int r = 0; r < MR; r++) {
+            if (r >= rep) break;
+            float v = j < k1 ? sc[r] * scale : -INFINITY;
+            float mnew = fmaxf(m[r], warp_max(v));            // finite: key c0 < k1 is always there
+            float p = j < k1 ? expf(v - mnew) : 0.0f;
+            float corr = expf(m[r] - mnew);                   // 0 on the first chunk (m = -inf)
+            lsum[r] = lsum[r] * corr + warp_sum(p);
+            m[r] = mnew;
+#pragma unroll
+            for (int k = 0; k < DPL; k++) o[r][k] *= corr;
+            myP[r * 32 + lane] = p;
+        }
+        __syncwarp();   // every lane is done reading the keys
+        for (int jj = 0; jj < jn; jj++) {
+            size_t at = kv_offset(tab, c0 + jj, l, 1, hk, L, NKV, HD);
+            for (int d = lane; d < HD; d += 32) myKV[jj * SR + d] = tof(pool[at + d]);
+        }
+        __syncwarp();
+        for (int jj = 0; jj < jn; jj++) {
+#pragma unroll
+            for (int k = 0; k < DPL; k++) {
+                int d = lane + 32 * k;
+                float v = d < HD ? myKV[jj * SR + d] : 0.0f;
+#pragma unroll
+                for (int r = 0; r < MR; r++) {
+                    if (r >= rep) break;
+                    o[r][k] = fmaf(myP[r * 32 + jj], v, o[r][k]);
+                }
+            }
+        }
+        __syncwarp();   // before the next chunk overwrites myKV and myP
+    }
+    // merge the warps: each writes its (m, l, o) per query head, then threads over (head, dim) combine
+    __syncthreads();
+    float *sO = sKV, *sML = sP;   // (W, MR, SR), (W, MR, 2): fit in the regions they reuse
+#pragma unroll
+    for (int r = 0; r < MR; r++) {
+        if (r >= rep) break;
+#pragma unroll
+        for (int k = 0; k < DPL; k++) { int d = lane + 32 * k; if (d < HD) sO[(warp * MR + r) * SR + d] = o[r][k]; }
+        if (lane == 0) { sML[(warp * MR + r) * 2] = m[r]; sML[(warp * MR + r) * 2 + 1] = lsum[r]; }
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < rep * HD; i += blockDim.x) {
+        int r = i / HD, d = i % HD;
+        float M = -INFINITY, acc = 0.0f, lt = 0.0f;
+        for (int w = 0; w < DEC_WARPS; w++) M = fmaxf(M, sML[(w * MR + r) * 2]);
+        for (int w = 0; w < DEC_WARPS; w++) {
+            float mw = sML[(w * MR + r) * 2];
+            if (mw == -INFINITY) continue;                    // a warp that had no chunk
+            float e = expf(mw - M);
+            acc += e * sO[(w * MR + r) * SR + d];
+            lt += e * sML[(w * MR + r) * 2 + 1];
+        }
+        size_t at = ((size_t)s * NH + hk * rep + r) * n_split + split;
+        part_o[at * HD + d] = acc;
+        if (d == 0) { part_ml[at * 2] = M; part_ml[at * 2 + 1] = lt; }
+    }
+}
+// out (S, NH*HD) = the merge of each (sequence, head)'s splits, in split order (deterministic).
+__global__ void decode_combine_kernel(floatX *out, const float *part_o, const float *part_ml, const int *lens, int n_split, int NH,
+                                      int HD) {
+    int s = blockIdx.x, h = blockIdx.y, ns = (lens[s] + DEC_SPLIT - 1) / DEC_SPLIT;
+    size_t base = ((size_t)s * NH + h) * n_split;
+    float M = -INFINITY, lt = 0.0f;
+    for (int i = 0; i < ns; i++) M = fmaxf(M, part_ml[(base + i) * 2]);
+    for (int i = 0; i < ns; i++) lt += expf(part_ml[(base + i) * 2] - M) * part_ml[(base + i) * 2 + 1];
+    for (int d = threadIdx.x; d < HD; d += blockDim.x) {
+        float acc = 0.0f;
+        for (int i = 0; i < ns; i++) acc += expf(part_ml[(base + i) * 2] - M) * part_o[(base + i) * HD + d];
+        out[(size_t)s * NH * HD + (size_t)h * HD + d] = fx(acc / lt);
+    }
+}
+static size_t dec_smem(int HD) { return (size_t)(DEC_MAX_REP * att_stride(HD) + DEC_WARPS * 32 * att_stride(HD) +
+                                                 DEC_WARPS * DEC_MAX_REP * 32) * sizeof(float); }
+static void dec_setup_all(void) {
+    att_optin(decode_attention_kernel<1>, dec_smem(32)); att_optin(decode_attention_kernel<2>, dec_smem(64));
+    att_optin(decode_attention_kernel<4>, dec_smem(128)); att_optin(decode_attention_kernel<8>, dec_smem(256));
+}
+// out (S, NH*HD); qkv (S, QKV) after rope, its k and v already in the pages; lens, table as above;
+// part_o, part_ml scratch for n_split = ceil(max len / DEC_SPLIT) splits
+static void decode_attention(floatX *out, float *part_o, float *part_ml, const floatX *qkv, const floatX *pool, const int *table,
+                             const int *lens, int max_pages, int n_split, int S, int l, const ModelConfig *c) {
+    int NH = c->NH, NKV = c->NKV, HD = c->HD;
+    if (NH / NKV > DEC_MAX_REP) FATAL("decode attention: %d query heads per kv head (at most %d)", NH / NKV, DEC_MAX_REP);
+    float scale = 1.0f / sqrtf((float)HD);
+    size_t sm = dec_smem(HD);
+    att_check_smem(sm, HD);
+    dim3 grid(S, NKV, n_split);   // sequences along x (up to 2^31 - 1), the few splits along z
+    int ll = c->L;
+    switch (att_dpl(HD)) {
+#define DEC_LAUNCH(DPL_) decode_attention_kernel<DPL_><<<grid, DEC_WARPS * 32, sm>>>(part_o, part_ml, qkv, pool, table, lens, \
+                                                                                   max_pages, n_split, l, ll, NH, NKV, HD, scale);
+    case 1: DEC_LAUNCH(1) break;
+    case 2: DEC_LAUNCH(2) break;
+    case 4: DEC_LAUNCH(4) break;
+    default: DEC_LAUNCH(8) break;
+#undef DEC_LAUNCH
+    }
+    LAUNCH_CHECK();
+    decode_combine_kernel<<<dim3(S, NH), HD < 256 ? (HD + 31) / 32 * 32 : 256>>>(out, part_o, part_ml, lens, n_split, NH, HD);
+    LAUNCH_CHECK();
+}
+
+// dst (n, C) = src rows idx[0..n) (the last token of each sequence, before the LM head)
+__global__ void gather_rows_kernel(floatX *dst, const floatX *src, const int *idx, int n, int C) {
+    size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    if (i >= (size_t)n * C) return;
+    dst[i] = src[(size_t)idx[i / C] * C + i % C];
+}
+
+// One block per row of fp32 logits (n, V): out (n, n_cand) = log softmax(row)[cand[c]] (the judge).
+__global__ void rows_logprobs_kernel(float *out, const float *logits, int V, const int *cand, int n_cand) {
+    __shared__ float sh[32];
+    __shared__ float sh_m[32];
+    const float *x = logits + (size_t)blockIdx.x * V;
+    float m = -FLT_MAX, s = 0.0f;
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float xv = x[v];
+        if (xv > m) { s *= expf(m - xv); m = xv; }
+        s += expf(xv - m);
+    }
+    float mw = warp_max(m);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    if (lane == 0) sh_m[warp] = mw;
+    __syncthreads();
+    float M = lane < nw ? sh_m[lane] : -FLT_MAX;
+    M = warp_max(M);
+    float S = block_sum(s * expf(m - M), sh), lse = M + logf(S);
+    for (int c = threadIdx.x; c < n_cand; c += blockDim.x) out[(size_t)blockIdx.x * n_cand + c] = x[cand[c]] - lse;
+}
+
+// Sampling, one block per output row, over fp32 logits (V), as train_empo.c's sample_token: greedy
+// is the argmax (lowest id on ties); otherwise a draw from softmax(x / temperature), restricted to
+// the top_k most likely tokens and then to the smallest set, by probability with ties to the lower
+// id, whose mass reaches top_p (the token that crosses it is kept). u[i] is the response's uniform,
+// drawn on the host from its RNG stream (model.h), so the stream is the CPU's.
+// Without truncation (the paper's setting) the draw is the CPU's: the first token, in vocabulary
+// order, where the running sum passes u * sum, here as per-thread chunk sums and a scan. With
+// truncation the kept set is found without sorting: each token has a key (probability bits, then
+// the inverted id), and bisection over the 64-bit keys finds the k-th largest (top-k) and then the
+// largest key whose set still holds top_p of the mass (top-p); the draw then runs over the kept
+// tokens in vocabulary order (the CPU walks them in sorted order: the same distribution, but the
+// same u can pick another token).
+// Writes tok[i] and logp[i] = log softmax(x)[tok] (untempered, untruncated: the PPO ratio's), and
+// keep_key[i] (may be NULL) = the smallest key kept (0: all), for tests.
+// rows (n) selects the logits row of each output (NULL: row i), so G draws can share one row.
+#define SAMPLE_THREADS 256
+__host__ __device__ __forceinline__ uint32_t float_bits(float f) {
+#ifdef __CUDA_ARCH__
+    return __float_as_uint(f);
+#else
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    return u;
+#endif
+}
+__host__ __device__ __forceinline__ uint64_t sample_key(float q, int v) {   // (the host side: for tests)
+    return ((uint64_t)float_bits(q) << 32) | (uint64_t)(0xFFFFFFFFu - (uint32_t)v);   // q >= 0: bits are ordered
+}
+// (count, mass) of the tokens whose key is >= K (eq: and whose probability bits are K's high word);
+// q is recomputed from x. The per-thread sums are added up by thread 0 in thread order (two
+// barriers, the same result every run); every thread gets both. tc, ts: nt + 1 floats of shared.
+__device__ void sample_kept(float *count, float *mass, const float *x, int V, float M, float inv_t, uint64_t K, int eq,
+                            float *tc, float *ts) {
+    int nt = blockDim.x, tid = threadIdx.x;
+    float c = 0.0f, s = 0.0f;
+    for (int v = tid; v < V; v += nt) {
+        float q = expf((x[v] - M) * inv_t);
+        uint64_t key = sample_key(q, v);
+        if (key >= K && (!eq || (key >> 32) == (K >> 32))) { c += 1.0f; s += q; }
+    }
+    tc[tid] = c; ts[tid] = s;
+    __syncthreads();
+    if (tid == 0) {
+        float C = 0.0f, S = 0.0f;
+        for (int t = 0; t < nt; t++) { C += tc[t]; S += ts[t]; }
+        tc[nt] = C; ts[nt] = S;
+    }
+    __syncthreads();   // (the next call writes tc[tid] only: slot nt stays readable until its first barrier)
+    *count = tc[nt]; *mass = ts[nt];
+}
+// The largest key K >= lo whose set {key >= K} still has need_count tokens and need_mass mass:
+// bisection over the high word (the probability's bits) first, then over the low word (the
+// inverted ids) only when several tokens share the threshold probability; with one or none, every
+// K with that high word keeps the same set. 32 to 64 passes over the row.
+__device__ uint64_t sample_bisect(const float *x, int V, float M, float inv_t, uint64_t lo, float need_count, float need_mass,
+                                  float *tc, float *ts) {
+    float c, ms;
+    uint64_t hlo = lo >> 32, hhi = 0xFFFFFFFFull;
+    while (hlo < hhi) {
+        uint64_t mid = hlo + (hhi - hlo) / 2 + 1, K = mid << 32 > lo ? mid << 32 : lo;
+        sample_kept(&c, &ms, x, V, M, inv_t, K, 0, tc, ts);
+        if (c >= need_count && ms >= need_mass) hlo = mid; else hhi = mid - 1;
+    }
+    uint64_t K = hlo << 32 > lo ? hlo << 32 : lo;
+    sample_kept(&c, &ms, x, V, M, inv_t, K, 1, tc, ts);
+    if (c <= 1.0f) return K;
+    uint64_t llo = K, lhi = (hlo << 32) | 0xFFFFFFFFull;
+    while (llo < lhi) {
+        uint64_t mid = llo + (lhi - llo) / 2 + 1;
+        sample_kept(&c, &ms, x, V, M, inv_t, mid, 0, tc, ts);
+        if (c >= need_count && ms >= need_mass) llo = mid; else lhi = mid - 1;
+    }
+    return llo;
+}
+__global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows, const float *u,
+                              int V, float inv_t, int top_k, float top_p, int greedy) {
+    __shared__ float t_m[SAMPLE_THREADS + 1], t_s[SAMPLE_THREADS + 1];
+    __shared__ int t_best[SAMPLE_THREADS];
+    __shared__ float s_M, s_lse, s_r;
+    __shared__ int s_best, s_tok;
+    int i = blockIdx.x, nt = blockDim.x, tid = threadIdx.x;
+    const float *x = logits + (size_t)(rows ? rows[i] : i) * V;
+    // max (lowest id on ties) and sum of exp(x - max), online per thread, then combined in thread order
+    float m = -FLT_MAX, s = 0.0f;
+    int best = V;
+    for (int v = tid; v < V; v += nt) {
+        float xv = x[v];
+        if (xv > m) { s *= expf(m - xv); m = xv; best = v; }
+        s += expf(xv - m);
+    }
+    t_m[tid] = m; t_s[tid] = s; t_best[tid] = best;
+    __syncthreads();
+    if (tid == 0) {
+        float M = -FLT_MAX, S = 0.0f;
+        int b = V;
+        for (int t = 0; t < nt; t++) if (t_m[t] > M || (t_m[t] == M && t_best[t] < b)) { M = t_m[t]; b = t_best[t]; }
+        for (int t = 0; t < nt; t++) S += t_s[t] * expf(t_m[t] - M);
+        s_M = M; s_best = b; s_lse = M + logf(S);
+    }
+    __syncthreads();
+    float M = s_M;
+    uint64_t K = 0;
+    if (!greedy) {
+        if (top_k > 0 && top_k < V) K = sample_bisect(x, V, M, inv_t, 0, (float)top_k, 0.0f, t_m, t_s);   // the k-th largest key
+        if (top_p < 1.0f) {   // then the smallest prefix of the kept set that holds top_p of its mass
+            float c, kept;
+            sample_kept(&c, &kept, x, V, M, inv_t, K, 0, t_m, t_s);
+            K = sample_bisect(x, V, M, inv_t, K, 1.0f, top_p * kept, t_m, t_s);
+        }
+        // the draw: chunk sums of the kept mass in vocabulary order, an exclusive scan, and the
+        // thread whose chunk holds u * total walks it
+        int ch = (V + nt - 1) / nt, v0 = tid * ch, v1 = min(V, v0 + ch);
+        float cs = 0.0f;
+        for (int v = v0; v < v1; v++) { float q = expf((x[v] - M) * inv_t); if (sample_key(q, v) >= K) cs += q; }
+        t_s[tid] = cs;
+        __syncthreads();
+        if (tid == 0) {
+            float acc = 0.0f;
+            for (int t = 0; t < nt; t++) { float c = t_s[t]; t_m[t] = acc; acc += c; }   // t_m: exclusive prefix
+            s_r = u[i] * acc;
+            s_tok = s_best;   // rounding at the very end of the sum: the argmax, as the CPU
+        }
+        __syncthreads();
+        float r = s_r, acc = t_m[tid];
+        if (acc <= r && r < acc + cs) {
+            int last = -1;
+            for (int v = v0; v < v1; v++) {
+                float q = expf((x[v] - M) * inv_t);
+                if (sample_key(q, v) < K) continue;
+                last = v;
+                acc += q;
+                if (acc > r) break;
+            }
+            if (last >= 0) s_tok = last;
+        }
+        __syncthreads();
+    }
+    if (tid == 0) {
+        int t = greedy ? s_best : s_tok;
+        tok[i] = t;
+        logp[i] = x[t] - s_lse;
+        if (keep_key) keep_key[i] = K;
+    }
+}
+// tok, logp (n) for rows of logits (.., V) fp32; u (n) uniforms (unused when greedy)
+static void sample_rows(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows, const float *u, int n,
+                        int V, const SamplerConfig *sc) {
+    int greedy = sc->temperature <= 0.0f || sc->top_k == 1;
+    float inv_t = greedy ? 1.0f : 1.0f / sc->temperature;
+    // few threads for a small vocabulary (tests): all the work is per token, the barriers per block
+    int nt = V >= 4 * SAMPLE_THREADS ? SAMPLE_THREADS : ((V + 3) / 4 + 31) / 32 * 32;
+    sample_kernel<<<n, nt>>>(tok, logp, keep_key, logits, rows, u, V, inv_t, sc->top_k, sc->top_p, greedy);
+    LAUNCH_CHECK();
+}
+
 // ----------------------------------------------------------------------------
 // 3. matmul: cuBLASLt, fp32 accumulation (CUBLAS_COMPUTE_32F: also no TF32 in the fp32 build)
 
@@ -754,21 +1183,38 @@ static uint32_t ptr_alignment(const void *p) {
     return al;
 }
 
-// A small cache of cuBLASLt's algorithm choices, keyed by everything the heuristic looks at.
+// A cache of cuBLASLt's algorithm choices, keyed by everything the heuristic looks at: open
+// addressing over LT_CACHE slots, looked up by a hash of the key. A training step makes a few
+// hundred distinct calls (T is rounded up to a multiple of T_ALIGN, so the shapes are few); when
+// the table is full, a new shape replaces the entry in its home slot, so the cache never stops
+// caching (a fixed array that fills up would query the heuristic on every later call).
 typedef struct { int transA, transB, m, n, k, lda, ldb, ldd, d_type, has_bias; uint32_t al_a, al_b, al_d; } LtKey;
-typedef struct { LtKey key; int found; cublasLtMatmulAlgo_t algo; } LtAlgo;
-#define LT_CACHE 256
+typedef struct { LtKey key; int used, found; cublasLtMatmulAlgo_t algo; } LtAlgo;
+#define LT_CACHE 4096
+#define LT_PROBE 8
 static LtAlgo g_lt_cache[LT_CACHE];
-static int g_lt_cached = 0;
+static uint32_t lt_hash(const LtKey *k) {   // FNV-1a over the key's bytes
+    const unsigned char *b = (const unsigned char *)k;
+    uint32_t h = 2166136261u;
+    for (size_t i = 0; i < sizeof *k; i++) h = (h ^ b[i]) * 16777619u;
+    return h;
+}
 static LtAlgo *lt_cache_find(const LtKey *k) {
-    for (int i = 0; i < g_lt_cached; i++) if (!memcmp(&g_lt_cache[i].key, k, sizeof *k)) return &g_lt_cache[i];
+    uint32_t h = lt_hash(k);
+    for (int i = 0; i < LT_PROBE; i++) {
+        LtAlgo *e = &g_lt_cache[(h + i) % LT_CACHE];
+        if (!e->used) return NULL;
+        if (!memcmp(&e->key, k, sizeof *k)) return e;
+    }
     return NULL;
 }
 static LtAlgo *lt_cache_add(const LtKey *k, int found, const cublasLtMatmulAlgo_t *algo) {
-    static LtAlgo spill;   // full: remember nothing, just use it this once
-    LtAlgo *e = g_lt_cached < LT_CACHE ? &g_lt_cache[g_lt_cached++] : &spill;
+    uint32_t h = lt_hash(k);
+    LtAlgo *e = &g_lt_cache[h % LT_CACHE];   // full probe window: replace the home slot
+    for (int i = 0; i < LT_PROBE; i++)
+        if (!g_lt_cache[(h + i) % LT_CACHE].used) { e = &g_lt_cache[(h + i) % LT_CACHE]; break; }
     memset(e, 0, sizeof *e);
-    e->key = *k; e->found = found;
+    e->key = *k; e->used = 1; e->found = found;
     if (found) e->algo = *algo;
     return e;
 }
@@ -806,7 +1252,7 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
         // the heuristic's choice, cached per shape (a training step makes the same few hundred calls)
-        LtKey key = {transA, transB, m, n, k, lda, ldb, ldd, (int)d_type, bias != NULL, al_a, al_b, al_d};
+        LtKey key = {transA, transB, m, n, k, lda, ldb, ldd, (int)d_type, bias != NULL, al_a, al_b, al_d};   // 13 ints: no padding
         LtAlgo *cached = lt_cache_find(&key);
         if (!cached) {
             cublasLtMatmulHeuristicResult_t heur;
@@ -865,10 +1311,12 @@ template <typename F> struct Tensors {   // pointers into one block, in checkpoi
     F *lnfw;     // (C)
     F *lmw;      // (V, C); points at wte when tied
 };
+// Where each tensor starts is model.h's param_offsets, shared with train_empo.c.
 template <typename F> static void point_tensors(Tensors<F> *p, const size_t sizes[NUM_PARAM_TENSORS], F *mem, int tied) {
     F **ptrs[NUM_PARAM_TENSORS] = {&p->wte, &p->ln1w, &p->qkvw, &p->qkvb, &p->attprojw, &p->ln2w, &p->fcw, &p->fcprojw, &p->lnfw, &p->lmw};
-    for (int i = 0; i < NUM_PARAM_TENSORS; i++) { *ptrs[i] = mem; mem += sizes[i]; }
-    if (tied) p->lmw = p->wte;
+    size_t off[NUM_PARAM_TENSORS];
+    param_offsets(off, sizes, tied);
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) *ptrs[i] = mem + off[i];
 }
 
 // Activations: one device block, carved into the tensors below (different element types, each
@@ -880,7 +1328,7 @@ typedef struct {
     float *ln1_rstd;    // (L, N)
     floatX *qkv;        // (L, N, QKV) after bias and rope
     floatX *atty;       // (L, N, NH*HD)
-    float *att_lse;     // (L, B, NH, T) softmax log-sum-exp per query row
+    float *att_lse;     // (L, B, NH, T) softmax log-sum-exp per query row (N = B*T)
     floatX *resid2;     // (L, N, C) residual stream after attention
     floatX *ln2;        // (L, N, C), or (N, C) with recompute >= 2
     float *ln2_rstd;    // (L, N)
@@ -907,65 +1355,101 @@ typedef struct {
 } Activations;
 #define NUM_ACTS 28
 
-typedef struct {
+// GPU-only settings, from flags that the host layer does not know (train_empo_cu's main takes them
+// off the command line before handing the rest over). They apply to models loaded or made later.
+static int g_use_master = 1;     // --master: 1 fp32 master weights; 0 bf16 weights + stochastic rounding
+static int g_recompute = 0;      // --recompute: 0 none, 1 SwiGLU, 2 SwiGLU and RMSNorm outputs
+static int g_head_rows = 0;      // --head-rows: rows of logits per LM-head chunk (0 = about 256 MiB)
+static double g_kv_gib = 0.0;    // --kv-gib: the KV-cache pool of generate (0 = 90% of the free memory)
+static int g_gen_batch = 1024;   // --gen-batch: sequences decoded together at most
+
+// Training rows are padded to a multiple of T_ALIGN positions (the attention tile): the activation
+// layout then has few distinct shapes (and cuBLASLt few distinct problems), and padding at the
+// end of a causal row changes nothing before it.
+#define T_ALIGN ATT_TILE
+static inline int round_up(int x, int a) { return (x + a - 1) / a * a; }
+
+struct Model {
+    // the fields the host layer reads (engine.h); logp and dlogp are host memory
     ModelConfig config;
-    size_t param_sizes[NUM_PARAM_TENSORS], num_parameters;
+    size_t num_parameters;
+    unsigned char *tok; size_t tok_bytes;
+    int n_eos, eos[CKPT_MAX_EOS];
+    float mean_loss;           // of the last forward with targets; -1 without
+    float *logp, *dlogp;       // (B, T) of the last forward: log p(target), and dLoss/dlogp for the backward
+    int adam_step;
+    // the engine's own
+    size_t param_sizes[NUM_PARAM_TENSORS];
     Tensors<floatX> params;
     floatX *params_memory;
-    float *master_memory;      // fp32 master weights, or NULL (fp32 build, or bf16 with stochastic rounding)
+    float *master_memory;      // fp32 master weights, or NULL (fp32 build, --master 0, or not yet needed)
+    int use_master;            // the master copy is made at the first update if the load did not need one
     Tensors<float> grads;
-    float *grads_memory;       // fp32, always allocated with the model
+    float *grads_memory;       // fp32, allocated by the first zero_grad: inference-only models have none
     float *m_memory, *v_memory;
-    int adam_step, use_master;
     float *norm_scratch;       // NORM_BLOCKS partials + the norm
     Activations acts;
     void *acts_memory;
-    size_t acts_bytes;
-    int B, T, recompute, head_rows;   // head_rows: rows of logits per chunk (0 = automatic)
-    int head_rows_used, recompute_used;   // what the activations were allocated for
-    float *rope_cos, *rope_sin;       // device (maxT, HD/2)
-    // host copies: the last forward's inputs, targets, the log-probs it produced, and dLoss/dlogp
-    // for the backward (set by the forward's loss, or by the caller, as in train_empo.c)
-    int *inputs, *targets;
-    float *logp, *dlogp;
-    float mean_loss;           // of the last forward with targets; -1 without
-    unsigned char *tok; size_t tok_bytes;
-    int n_eos, eos[CKPT_MAX_EOS];
-} Model;
+    size_t acts_bytes, cap_N;  // cap_N: tokens the activations hold (model_reserve, or a larger forward)
+    int B, T, Tp;              // the last forward: the caller's B and T, and T rounded up to T_ALIGN
+    int recompute, head_rows;  // settings (from the flags); the activations follow them at the next forward
+    int head_rows_used, head_rows_req, recompute_used;   // what the activations were carved for
+    float *rope_cos, *rope_sin;   // device (round_up(maxT, T_ALIGN), HD/2)
+    int *h_in, *h_tg;          // host (cap_N): the padded batch
+    float *h_pad;              // host (cap_N): padded log-probs / dlogp on their way
+};
 
-// cuBLAS handles and device properties, once per process.
+// cuBLAS handles, device properties and the kernels' shared-memory limits, once per process.
 static void gpu_init(void) {
     static int done = 0;
     if (done) return;
     done = 1;
-    int dev = 0;
+    int dev = 0, ndev = 0;
+    if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) FATAL("no CUDA device");
     cudaCheck(cudaSetDevice(dev));
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, dev));
     g_num_sms = prop.multiProcessorCount;
+    att_setup_all();
+    dec_setup_all();
     cublasCheck(cublasCreate(&g_cublas));
     cublasCheck(cublasLtCreate(&g_cublaslt));
     cudaCheck(cudaMalloc(&g_lt_workspace, LT_WORKSPACE));
     g_device_bytes += LT_WORKSPACE;
 }
 
-// Rotary tables, computed in fp32 on the host as train_empo.c does: cos, sin (maxT, HD/2)
-static void rope_tables_host(float *cosb, float *sinb, int maxT, int HD, float theta) {
-    int h = HD / 2;
-    for (int i = 0; i < h; i++) {
-        float inv = 1.0f / powf(theta, (float)(2 * i) / (float)HD);
-        for (int t = 0; t < maxT; t++) {
-            float a = (float)t * inv;
-            cosb[(size_t)t * h + i] = cosf(a);
-            sinb[(size_t)t * h + i] = sinf(a);
-        }
+// Host <-> device transfers of parameter-sized fp32 arrays go through a bounded staging buffer
+// (64 MiB), never a second full copy on the device (a 1.5B model is 6 GB of fp32).
+#define STAGE_FLOATS ((size_t)16 << 20)
+// dst (n) floatX on the device = src (n) fp32 on the host
+static void upload_params(floatX *dst, const float *src, size_t n) {
+    size_t cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
+    float *st = (float *)device_alloc(cap * sizeof(float), "staging");
+    for (size_t o = 0; o < n; o += cap) {
+        size_t k = n - o < cap ? n - o : cap;
+        cudaCheck(cudaMemcpy(st, src + o, k * sizeof(float), cudaMemcpyHostToDevice));
+        convert_kernel<<<grid_for(k), 256>>>(dst + o, st, k);
+        LAUNCH_CHECK();
     }
+    cudaCheck(cudaDeviceSynchronize());
+    device_free(st, cap * sizeof(float));
+}
+// dst (n) fp32 on the host = src (n) floatX on the device
+static void download_params(float *dst, const floatX *src, size_t n) {
+    size_t cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
+    float *st = (float *)device_alloc(cap * sizeof(float), "staging");
+    for (size_t o = 0; o < n; o += cap) {
+        size_t k = n - o < cap ? n - o : cap;
+        to_float_kernel<<<grid_for(k), 256>>>(st, src + o, k);
+        LAUNCH_CHECK();
+        cudaCheck(cudaMemcpy(dst + o, st, k * sizeof(float), cudaMemcpyDeviceToHost));
+    }
+    device_free(st, cap * sizeof(float));
 }
 
-// Allocates params, grads, optimizer state (not activations: model_resize does those). The fp32
-// weights go first into the grads block (a staging area; zeroed afterwards), then to the master
-// copy and/or the floatX params.
-static void model_alloc(Model *m, const ModelConfig *c, int use_master) {
+// Allocates the floatX params and the small fixed things; gradients, master weights, moments and
+// activations come when first needed.
+static void model_alloc(Model *m, const ModelConfig *c) {
     gpu_init();
     memset(m, 0, sizeof *m);
     m->config = *c;
@@ -974,19 +1458,20 @@ static void model_alloc(Model *m, const ModelConfig *c, int use_master) {
     fill_param_sizes(m->param_sizes, c);
     m->num_parameters = count_params(c);
 #ifdef ENABLE_FP32
-    use_master = 0;   // the params are fp32 already
+    m->use_master = 0;   // the params are fp32 already
+#else
+    m->use_master = g_use_master;
 #endif
-    m->use_master = use_master;
+    m->recompute = g_recompute;
+    m->head_rows = g_head_rows;
     size_t n = m->num_parameters;
     m->params_memory = (floatX *)device_alloc(n * sizeof(floatX), "parameters");
-    m->grads_memory = (float *)device_alloc(n * sizeof(float), "gradients");
-    if (use_master) m->master_memory = (float *)device_alloc(n * sizeof(float), "fp32 master weights");
     point_tensors(&m->params, m->param_sizes, m->params_memory, c->tied);
-    point_tensors(&m->grads, m->param_sizes, m->grads_memory, c->tied);
     m->norm_scratch = (float *)device_alloc((NORM_BLOCKS + 1) * sizeof(float), "norm scratch");
-    size_t h = (size_t)c->maxT * (c->HD / 2);
+    int rows = round_up(c->maxT, T_ALIGN);   // a padded row's positions go up to a multiple of T_ALIGN
+    size_t h = (size_t)rows * (c->HD / 2);
     float *cs = (float *)xmalloc(h * sizeof(float)), *sn = (float *)xmalloc(h * sizeof(float));
-    rope_tables_host(cs, sn, c->maxT, c->HD, c->rope_theta);
+    rope_tables(cs, sn, rows, c->HD, c->rope_theta);   // model.h: the CPU engine's tables, bit for bit
     m->rope_cos = (float *)device_alloc(h * sizeof(float), "rope table");
     m->rope_sin = (float *)device_alloc(h * sizeof(float), "rope table");
     cudaCheck(cudaMemcpy(m->rope_cos, cs, h * sizeof(float), cudaMemcpyHostToDevice));
@@ -994,54 +1479,79 @@ static void model_alloc(Model *m, const ModelConfig *c, int use_master) {
     free(cs); free(sn);
     m->mean_loss = -1.0f;
 }
-// The staged fp32 weights (in grads_memory) become the model's weights.
-static void model_commit_staged(Model *m) {
+static int bf16_exact(const float *w, size_t n) {
+    for (size_t i = 0; i < n; i++) if (bf16_to_f32(f32_to_bf16(w[i])) != w[i]) return 0;
+    return 1;
+}
+// The fp32 host weights w become the model's. The master copy is made now only if the weights
+// hold more than bf16 does (an fp32 checkpoint of a trained model); otherwise the first update
+// makes it from the bf16 weights, exactly, and a model that never trains (the KL reference, the
+// judge) never has one.
+static void model_set_weights(Model *m, const float *w) {
     size_t n = m->num_parameters;
-    if (m->master_memory) cudaCheck(cudaMemcpy(m->master_memory, m->grads_memory, n * sizeof(float), cudaMemcpyDeviceToDevice));
-    convert_kernel<<<grid_for(n), 256>>>(m->params_memory, m->grads_memory, n);
-    LAUNCH_CHECK();
-    cudaCheck(cudaMemset(m->grads_memory, 0, n * sizeof(float)));
-    cudaCheck(cudaDeviceSynchronize());
+    upload_params(m->params_memory, w, n);
+    if (m->use_master && !bf16_exact(w, n)) {
+        m->master_memory = (float *)device_alloc(n * sizeof(float), "fp32 master weights");
+        cudaCheck(cudaMemcpy(m->master_memory, w, n * sizeof(float), cudaMemcpyHostToDevice));
+    }
 }
 
-// 0 on success; on failure one line in err naming the file (checkpoint.h's loader).
-static int model_load(Model *m, const char *path, int use_master, char *err, size_t errcap) {
+static int model_load(Model *m, const char *path, char *err, size_t errcap) {
     Checkpoint ck;
     if (ckpt_load(path, &ck, err, errcap) != 0) return -1;
-    model_alloc(m, &ck.cfg, use_master);
-    cudaCheck(cudaMemcpy(m->grads_memory, ck.params, m->num_parameters * sizeof(float), cudaMemcpyHostToDevice));
-    model_commit_staged(m);
+    model_alloc(m, &ck.cfg);
+    model_set_weights(m, ck.params);
     m->tok = ck.tok; m->tok_bytes = ck.tok_bytes; ck.tok = NULL;
     m->n_eos = ck.n_eos; memcpy(m->eos, ck.eos, sizeof m->eos);
     ckpt_free(&ck);
     return 0;
 }
 
-// A fresh model, drawn on the device (a 1.5B model is 6 GB of fp32: no host round trip):
-// N(0, 0.02) weights, norms 1, biases 0, as transformers initializes Qwen2. Not the same numbers
-// as train_empo.c's model_init_random (that one draws on the host), same distribution.
-static void model_init_random(Model *m, const ModelConfig *c, int use_master, uint64_t seed) {
-    model_alloc(m, c, use_master);
-    Tensors<float> st = m->grads;   // the staging area
-    size_t n = m->num_parameters;
-    init_normal_kernel<<<grid_for(n), 256>>>(m->grads_memory, n, 0.02f, seed * 0x9E3779B97F4A7C15ull + 1);
+// N(0, 0.02) weights, norms 1, biases 0, as transformers initializes Qwen2. Up to 64M parameters
+// they are drawn on the host exactly as train_empo.c draws them (model.h's RNG: the same numbers,
+// so the two engines can be compared from --init); larger models are drawn on the device from a
+// counter-based hash (the same distribution, not the same numbers: 1.5B draws on one CPU core
+// would take half a minute).
+static void model_init_random(Model *m, const ModelConfig *c, uint64_t seed) {
+    model_alloc(m, c);
+    size_t n = m->num_parameters, off[NUM_PARAM_TENSORS];
+    param_offsets(off, m->param_sizes, c->tied);
+    const int ones[3] = {P_LN1W, P_LN2W, P_LNFW};
+    if (n <= ((size_t)64 << 20)) {
+        float *w = (float *)xmalloc(n * sizeof(float));
+        uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
+        for (size_t i = 0; i < n; i++) w[i] = 0.02f * random_normal(&rng);
+        for (int t = 0; t < 3; t++) for (size_t i = 0; i < m->param_sizes[ones[t]]; i++) w[off[ones[t]] + i] = 1.0f;
+        for (size_t i = 0; i < m->param_sizes[P_QKVB]; i++) w[off[P_QKVB] + i] = 0.0f;
+        model_set_weights(m, w);
+        free(w);
+        return;
+    }
+    float *st = (float *)device_alloc(n * sizeof(float), "init staging");
+    init_normal_kernel<<<grid_for(n), 256>>>(st, n, 0.02f, seed * 0x9E3779B97F4A7C15ull + 1);
     LAUNCH_CHECK();
-    struct { float *p; size_t n; float v; } fills[4] = {{st.ln1w, m->param_sizes[P_LN1W], 1.0f}, {st.ln2w, m->param_sizes[P_LN2W], 1.0f},
-                                                        {st.lnfw, m->param_sizes[P_LNFW], 1.0f}, {st.qkvb, m->param_sizes[P_QKVB], 0.0f}};
-    for (int i = 0; i < 4; i++)
-        if (fills[i].n) { fill_kernel<<<grid_for(fills[i].n), 256>>>(fills[i].p, fills[i].n, fills[i].v); LAUNCH_CHECK(); }
-    model_commit_staged(m);
+    for (int t = 0; t < 3; t++) {
+        fill_kernel<<<grid_for(m->param_sizes[ones[t]]), 256>>>(st + off[ones[t]], m->param_sizes[ones[t]], 1.0f);
+        LAUNCH_CHECK();
+    }
+    if (m->param_sizes[P_QKVB]) {
+        fill_kernel<<<grid_for(m->param_sizes[P_QKVB]), 256>>>(st + off[P_QKVB], m->param_sizes[P_QKVB], 0.0f);
+        LAUNCH_CHECK();
+    }
+    convert_kernel<<<grid_for(n), 256>>>(m->params_memory, st, n);
+    LAUNCH_CHECK();
+    if (m->use_master) { m->master_memory = st; cudaCheck(cudaDeviceSynchronize()); return; }   // keeps the staging block
+    cudaCheck(cudaDeviceSynchronize());
+    device_free(st, n * sizeof(float));
 }
 
 // The weights as fp32 on the host (the master copy if there is one): n = num_parameters floats.
 static void model_params_to_host(const Model *m, float *dst) {
-    size_t n = m->num_parameters;
-    if (m->master_memory) { cudaCheck(cudaMemcpy(dst, m->master_memory, n * sizeof(float), cudaMemcpyDeviceToHost)); return; }
-    float *tmp = (float *)device_alloc(n * sizeof(float), "checkpoint staging");
-    to_float_kernel<<<grid_for(n), 256>>>(tmp, m->params_memory, n);
-    LAUNCH_CHECK();
-    cudaCheck(cudaMemcpy(dst, tmp, n * sizeof(float), cudaMemcpyDeviceToHost));
-    device_free(tmp, n * sizeof(float));
+    if (m->master_memory) {
+        cudaCheck(cudaMemcpy(dst, m->master_memory, m->num_parameters * sizeof(float), cudaMemcpyDeviceToHost));
+        return;
+    }
+    download_params(dst, m->params_memory, m->num_parameters);
 }
 static int model_save(const Model *m, const char *path, int dtype, char *err, size_t errcap) {
     Checkpoint ck;
@@ -1064,33 +1574,84 @@ static void model_free(Model *m) {
     device_free(m->m_memory, n * sizeof(float));
     device_free(m->v_memory, n * sizeof(float));
     device_free(m->norm_scratch, (NORM_BLOCKS + 1) * sizeof(float));
-    size_t h = (size_t)m->config.maxT * (m->config.HD / 2);
+    size_t h = (size_t)round_up(m->config.maxT, T_ALIGN) * (m->config.HD / 2);
     device_free(m->rope_cos, h * sizeof(float));
     device_free(m->rope_sin, h * sizeof(float));
     device_free(m->acts_memory, m->acts_bytes);
-    free(m->inputs); free(m->targets); free(m->logp); free(m->dlogp); free(m->tok);
+    free(m->logp); free(m->dlogp); free(m->h_in); free(m->h_tg); free(m->h_pad); free(m->tok);
     memset(m, 0, sizeof *m);
 }
 
-// Rows of logits per LM-head chunk: about 256 MiB of floatX by default, never more than N.
-static int head_rows_for(const Model *m, int N) {
-    int r = m->head_rows;
-    if (r <= 0) {
-        size_t rows = ((size_t)256 << 20) / ((size_t)m->config.V * sizeof(floatX));
-        r = rows < 1 ? 1 : rows > (1u << 20) ? (1 << 20) : (int)rows;
+// The AdamW moments as a block of the run checkpoint, in train_empo.c's layout (adam_step, a flag,
+// 0, then m and v in fp32), so that a state written by either engine resumes on the other.
+static int model_save_optimizer(const Model *m, FILE *f) {
+    int32_t h[3] = {m->adam_step, m->m_memory != NULL, 0};
+    if (fwrite(h, sizeof h, 1, f) != 1) return -1;
+    if (!m->m_memory) return 0;
+    size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
+    float *buf = (float *)xmalloc(cap * sizeof(float));
+    int rc = 0;
+    for (int w = 0; w < 2 && rc == 0; w++)
+        for (size_t o = 0; o < n && rc == 0; o += cap) {
+            size_t k = n - o < cap ? n - o : cap;
+            cudaCheck(cudaMemcpy(buf, (w ? m->v_memory : m->m_memory) + o, k * sizeof(float), cudaMemcpyDeviceToHost));
+            if (fwrite(buf, 4, k, f) != k) rc = -1;
+        }
+    free(buf);
+    return rc;
+}
+static void model_alloc_moments(Model *m) {
+    size_t n = m->num_parameters;
+    m->m_memory = (float *)device_alloc(n * sizeof(float), "AdamW m");
+    m->v_memory = (float *)device_alloc(n * sizeof(float), "AdamW v");
+    cudaCheck(cudaMemset(m->m_memory, 0, n * sizeof(float)));
+    cudaCheck(cudaMemset(m->v_memory, 0, n * sizeof(float)));
+}
+static int model_load_optimizer(Model *m, FILE *f, char *err, size_t errcap) {
+    int32_t h[3];
+    if (fread(h, sizeof h, 1, f) != 1 || h[0] < 0 || (h[1] & ~1) || h[2] != 0) {
+        snprintf(err, errcap, "optimizer state: bad header");
+        return -1;
     }
-    return r < N ? r : N;
+    m->adam_step = h[0];
+    if (!h[1]) return 0;
+    if (!m->m_memory) model_alloc_moments(m);
+    size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
+    float *buf = (float *)xmalloc(cap * sizeof(float));
+    int rc = 0;
+    for (int w = 0; w < 2 && rc == 0; w++)
+        for (size_t o = 0; o < n && rc == 0; o += cap) {
+            size_t k = n - o < cap ? n - o : cap;
+            if (fread(buf, 4, k, f) != k) { snprintf(err, errcap, "optimizer state: truncated"); rc = -1; break; }
+            cudaCheck(cudaMemcpy((w ? m->v_memory : m->m_memory) + o, buf, k * sizeof(float), cudaMemcpyHostToDevice));
+        }
+    free(buf);
+    return rc;
 }
 
-// (Re)allocates activations and scratch for a B x T batch (and the current recompute setting).
-static void model_resize(Model *m, int B, int T) {
-    if (m->B == B && m->T == T && m->acts_memory && m->head_rows_used == head_rows_for(m, B * T) && m->recompute_used == m->recompute) return;
+// Rows of logits per LM-head chunk: about 256 MiB of floatX by default, never more than N.
+static int head_rows_for(const Model *m, size_t N) {
+    size_t r = (size_t)m->head_rows;
+    if (m->head_rows <= 0) {
+        r = ((size_t)256 << 20) / ((size_t)m->config.V * sizeof(floatX));
+        r = r < 1 ? 1 : r > (1u << 20) ? (1u << 20) : r;
+    }
+    return (int)(r < N ? r : N);
+}
+
+// Activations and scratch for N = B * Tp tokens. They are carved once for the capacity
+// (model_reserve: the largest micro-batch of the run) and every smaller forward uses a prefix of
+// each tensor; only a larger forward, or a change of the recompute or head-rows setting,
+// allocates again.
+static void model_ensure_acts(Model *m, size_t N) {
+    if (m->acts_memory && N <= m->cap_N && m->recompute_used == m->recompute && m->head_rows_req == m->head_rows) return;
+    if (N < m->cap_N) N = m->cap_N;
     const ModelConfig *c = &m->config;
     device_free(m->acts_memory, m->acts_bytes);
-    free(m->inputs); free(m->targets); free(m->logp); free(m->dlogp);
-    size_t L = c->L, N = (size_t)B * T, C = c->C, QKV = cfg_qkv_dim(c), NHD = (size_t)c->NH * c->HD, I = c->I;
+    free(m->logp); free(m->dlogp); free(m->h_in); free(m->h_tg); free(m->h_pad);
+    size_t L = c->L, C = c->C, QKV = cfg_qkv_dim(c), NHD = (size_t)c->NH * c->HD, I = c->I;
     size_t Lln = m->recompute >= 2 ? 1 : L, Lsw = m->recompute >= 1 ? 1 : L;
-    int hr = head_rows_for(m, (int)N);
+    int hr = head_rows_for(m, N);
     size_t X = sizeof(floatX), F = sizeof(float);
     Activations *a = &m->acts;
     void **ptrs[NUM_ACTS] = {(void **)&a->encoded, (void **)&a->ln1, (void **)&a->ln1_rstd, (void **)&a->qkv, (void **)&a->atty,
@@ -1111,22 +1672,28 @@ static void model_resize(Model *m, int B, int T) {
     m->acts_bytes = total;
     char *p = (char *)m->acts_memory;
     for (int i = 0; i < NUM_ACTS; i++) { *ptrs[i] = p; p += (bytes[i] + 255) / 256 * 256; }
-    m->inputs = (int *)xmalloc(N * sizeof(int));
-    m->targets = (int *)xmalloc(N * sizeof(int));
-    m->logp = (float *)xmalloc(N * sizeof(float));
-    m->dlogp = (float *)xmalloc(N * sizeof(float));
-    m->B = B; m->T = T; m->head_rows_used = hr; m->recompute_used = m->recompute;
+    m->logp = (float *)xcalloc(N, sizeof(float));
+    m->dlogp = (float *)xcalloc(N, sizeof(float));
+    m->h_in = (int *)xmalloc(N * sizeof(int));
+    m->h_tg = (int *)xmalloc(N * sizeof(int));
+    m->h_pad = (float *)xmalloc(N * sizeof(float));
+    m->cap_N = N; m->head_rows_used = hr; m->head_rows_req = m->head_rows; m->recompute_used = m->recompute;
+}
+static void model_reserve(Model *m, int B, int T) {
+    if (T > m->config.maxT) T = m->config.maxT;
+    model_ensure_acts(m, (size_t)B * round_up(T, T_ALIGN));
 }
 
 // ----------------------------------------------------------------------------
 // 5. forward, loss, backward, update (the same contract as train_empo.c)
 
-// Pointers of layer l's saved activations (the shared buffer where recomputation applies).
+// Pointers of layer l's saved activations (the shared buffer where recomputation applies), for
+// the current forward's N = B * Tp tokens.
 typedef struct { floatX *resid, *ln1, *qkv, *atty, *resid2, *ln2, *fch, *swiglu, *resid3; float *ln1_rstd, *ln2_rstd, *att_lse; } LayerActs;
 static LayerActs layer_acts(const Model *m, int l) {
     const ModelConfig *c = &m->config;
     const Activations *a = &m->acts;
-    size_t N = (size_t)m->B * m->T, C = c->C, QKV = cfg_qkv_dim(c), NHD = (size_t)c->NH * c->HD, I = c->I;
+    size_t N = (size_t)m->B * m->Tp, C = c->C, QKV = cfg_qkv_dim(c), NHD = (size_t)c->NH * c->HD, I = c->I;
     size_t lln = m->recompute_used >= 2 ? 0 : l, lsw = m->recompute_used >= 1 ? 0 : l;
     LayerActs la;
     la.resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
@@ -1155,35 +1722,33 @@ static void lm_head_chunk(Model *m, int r0, int rows, int backward) {
     LAUNCH_CHECK();
     if (backward) matmul_backward(a->dln + (size_t)r0 * C, m->grads.lmw, NULL, a->head, a->lnf + (size_t)r0 * C, m->params.lmw, rows, C, V);
 }
-
-// inputs, targets (B, T) host arrays; targets may be NULL (then no loss), -1 = no target there.
-// mask (B, T) weights each position's loss (NULL = all 1). Loss = sum(mask * -logp) / sum(mask),
-// computed on the host from the log-probs, which it leaves in m->logp; it also sets m->dlogp for
-// model_backward (callers with another objective overwrite m->dlogp before the backward).
-static void model_forward(Model *m, const int *inputs, const int *targets, const float *mask, int B, int T) {
+// logits (n, V) fp32 = x (n, C) @ lmw^T: the LM head for sampling and judging, whose log-probs
+// must not come from bf16 logits (cuBLAS accumulates in fp32 and writes fp32 here).
+static void lm_head_f32(const Model *m, float *logits, const floatX *x, int n) {
     const ModelConfig *c = &m->config;
-    if (T > c->maxT) FATAL("sequence length %d exceeds the model's max_seq_len %d", T, c->maxT);
-    for (int i = 0; i < B * T; i++)
-        if (inputs[i] < 0 || inputs[i] >= c->V) FATAL("input token %d at position %d is outside the vocab (%d)", inputs[i], i, c->V);
-    if (targets)
-        for (int i = 0; i < B * T; i++)
-            if (targets[i] < -1 || targets[i] >= c->V) FATAL("target %d at position %d is outside the vocab (%d)", targets[i], i, c->V);
-    model_resize(m, B, T);
-    int N = B * T, C = c->C, L = c->L, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
+    gemm(logits, CUDA_R_32F, c->V, m->params.lmw, 1, c->C, x, 0, c->C, c->V, n, c->C, 0.0f, NULL);
+}
+
+// Where a forward also writes each layer's keys and values into the paged cache (the prefill of
+// generate): row n of the batch goes to table row slot[n] (-1: padding) at position n % Tp.
+typedef struct { floatX *pool; const int *slot, *pos, *table; int max_pages; } KVWrite;
+
+// The layers and the final norm over the batch already in acts.inputs: (B, Tp) tokens.
+static void forward_layers(Model *m, int B, int Tp, const KVWrite *kw) {
+    const ModelConfig *c = &m->config;
+    int N = B * Tp, C = c->C, L = c->L, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
     float eps = c->rms_eps;
     Activations *a = &m->acts;
     Tensors<floatX> *p = &m->params;
-    memcpy(m->inputs, inputs, (size_t)N * sizeof(int));
-    for (int i = 0; i < N; i++) m->targets[i] = targets ? targets[i] : -1;
-    cudaCheck(cudaMemcpy(a->inputs, m->inputs, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(a->targets, m->targets, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    m->B = B; m->Tp = Tp;
     embedding_forward(a->encoded, a->inputs, p->wte, N, C);
     for (int l = 0; l < L; l++) {
         LayerActs la = layer_acts(m, l);
         if (l == 0) rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w, N, C, eps);   // later layers: fused below
         matmul_forward(la.qkv, la.ln1, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N, C, QKV);
-        rope_forward(la.qkv, m->rope_cos, m->rope_sin, N, T, NH, NKV, HD);
-        attention_forward(la.atty, la.att_lse, la.qkv, B, T, NH, NKV, HD);
+        rope_forward(la.qkv, m->rope_cos, m->rope_sin, NULL, N, Tp, NH, NKV, HD);
+        if (kw) kv_write(kw->pool, la.qkv, kw->slot, kw->pos, kw->table, kw->max_pages, N, l, c);
+        attention_forward(la.atty, la.att_lse, la.qkv, B, Tp, NH, NKV, HD);
         matmul_forward(a->proj, la.atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C);
         residual_rmsnorm_forward(la.resid2, la.ln2, la.ln2_rstd, la.resid, a->proj, p->ln2w + (size_t)l * C, N, C, eps);
         matmul_forward(la.fch, la.ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I);
@@ -1197,54 +1762,98 @@ static void model_forward(Model *m, const int *inputs, const int *targets, const
             residual_rmsnorm_forward(la.resid3, a->lnf, a->lnf_rstd, la.resid2, a->proj, p->lnfw, N, C, eps);
         }
     }
+}
+
+// inputs, targets (B, T) host arrays; targets may be NULL (then no loss), -1 = no target there.
+// mask (B, T) weights each position's loss (NULL = all 1). Loss = sum(mask * -logp) / sum(mask),
+// computed on the host from the log-probs, which it leaves in m->logp (host); it also sets m->dlogp
+// for model_backward (callers with another objective overwrite m->dlogp before the backward).
+// The rows run padded to Tp = T rounded up to T_ALIGN (input 0, no target): m->logp is (B, T).
+static void model_forward(Model *m, const int *inputs, const int *targets, const float *mask, int B, int T) {
+    const ModelConfig *c = &m->config;
+    if (B < 1 || T < 1) FATAL("model_forward: empty batch (%d x %d)", B, T);
+    if (T > c->maxT) FATAL("sequence length %d exceeds the model's max_seq_len %d", T, c->maxT);
+    for (int i = 0; i < B * T; i++)
+        if (inputs[i] < 0 || inputs[i] >= c->V) FATAL("input token %d at position %d is outside the vocab (%d)", inputs[i], i, c->V);
+    if (targets)
+        for (int i = 0; i < B * T; i++)
+            if (targets[i] < -1 || targets[i] >= c->V) FATAL("target %d at position %d is outside the vocab (%d)", targets[i], i, c->V);
+    int Tp = round_up(T, T_ALIGN), N = B * Tp;
+    model_ensure_acts(m, (size_t)N);
+    Activations *a = &m->acts;
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < Tp; t++) {
+            m->h_in[b * Tp + t] = t < T ? inputs[b * T + t] : 0;
+            m->h_tg[b * Tp + t] = t < T && targets ? targets[b * T + t] : -1;
+        }
+    cudaCheck(cudaMemcpy(a->inputs, m->h_in, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    cudaCheck(cudaMemcpy(a->targets, m->h_tg, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+    forward_layers(m, B, Tp, NULL);
+    m->T = T;
     m->mean_loss = -1.0f;
-    if (!targets) return;
-    for (int r0 = 0; r0 < N; r0 += m->head_rows_used) lm_head_chunk(m, r0, N - r0 < m->head_rows_used ? N - r0 : m->head_rows_used, 0);
-    cudaCheck(cudaMemcpy(m->logp, a->logp, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost));
+    if (!targets) {
+        memset(m->logp, 0, (size_t)B * T * sizeof(float));
+        memset(m->dlogp, 0, (size_t)B * T * sizeof(float));
+        return;
+    }
+    int hr = m->head_rows_used;
+    for (int r0 = 0; r0 < N; r0 += hr) lm_head_chunk(m, r0, N - r0 < hr ? N - r0 : hr, 0);
+    cudaCheck(cudaMemcpy(m->h_pad, a->logp, (size_t)N * sizeof(float), cudaMemcpyDeviceToHost));
+    for (int b = 0; b < B; b++) memcpy(m->logp + (size_t)b * T, m->h_pad + (size_t)b * Tp, (size_t)T * sizeof(float));
     double wsum = 0.0, lsum = 0.0;
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < B * T; i++) {
         float w = targets[i] < 0 ? 0.0f : mask ? mask[i] : 1.0f;
         wsum += w; lsum += w * -m->logp[i];
     }
     m->mean_loss = wsum > 0 ? (float)(lsum / wsum) : 0.0f;
-    for (int i = 0; i < N; i++) {
+    for (int i = 0; i < B * T; i++) {
         float w = targets[i] < 0 ? 0.0f : mask ? mask[i] : 1.0f;
         m->dlogp[i] = wsum > 0 ? (float)(-w / wsum) : 0.0f;
     }
 }
 
-// Logits of rows [r0, r0 + rows) of the last forward, to the host (rows, V) fp32. For tests and
-// inspection: training never needs them.
+// Logits of rows [r0, r0 + rows) of the last forward's (B, T) batch, to the host (rows, V) fp32.
+// For tests and inspection: training never needs them.
 static void model_logits_rows(Model *m, int r0, int rows, float *dst) {
     const ModelConfig *c = &m->config;
-    int hr = m->head_rows_used, V = c->V;
-    float *tmp = (float *)device_alloc((size_t)hr * V * sizeof(float), "logits staging");
-    for (int s = 0; s < rows; s += hr) {
-        int n = rows - s < hr ? rows - s : hr;
-        matmul_forward(m->acts.head, m->acts.lnf + (size_t)(r0 + s) * c->C, m->params.lmw, NULL, n, c->C, V);
-        to_float_kernel<<<grid_for((size_t)n * V), 256>>>(tmp, m->acts.head, (size_t)n * V);
-        LAUNCH_CHECK();
-        cudaCheck(cudaMemcpy(dst + (size_t)s * V, tmp, (size_t)n * V * sizeof(float), cudaMemcpyDeviceToHost));
+    int V = c->V, C = c->C;
+    float *tmp = (float *)device_alloc((size_t)V * sizeof(float), "logits staging");
+    for (int r = r0; r < r0 + rows; r++) {
+        int b = r / m->T, t = r % m->T;
+        lm_head_f32(m, tmp, m->acts.lnf + ((size_t)b * m->Tp + t) * C, 1);
+        cudaCheck(cudaMemcpy(dst + (size_t)(r - r0) * V, tmp, (size_t)V * sizeof(float), cudaMemcpyDeviceToHost));
     }
-    device_free(tmp, (size_t)hr * V * sizeof(float));
+    device_free(tmp, (size_t)V * sizeof(float));
 }
 
-static void model_zero_grad(Model *m) { cudaCheck(cudaMemset(m->grads_memory, 0, m->num_parameters * sizeof(float))); }
+static void model_zero_grad(Model *m) {
+    size_t n = m->num_parameters;
+    if (!m->grads_memory) {
+        m->grads_memory = (float *)device_alloc(n * sizeof(float), "gradients");
+        point_tensors(&m->grads, m->param_sizes, m->grads_memory, m->config.tied);
+    }
+    cudaCheck(cudaMemset(m->grads_memory, 0, n * sizeof(float)));
+}
 
 // Accumulates into the parameter gradients the gradient of sum_{b,t} dlogp[b,t] * logp[b,t], with
-// m->dlogp (host) as left by the forward's loss or set by the caller. Needs the forward just before.
+// m->dlogp (host, (B, T)) as left by the forward's loss or set by the caller. Needs the forward
+// just before; the padding positions get dlogp 0, so they add nothing.
 static void model_backward(Model *m) {
     if (!m->acts_memory || m->mean_loss < 0) FATAL("model_backward needs a forward with targets first");
+    if (!m->grads_memory) model_zero_grad(m);
     const ModelConfig *c = &m->config;
-    int B = m->B, T = m->T, N = B * T;
+    int B = m->B, T = m->Tp, N = B * T;
     int C = c->C, L = c->L, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
     float eps = c->rms_eps;
     Tensors<floatX> *p = &m->params;
     Tensors<float> *g = &m->grads;
     Activations *a = &m->acts;
-    cudaCheck(cudaMemcpy(a->dlogp, m->dlogp, (size_t)N * sizeof(float), cudaMemcpyHostToDevice));
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) m->h_pad[b * T + t] = t < m->T ? m->dlogp[b * m->T + t] : 0.0f;
+    cudaCheck(cudaMemcpy(a->dlogp, m->h_pad, (size_t)N * sizeof(float), cudaMemcpyHostToDevice));
     // the LM head, chunk by chunk (logits recomputed: only one chunk ever exists), then the final norm
-    for (int r0 = 0; r0 < N; r0 += m->head_rows_used) lm_head_chunk(m, r0, N - r0 < m->head_rows_used ? N - r0 : m->head_rows_used, 1);
+    int hr = m->head_rows_used;
+    for (int r0 = 0; r0 < N; r0 += hr) lm_head_chunk(m, r0, N - r0 < hr ? N - r0 : hr, 1);
     cudaCheck(cudaMemset(a->dresidual, 0, (size_t)N * C * sizeof(floatX)));
     rmsnorm_backward(a->dresidual, g->lnfw, a->dln, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, a->lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
@@ -1274,11 +1883,12 @@ static void model_backward(Model *m) {
 // step as torch.optim.AdamW computes it. Returns the norm before clipping.
 static float model_update(Model *m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_clip) {
     size_t n = m->num_parameters;
-    if (!m->m_memory) {
-        m->m_memory = (float *)device_alloc(n * sizeof(float), "AdamW m");
-        m->v_memory = (float *)device_alloc(n * sizeof(float), "AdamW v");
-        cudaCheck(cudaMemset(m->m_memory, 0, n * sizeof(float)));
-        cudaCheck(cudaMemset(m->v_memory, 0, n * sizeof(float)));
+    if (!m->grads_memory) model_zero_grad(m);
+    if (!m->m_memory) model_alloc_moments(m);
+    if (m->use_master && !m->master_memory) {   // the weights are bf16-exact (model_set_weights): no loss here
+        m->master_memory = (float *)device_alloc(n * sizeof(float), "fp32 master weights");
+        to_float_kernel<<<grid_for(n), 256>>>(m->master_memory, m->params_memory, n);
+        LAUNCH_CHECK();
     }
     sumsq_kernel<<<NORM_BLOCKS, 256>>>(m->norm_scratch, m->grads_memory, n);
     LAUNCH_CHECK();
@@ -1296,6 +1906,412 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
     return norm;
 }
 
+// ----------------------------------------------------------------------------
+// 6. generation: prefill with the training kernels, a paged KV cache, batched decoding with
+// continuous batching, sampling on the GPU; and next-token scoring for the judge
+
+// The pool of KV pages. A page is held by the sequences whose tables list it (refs); the pages
+// that a prompt fills completely are shared by its G responses, the partly filled last one is
+// copied into each.
+typedef struct {
+    floatX *pool;        // (n_pages, L, 2, NKV, KV_PAGE, HD)
+    size_t page_elems;
+    int n_pages, max_pages;   // max_pages: pages of one sequence at the model's context
+    int *refs, *free_list, n_free;
+} PagedKV;
+static size_t kv_page_elems(const ModelConfig *c) { return (size_t)c->L * 2 * c->NKV * KV_PAGE * c->HD; }
+static void paged_init(PagedKV *kv, const ModelConfig *c, int n_pages) {
+    memset(kv, 0, sizeof *kv);
+    kv->page_elems = kv_page_elems(c);
+    kv->n_pages = n_pages;
+    kv->max_pages = ceil_div(c->maxT, KV_PAGE);
+    kv->pool = (floatX *)device_alloc((size_t)n_pages * kv->page_elems * sizeof(floatX), "KV cache pages");
+    kv->refs = (int *)xcalloc((size_t)n_pages, sizeof(int));
+    kv->free_list = (int *)xmalloc((size_t)n_pages * sizeof(int));
+    for (int i = 0; i < n_pages; i++) kv->free_list[i] = n_pages - 1 - i;   // page 0 is taken first
+    kv->n_free = n_pages;
+}
+static int page_take(PagedKV *kv) {
+    if (kv->n_free == 0) FATAL("generate: out of KV pages (the reservation should prevent this)");
+    int p = kv->free_list[--kv->n_free];
+    kv->refs[p] = 1;
+    return p;
+}
+static void page_release(PagedKV *kv, int p) {
+    if (--kv->refs[p] == 0) kv->free_list[kv->n_free++] = p;
+}
+static void paged_free(PagedKV *kv) {
+    device_free(kv->pool, (size_t)kv->n_pages * kv->page_elems * sizeof(floatX));
+    free(kv->refs); free(kv->free_list);
+    memset(kv, 0, sizeof *kv);
+}
+
+// Device buffers of one decode step for up to S sequences (one token each).
+typedef struct {
+    int S, n_split, max_pages;
+    floatX *x, *ln, *qkv, *atty, *proj, *fch, *sw;   // (S, C), (S, C), (S, QKV), (S, NH*HD), (S, C), (S, 2I), (S, I)
+    float *rstd;                                     // (S)
+    float *logits;                                   // (S, V) fp32
+    float *part_o, *part_ml;                         // (S, NH, n_split, HD), (S, NH, n_split, 2)
+    int *tok, *pos, *lens, *table, *rows, *out_tok;  // (S) each; table (S, max_pages)
+    float *u, *out_logp;                             // (S)
+    size_t bytes;
+} DecodeBufs;
+static void *dec_alloc(DecodeBufs *d, size_t bytes, const char *what) { d->bytes += bytes; return device_alloc(bytes, what); }
+static void decode_bufs_init(DecodeBufs *d, const ModelConfig *c, int S, int n_split, int max_pages) {
+    memset(d, 0, sizeof *d);
+    d->S = S; d->n_split = n_split; d->max_pages = max_pages;
+    size_t X = sizeof(floatX), C = c->C, NHD = (size_t)c->NH * c->HD;
+    d->x = (floatX *)dec_alloc(d, S * C * X, "decode"); d->ln = (floatX *)dec_alloc(d, S * C * X, "decode");
+    d->qkv = (floatX *)dec_alloc(d, S * (size_t)cfg_qkv_dim(c) * X, "decode");
+    d->atty = (floatX *)dec_alloc(d, S * NHD * X, "decode"); d->proj = (floatX *)dec_alloc(d, S * C * X, "decode");
+    d->fch = (floatX *)dec_alloc(d, S * 2 * (size_t)c->I * X, "decode"); d->sw = (floatX *)dec_alloc(d, S * (size_t)c->I * X, "decode");
+    d->rstd = (float *)dec_alloc(d, S * sizeof(float), "decode");
+    d->logits = (float *)dec_alloc(d, (size_t)S * c->V * sizeof(float), "decode logits");
+    d->part_o = (float *)dec_alloc(d, (size_t)S * c->NH * n_split * c->HD * sizeof(float), "decode splits");
+    d->part_ml = (float *)dec_alloc(d, (size_t)S * c->NH * n_split * 2 * sizeof(float), "decode splits");
+    int **ints[6] = {&d->tok, &d->pos, &d->lens, &d->rows, &d->out_tok, &d->table};
+    for (int i = 0; i < 6; i++) *ints[i] = (int *)dec_alloc(d, (size_t)S * (i == 5 ? max_pages : 1) * sizeof(int), "decode");
+    d->u = (float *)dec_alloc(d, S * sizeof(float), "decode");
+    d->out_logp = (float *)dec_alloc(d, S * sizeof(float), "decode");
+}
+static void decode_bufs_free(DecodeBufs *d) {
+    void *ps[] = {d->x, d->ln, d->qkv, d->atty, d->proj, d->fch, d->sw, d->rstd, d->logits, d->part_o, d->part_ml,
+                  d->tok, d->pos, d->lens, d->rows, d->out_tok, d->table, d->u, d->out_logp};
+    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaCheck(cudaFree(ps[i]));
+    g_device_bytes -= d->bytes;
+    memset(d, 0, sizeof *d);
+}
+
+// One decode step: S tokens (d->tok), each of its own sequence at position d->pos, whose keys and
+// values at earlier positions are in the pages of its row of d->table (lens = pos + 1). Writes
+// this token's keys and values into the pages, then d->logits (S, V) fp32 of the next token.
+static void decode_forward(Model *m, DecodeBufs *d, PagedKV *kv, int S) {
+    const ModelConfig *c = &m->config;
+    int C = c->C, L = c->L, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
+    float eps = c->rms_eps;
+    Tensors<floatX> *p = &m->params;
+    embedding_forward(d->x, d->tok, p->wte, S, C);
+    rmsnorm_forward(d->ln, d->rstd, d->x, p->ln1w, S, C, eps);
+    for (int l = 0; l < L; l++) {
+        matmul_forward(d->qkv, d->ln, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, S, C, QKV);
+        rope_forward(d->qkv, m->rope_cos, m->rope_sin, d->pos, S, 1, NH, NKV, HD);
+        kv_write(kv->pool, d->qkv, NULL, d->pos, d->table, d->max_pages, S, l, c);
+        decode_attention(d->atty, d->part_o, d->part_ml, d->qkv, kv->pool, d->table, d->lens, d->max_pages, d->n_split, S, l, c);
+        matmul_forward(d->proj, d->atty, p->attprojw + (size_t)l * C * NH * HD, NULL, S, NH * HD, C);
+        // x += proj, in place (each element is read, then written, by the same thread), ln = norm(x)
+        residual_rmsnorm_forward(d->x, d->ln, d->rstd, d->x, d->proj, p->ln2w + (size_t)l * C, S, C, eps);
+        matmul_forward(d->fch, d->ln, p->fcw + (size_t)l * 2 * I * C, NULL, S, C, 2 * I);
+        swiglu_forward(d->sw, d->fch, S, I);
+        matmul_forward(d->proj, d->sw, p->fcprojw + (size_t)l * C * I, NULL, S, I, C);
+        const floatX *wn = l + 1 < L ? p->ln1w + (size_t)(l + 1) * C : p->lnfw;   // the next layer's norm, or the final one
+        residual_rmsnorm_forward(d->x, d->ln, d->rstd, d->x, d->proj, wn, S, C, eps);
+    }
+    lm_head_f32(m, d->logits, d->ln, S);
+}
+
+static int is_eos_token(const Model *m, int tok) {
+    for (int i = 0; i < m->n_eos; i++) if (m->eos[i] == tok) return 1;
+    return 0;
+}
+
+// generate (engine.h). The prompts are admitted in order while the decode batch has room for their
+// G responses (--gen-batch) and the page pool for their full length; each admitted group of
+// prompts is prefilled together by the training forward (right-padded rows), which writes the
+// keys and values into the pages of the first response of each prompt; the other G - 1 share the
+// full pages and copy the last one. The first token of each response is drawn from its prompt's
+// logits. Then every running response is decoded one token per step; a response that stops (EOS
+// once min_new tokens are out, max_new tokens, or the context) returns its pages at once, and the
+// next waiting prompt takes its place. A prompt's pages are reserved for the full length of its
+// responses when it is admitted, so a running response never waits for a page.
+// Sampling: each response's uniforms come from its own RNG stream (sc->seed, j) as on the CPU, so
+// the result does not depend on the batch; greedy decoding gives the CPU's tokens up to the
+// summation order of the logits (ties between near-equal logits aside).
+static void generate(Model *m, const int *const *prompts, const int *prompt_lens, int n_prompts, int G,
+                     const SamplerConfig *sc, Generation *out, int verbose) {
+    const ModelConfig *c = &m->config;
+    int n = n_prompts * G, V = c->V, C = c->C, greedy = sc->temperature <= 0.0f || sc->top_k == 1;
+    memset(out, 0, sizeof *out);
+    out->n = n;
+    out->len = (int *)xcalloc((size_t)(n ? n : 1), sizeof(int));
+    out->eos = (int *)xcalloc((size_t)(n ? n : 1), sizeof(int));
+    out->tokens = (int **)xmalloc((size_t)(n ? n : 1) * sizeof(int *));
+    out->logprobs = (float **)xmalloc((size_t)(n ? n : 1) * sizeof(float *));
+    int *cap = (int *)xmalloc((size_t)(n ? n : 1) * sizeof(int)), max_cap = 1;
+    for (int p = 0; p < n_prompts; p++) {
+        if (prompt_lens[p] < 1) FATAL("generate: prompt %d is empty", p);
+        if (prompt_lens[p] >= c->maxT) FATAL("generate: prompt %d has %d tokens, at or beyond the context (%d)", p, prompt_lens[p], c->maxT);
+        for (int t = 0; t < prompt_lens[p]; t++)
+            if (prompts[p][t] < 0 || prompts[p][t] >= V) FATAL("generate: prompt %d has token %d outside the vocab", p, prompts[p][t]);
+        int room = prompt_lens[p] + (sc->max_new > 0 ? sc->max_new : 0);
+        if (room > c->maxT) room = c->maxT;
+        for (int g = 0; g < G; g++) {
+            int j = p * G + g;
+            cap[j] = room;
+            out->tokens[j] = (int *)xmalloc((size_t)(room - prompt_lens[p] > 0 ? room - prompt_lens[p] : 1) * sizeof(int));
+            out->logprobs[j] = (float *)xmalloc((size_t)(room - prompt_lens[p] > 0 ? room - prompt_lens[p] : 1) * sizeof(float));
+        }
+        if (room > max_cap) max_cap = room;
+    }
+    if (n == 0 || sc->max_new <= 0) { free(cap); return; }   // no room for a single token
+    uint64_t *rng = (uint64_t *)xmalloc((size_t)n * sizeof(uint64_t));
+    for (int j = 0; j < n; j++) rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
+
+    // sizes: the decode batch, the pages each prompt needs at full length, the pool
+    int S = n < g_gen_batch ? n : g_gen_batch;
+    if (S < G) S = G;
+    int max_pages = ceil_div(c->maxT, KV_PAGE);
+    long total_pages = 0;
+    int max_need = 0;
+    int *need = (int *)xmalloc((size_t)n_prompts * sizeof(int)), *full = (int *)xmalloc((size_t)n_prompts * sizeof(int));
+    for (int p = 0; p < n_prompts; p++) {
+        int P = prompt_lens[p], c0 = cap[p * G], shared = P / KV_PAGE;
+        full[p] = (P - 1 > c0 - 2 ? P - 1 : c0 - 2) / KV_PAGE + 1;   // pages up to the last position written
+        need[p] = shared + G * (full[p] - shared);
+        total_pages += need[p];
+        if (need[p] > max_need) max_need = need[p];
+    }
+    DecodeBufs d;
+    decode_bufs_init(&d, c, S, ceil_div(max_cap, DEC_SPLIT), max_pages);
+    size_t page_bytes = kv_page_elems(c) * sizeof(floatX), fr = 0, tot = 0;
+    cudaCheck(cudaMemGetInfo(&fr, &tot));
+    double budget = g_kv_gib > 0 ? g_kv_gib * 1073741824.0 : 0.9 * (double)fr;
+    long budget_pages = (long)(budget / (double)page_bytes);
+    int n_pages = (int)(total_pages < budget_pages ? total_pages : budget_pages);
+    if (n_pages < max_need)
+        FATAL("generate: the KV cache budget (%.2f GiB, %ld pages) cannot hold one prompt's %d responses (%d pages); "
+              "raise --kv-gib or lower -G / the response length", budget / 1073741824.0, budget_pages, G, max_need);
+    PagedKV kv;
+    paged_init(&kv, c, n_pages);
+
+    // host state: each response's pages and its remaining reservation; the running list
+    int *pages = (int *)xmalloc((size_t)n * max_pages * sizeof(int)), *npages = (int *)xcalloc((size_t)n, sizeof(int));
+    int *res = (int *)xcalloc((size_t)n, sizeof(int)), *active = (int *)xmalloc((size_t)S * sizeof(int));
+    int *h_tok = (int *)xmalloc((size_t)S * sizeof(int)), *h_pos = (int *)xmalloc((size_t)S * sizeof(int));
+    int *h_lens = (int *)xmalloc((size_t)S * sizeof(int)), *h_rows = (int *)xmalloc((size_t)S * sizeof(int));
+    int *h_table = (int *)xmalloc((size_t)S * max_pages * sizeof(int));
+    float *h_u = (float *)xmalloc((size_t)S * sizeof(float)), *h_lp = (float *)xmalloc((size_t)S * sizeof(float));
+    long reserved = 0;
+    int n_active = 0, next = 0, step = 0;
+    double t_start = now_seconds();
+    size_t prefill_budget = m->cap_N > 4096 ? m->cap_N : 4096;
+    // a response is done after its latest token, or still runs (then 1)
+    auto finish = [&](int j) {
+        for (int i = 0; i < npages[j]; i++) page_release(&kv, pages[(size_t)j * max_pages + i]);
+        npages[j] = 0;
+        reserved -= res[j];
+        res[j] = 0;
+    };
+    auto still_running = [&](int j) {
+        int P = prompt_lens[j / G], t = out->tokens[j][out->len[j] - 1];
+        if (is_eos_token(m, t) && out->len[j] >= sc->min_new) { out->eos[j] = 1; return 0; }
+        if (out->len[j] >= sc->max_new || P + out->len[j] >= cap[j]) return 0;
+        return 1;
+    };
+    while (next < n_prompts || n_active > 0) {
+        // admit waiting prompts: as many as fit the batch, the pool and one prefill
+        int p0 = next, Pmax = 0;
+        while (next < n_prompts && n_active + (next - p0 + 1) * G <= S && (long)need[next] <= kv.n_free - reserved) {
+            int Pm = prompt_lens[next] > Pmax ? prompt_lens[next] : Pmax, k = next - p0 + 1;
+            if (k > 1 && (size_t)k * round_up(Pm, T_ALIGN) > prefill_budget) break;
+            // take the pages now, so that the next prompt's check sees them gone
+            int P = prompt_lens[next], s0 = next * G, shared = P / KV_PAGE, part = P % KV_PAGE != 0;
+            for (int i = 0; i < shared + part; i++) pages[(size_t)s0 * max_pages + i] = page_take(&kv);
+            npages[s0] = shared + part;
+            for (int g = 1; g < G; g++) {
+                int j = s0 + g;
+                for (int i = 0; i < shared; i++) {
+                    int pg = pages[(size_t)s0 * max_pages + i];
+                    pages[(size_t)j * max_pages + i] = pg;
+                    kv.refs[pg]++;
+                }
+                if (part) pages[(size_t)j * max_pages + shared] = page_take(&kv);
+                npages[j] = shared + part;
+            }
+            for (int g = 0; g < G; g++) { res[s0 + g] = full[next] - shared - part; reserved += res[s0 + g]; }
+            Pmax = Pm;
+            next++;
+        }
+        int k = next - p0;
+        if (k == 0 && n_active == 0) FATAL("generate: cannot admit prompt %d (internal error)", next);
+        if (k > 0) {
+            // prefill the k prompts as one right-padded batch through the training forward
+            int Tp = round_up(Pmax, T_ALIGN), N = k * Tp;
+            model_ensure_acts(m, (size_t)N);
+            int *slot = m->h_tg, *in = m->h_in;   // host scratch of the activations (cap_N >= N)
+            int *posv = (int *)xmalloc((size_t)N * sizeof(int));
+            for (int b = 0; b < k; b++) {
+                int p = p0 + b, P = prompt_lens[p];
+                for (int t = 0; t < Tp; t++) {
+                    in[b * Tp + t] = t < P ? prompts[p][t] : 0;
+                    slot[b * Tp + t] = t < P ? b : -1;
+                    posv[b * Tp + t] = t;
+                }
+                memcpy(h_table + (size_t)b * max_pages, pages + (size_t)p * G * max_pages, (size_t)npages[p * G] * sizeof(int));
+                h_rows[b] = b * Tp + P - 1;
+            }
+            Activations *a = &m->acts;
+            cudaCheck(cudaMemcpy(a->inputs, in, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(a->targets, slot, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));   // as scratch
+            int *d_pos = (int *)device_alloc((size_t)N * sizeof(int), "prefill positions");
+            cudaCheck(cudaMemcpy(d_pos, posv, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.table, h_table, (size_t)k * max_pages * sizeof(int), cudaMemcpyHostToDevice));
+            KVWrite kw = {kv.pool, a->targets, d_pos, d.table, max_pages};
+            forward_layers(m, k, Tp, &kw);
+            m->mean_loss = -1.0f;   // the activations now hold the prefill, not a training forward
+            device_free(d_pos, (size_t)N * sizeof(int));
+            free(posv);
+            // the others' own copy of the last, partly filled page
+            int np = 0;
+            for (int b = 0; b < k; b++) {
+                int p = p0 + b, P = prompt_lens[p], s0 = p * G;
+                if (P % KV_PAGE == 0) continue;
+                for (int g = 1; g < G; g++) {
+                    h_tok[np] = pages[(size_t)s0 * max_pages + P / KV_PAGE];
+                    h_pos[np] = pages[(size_t)(s0 + g) * max_pages + P / KV_PAGE];
+                    np++;
+                    if (np == S) {   // d.tok / d.pos as scratch for the page pairs
+                        cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
+                        cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
+                        kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np, kv.page_elems);
+                        LAUNCH_CHECK();
+                        np = 0;
+                    }
+                }
+            }
+            if (np > 0) {
+                cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
+                cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
+                kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np, kv.page_elems);
+                LAUNCH_CHECK();
+            }
+            // the first token of each of the k * G responses, from its prompt's last row
+            cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)k * sizeof(int), cudaMemcpyHostToDevice));
+            gather_rows_kernel<<<ceil_div((long)k * C, 256), 256>>>(d.ln, a->lnf, d.rows, k, C);
+            LAUNCH_CHECK();
+            lm_head_f32(m, d.logits, d.ln, k);
+            for (int o = 0; o < k * G; o++) {
+                h_rows[o] = o / G;
+                h_u[o] = greedy ? 0.0f : random_f32(&rng[p0 * G + o]);
+            }
+            cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)k * G * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.u, h_u, (size_t)k * G * sizeof(float), cudaMemcpyHostToDevice));
+            sample_rows(d.out_tok, d.out_logp, NULL, d.logits, d.rows, d.u, k * G, V, sc);
+            cudaCheck(cudaMemcpy(h_tok, d.out_tok, (size_t)k * G * sizeof(int), cudaMemcpyDeviceToHost));
+            cudaCheck(cudaMemcpy(h_lp, d.out_logp, (size_t)k * G * sizeof(float), cudaMemcpyDeviceToHost));
+            for (int o = 0; o < k * G; o++) {
+                int j = p0 * G + o;
+                out->tokens[j][0] = h_tok[o];
+                out->logprobs[j][0] = h_lp[o];
+                out->len[j] = 1;
+                if (still_running(j)) active[n_active++] = j;
+                else finish(j);
+            }
+            continue;   // admit more before decoding, if they fit
+        }
+        // one decode step of every running response
+        for (int a = 0; a < n_active; a++) {
+            int j = active[a], pos = prompt_lens[j / G] + out->len[j] - 1;
+            if (pos / KV_PAGE >= npages[j]) {   // a new page, out of the reservation
+                pages[(size_t)j * max_pages + npages[j]++] = page_take(&kv);
+                res[j]--; reserved--;
+            }
+            h_tok[a] = out->tokens[j][out->len[j] - 1];
+            h_pos[a] = pos;
+            h_lens[a] = pos + 1;
+            memcpy(h_table + (size_t)a * max_pages, pages + (size_t)j * max_pages, (size_t)npages[j] * sizeof(int));
+            h_u[a] = greedy ? 0.0f : random_f32(&rng[j]);
+        }
+        cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d.lens, h_lens, (size_t)n_active * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d.table, h_table, (size_t)n_active * max_pages * sizeof(int), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(d.u, h_u, (size_t)n_active * sizeof(float), cudaMemcpyHostToDevice));
+        decode_forward(m, &d, &kv, n_active);
+        sample_rows(d.out_tok, d.out_logp, NULL, d.logits, NULL, d.u, n_active, V, sc);
+        cudaCheck(cudaMemcpy(h_tok, d.out_tok, (size_t)n_active * sizeof(int), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(h_lp, d.out_logp, (size_t)n_active * sizeof(float), cudaMemcpyDeviceToHost));
+        int w = 0;
+        for (int a = 0; a < n_active; a++) {
+            int j = active[a];
+            out->tokens[j][out->len[j]] = h_tok[a];
+            out->logprobs[j][out->len[j]] = h_lp[a];
+            out->len[j]++;
+            if (still_running(j)) active[w++] = j;
+            else finish(j);
+        }
+        n_active = w;
+        step++;
+        if (verbose && (step % 64 == 0 || (n_active == 0 && next == n_prompts))) {
+            fprintf(stderr, "\r  generating: step %d, %d/%d responses still running, %.1f s", step,
+                    n_active + (n_prompts - next) * G, n, now_seconds() - t_start);
+            if (n_active == 0 && next == n_prompts) fputc('\n', stderr);
+        }
+    }
+    paged_free(&kv);
+    decode_bufs_free(&d);
+    free(cap); free(rng); free(need); free(full); free(pages); free(npages); free(res); free(active);
+    free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table); free(h_u); free(h_lp);
+}
+
+// model_next_logprobs (engine.h): the sequences go through the training forward in right-padded
+// batches of at most max_seqs rows and about max_tokens tokens (at least one row), with the final
+// norm and an fp32 LM head on each sequence's last row. No prefix is shared yet (*n_shared stays).
+static void model_next_logprobs(Model *m, const int *const *ids, const int *lens, int n, const int *cand, int n_cand,
+                                int max_seqs, int max_tokens, float *out, long *n_computed, long *n_shared) {
+    const ModelConfig *c = &m->config;
+    int C = c->C, V = c->V;
+    (void)n_shared;
+    if (n <= 0) return;
+    int rows_cap = max_seqs < n ? (max_seqs > 0 ? max_seqs : 1) : n;
+    floatX *x = (floatX *)device_alloc((size_t)rows_cap * C * sizeof(floatX), "judge rows");
+    float *logits = (float *)device_alloc((size_t)rows_cap * V * sizeof(float), "judge logits");
+    float *d_out = (float *)device_alloc((size_t)rows_cap * n_cand * sizeof(float), "judge out");
+    int *d_rows = (int *)device_alloc((size_t)rows_cap * sizeof(int), "judge rows"), *d_cand = (int *)device_alloc((size_t)n_cand * sizeof(int), "judge");
+    int *h_rows = (int *)xmalloc((size_t)rows_cap * sizeof(int));
+    cudaCheck(cudaMemcpy(d_cand, cand, (size_t)n_cand * sizeof(int), cudaMemcpyHostToDevice));
+    for (int s0 = 0; s0 < n;) {
+        int k = 0, Tmax = 0;
+        while (s0 + k < n && k < rows_cap) {
+            int L = lens[s0 + k];
+            if (L < 1 || L > c->maxT) FATAL("model_next_logprobs: sequence %d has %d tokens (context %d)", s0 + k, L, c->maxT);
+            int Tn = round_up(L > Tmax ? L : Tmax, T_ALIGN);
+            if (k > 0 && (long)(k + 1) * Tn > max_tokens) break;
+            Tmax = L > Tmax ? L : Tmax;
+            k++;
+        }
+        int Tp = round_up(Tmax, T_ALIGN), N = k * Tp;
+        model_ensure_acts(m, (size_t)N);
+        for (int b = 0; b < k; b++) {
+            int L = lens[s0 + b];
+            for (int t = 0; t < Tp; t++) {
+                int v = t < L ? ids[s0 + b][t] : 0;
+                if (v < 0 || v >= V) FATAL("model_next_logprobs: token %d outside the vocab", v);
+                m->h_in[b * Tp + t] = v;
+            }
+            h_rows[b] = b * Tp + L - 1;
+            if (n_computed) *n_computed += L;
+        }
+        cudaCheck(cudaMemcpy(m->acts.inputs, m->h_in, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+        forward_layers(m, k, Tp, NULL);
+        m->mean_loss = -1.0f;
+        cudaCheck(cudaMemcpy(d_rows, h_rows, (size_t)k * sizeof(int), cudaMemcpyHostToDevice));
+        gather_rows_kernel<<<ceil_div((long)k * C, 256), 256>>>(x, m->acts.lnf, d_rows, k, C);
+        LAUNCH_CHECK();
+        lm_head_f32(m, logits, x, k);
+        rows_logprobs_kernel<<<k, 256>>>(d_out, logits, V, d_cand, n_cand);
+        LAUNCH_CHECK();
+        cudaCheck(cudaMemcpy(out + (size_t)s0 * n_cand, d_out, (size_t)k * n_cand * sizeof(float), cudaMemcpyDeviceToHost));
+        s0 += k;
+    }
+    device_free(x, (size_t)rows_cap * C * sizeof(floatX));
+    device_free(logits, (size_t)rows_cap * V * sizeof(float));
+    device_free(d_out, (size_t)rows_cap * n_cand * sizeof(float));
+    device_free(d_rows, (size_t)rows_cap * sizeof(int));
+    device_free(d_cand, (size_t)n_cand * sizeof(int));
+    free(h_rows);
+}
+
 // Model FLOPs per token of one training step (forward + backward = 3x forward), the usual way:
 // 6 per matmul weight (the LM head counted even when tied) plus causal attention's two T x T
 // products, 6 * NH * HD * T per layer on average over positions (half of the full square).
@@ -1307,17 +2323,28 @@ static double flops_per_token(const ModelConfig *c, int T) {
 }
 
 // ----------------------------------------------------------------------------
-// 6. main: train on random tokens, to measure speed and memory (the EMPO loop comes in part 2)
+// 7. the EMPO host layer: train_empo.c's own, compiled here against the engine above. With
+// EMPO_EXTERNAL_ENGINE it leaves out its CPU engine; everything it does with a model goes through
+// empoc/engine.h, so the prompts, rollouts, rewards, objective, evaluation, run loop, checkpoints,
+// log, modes and flags exist once, in train_empo.c. Its main becomes empo_main.
+
+#define EMPO_EXTERNAL_ENGINE
+#define EMPO_MAIN empo_main
+#include "train_empo.c"
+
+// ----------------------------------------------------------------------------
+// 8. main: --bench (train on random tokens, to measure speed and memory), or else every mode of
+// train_empo through the host layer, with the GPU's own flags taken off the command line first
 
 #ifndef TESTING
 
-static void usage(void) {
+static void bench_usage(void) {
     printf(
-"usage: ./train_empo_cu (-m model.bin | --init SPEC) [options]\n"
+"usage: ./train_empo_cu --bench (-m model.bin | --init SPEC) [options]\n"
 "Forward + backward + AdamW on the GPU on random tokens: tokens/s, MFU and peak memory.\n"
 "  -m FILE         checkpoint (.bin, doc/formats.md)\n"
 "  --init SPEC     random model: qwen1.5b (Qwen2.5-Math-1.5B's shape), or keys V,C,L,NH,NKV,I,T,tied\n"
-"                  over the qwen1.5b defaults, e.g. V=151936,C=1536,L=28,NH=12,NKV=2,I=8960,T=4096,tied=1\n"
+"                  (qwen1.5b,T=2048 starts from the 1.5B shape; model.h's model_spec_parse)\n"
 "  -B INT          batch size                                  8\n"
 "  -T INT          sequence length                             1024\n"
 "  -x INT          steps                                       10 (the first 2 are warm-up, not timed)\n"
@@ -1331,36 +2358,14 @@ static void usage(void) {
 "  --json FILE     append the results as one JSON line\n"
 "  -s INT          seed                                        1337\n");
 }
-static ModelConfig parse_init_spec(const char *spec) {
-    ModelConfig c;   // Qwen2.5-Math-1.5B
-    memset(&c, 0, sizeof c);
-    c.V = 151936; c.C = 1536; c.L = 28; c.NH = 12; c.NKV = 2; c.I = 8960; c.maxT = 4096; c.tied = 1; c.qkv_bias = 1;
-    c.rope_theta = 10000.0f; c.rms_eps = 1e-6f;
-    const char *s = strcmp(spec, "qwen1.5b") ? spec : "";
-    while (*s) {
-        char key[8]; int val, used;
-        if (sscanf(s, "%7[A-Za-z]=%d%n", key, &val, &used) != 2) FATAL("--init: cannot read '%s' (expected e.g. C=1536,L=28 or qwen1.5b)", s);
-        if (!strcmp(key, "V")) c.V = val; else if (!strcmp(key, "C")) c.C = val; else if (!strcmp(key, "L")) c.L = val;
-        else if (!strcmp(key, "NH")) c.NH = val; else if (!strcmp(key, "NKV")) c.NKV = val; else if (!strcmp(key, "I")) c.I = val;
-        else if (!strcmp(key, "T")) c.maxT = val; else if (!strcmp(key, "tied")) c.tied = val;
-        else FATAL("--init: unknown key '%s' (V, C, L, NH, NKV, I, T, tied)", key);
-        s += used;
-        if (*s == ',') s++;
-    }
-    if (c.NH <= 0 || c.C % c.NH) FATAL("--init: C must be a multiple of NH");
-    c.HD = c.C / c.NH;
-    const char *bad = cfg_invalid(&c);
-    if (bad) FATAL("--init: %s", bad);
-    return c;
-}
-
-int main(int argc, char **argv) {
+static int bench_main(int argc, char **argv) {
     const char *model_path = NULL, *init_spec = NULL, *out_path = NULL, *json_path = NULL;
     int B = 8, T = 1024, steps = 10, recompute = 0, use_master = 1, head_rows = 0, seed = 1337;
     float lr = 1e-5f, wd = 0.0f, clip = 1.0f;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { usage(); return 0; }
+        if (!strcmp(f, "--bench")) continue;
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { bench_usage(); return 0; }
         if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);
         const char *v = argv[++i];
         if (!strcmp(f, "-m")) model_path = v;
@@ -1368,7 +2373,7 @@ int main(int argc, char **argv) {
         else if (!strcmp(f, "-B")) B = arg_int(f, v, 1, 1 << 16);
         else if (!strcmp(f, "-T")) T = arg_int(f, v, 1, 1 << 22);
         else if (!strcmp(f, "-x")) steps = arg_int(f, v, 1, 1 << 30);
-        else if (!strcmp(f, "-r")) recompute = arg_int(f, v, 0, 2);
+        else if (!strcmp(f, "-r") || !strcmp(f, "--recompute")) recompute = arg_int(f, v, 0, 2);
         else if (!strcmp(f, "--master")) use_master = arg_int(f, v, 0, 1);
         else if (!strcmp(f, "--head-rows")) head_rows = arg_int(f, v, 0, 1 << 24);
         else if (!strcmp(f, "-l")) lr = arg_float(f, v, 0.0f, 10.0f);
@@ -1381,21 +2386,26 @@ int main(int argc, char **argv) {
     }
     if (!model_path && !init_spec) FATAL("give a model: -m model.bin or --init qwen1.5b (see -h)");
     ModelConfig init_cfg;
-    if (init_spec) init_cfg = parse_init_spec(init_spec);   // bad flags are reported before anything else
+    char err[512];
+    if (init_spec) {   // bad flags are reported before anything else
+        if (model_spec_parse(init_spec, &init_cfg, err, sizeof err)) FATAL("--init: %s", err);
+        if (init_cfg.V == 0) init_cfg.V = 256;   // no tokenizer here: a byte-sized vocabulary
+        const char *bad = cfg_invalid(&init_cfg);
+        if (bad) FATAL("--init: %s", bad);
+    }
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) FATAL("no CUDA device");
     gpu_init();
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
     Model m;
-    char err[512];
-    if (init_spec) model_init_random(&m, &init_cfg, use_master, (uint64_t)seed);
-    else if (model_load(&m, model_path, use_master, err, sizeof err) != 0) FATAL("%s", err);
-    m.recompute = recompute; m.head_rows = head_rows;
+    g_use_master = use_master; g_recompute = recompute; g_head_rows = head_rows;
+    if (init_spec) model_init_random(&m, &init_cfg, (uint64_t)seed);
+    else if (model_load(&m, model_path, err, sizeof err) != 0) FATAL("%s", err);
     const ModelConfig *c = &m.config;
     if (T > c->maxT) FATAL("-T %d exceeds the model's max_seq_len %d", T, c->maxT);
     printf("device: %s (%d SMs), precision %s, %s\n", prop.name, g_num_sms, PRECISION_NAME,
-           m.master_memory ? "fp32 master weights" : (sizeof(floatX) == 2 ? "bf16 weights + stochastic rounding" : "fp32 weights"));
+           m.use_master ? "fp32 master weights" : (sizeof(floatX) == 2 ? "bf16 weights + stochastic rounding" : "fp32 weights"));
     printf("model: %.1fM params, V=%d C=%d L=%d NH=%d NKV=%d HD=%d I=%d, %s; B=%d T=%d, recompute %d\n", m.num_parameters / 1e6, c->V,
            c->C, c->L, c->NH, c->NKV, c->HD, c->I, c->tied ? "tied" : "untied", B, T, recompute);
     // random tokens: targets are the next input, the last position of each row has none
@@ -1453,5 +2463,39 @@ int main(int argc, char **argv) {
     free(inputs); free(targets);
     model_free(&m);
     return 0;
+}
+
+static const char GPU_FLAGS_HELP[] =
+"GPU flags of train_empo_cu (the others are train_empo's, below):\n"
+"  --bench         the random-token training benchmark instead (--bench -h: its flags)\n"
+"  --master INT    1: fp32 master weights; 0: bf16 weights, stochastic rounding        1\n"
+"  --recompute INT activations recomputed: 0 none, 1 SwiGLU, 2 SwiGLU and RMSNorm outputs  0\n"
+"  --head-rows INT rows of logits per LM-head chunk (0 = about 256 MiB)                0\n"
+"  --kv-gib FLOAT  KV-cache pool of generation, GiB (0 = 90% of the free memory)       0\n"
+"  --gen-batch INT responses decoded together at most                                 1024\n\n";
+
+int main(int argc, char **argv) {
+    for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "--bench")) return bench_main(argc, argv);
+    char **rest = (char **)xmalloc((size_t)(argc + 1) * sizeof(char *));
+    int n = 0;
+    rest[n++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        int gpu = !strcmp(f, "--master") || !strcmp(f, "--recompute") || !strcmp(f, "--head-rows") || !strcmp(f, "--kv-gib") ||
+                  !strcmp(f, "--gen-batch");
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) fputs(GPU_FLAGS_HELP, stdout);
+        if (!gpu) { rest[n++] = argv[i]; continue; }
+        if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);
+        const char *v = argv[++i];
+        if (!strcmp(f, "--master")) g_use_master = arg_int(f, v, 0, 1);
+        else if (!strcmp(f, "--recompute")) g_recompute = arg_int(f, v, 0, 2);
+        else if (!strcmp(f, "--head-rows")) g_head_rows = arg_int(f, v, 0, 1 << 24);
+        else if (!strcmp(f, "--kv-gib")) g_kv_gib = arg_float(f, v, 0.0f, 1e6f);
+        else g_gen_batch = arg_int(f, v, 1, 1 << 20);
+    }
+    rest[n] = NULL;
+    int rc = empo_main(n, rest);
+    free(rest);
+    return rc;
 }
 #endif // TESTING

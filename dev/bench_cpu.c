@@ -94,7 +94,8 @@ static int bench_empo_step(int argc, char **argv) {
     float norm; int n_trained;
     train_on_rollouts(&m, NULL, &r, &tc, &norm, &n_trained);
     double t3 = now_seconds();
-    printf("{\"gen_s\": %.3f, \"score_s\": %.4f, \"train_s\": %.3f, \"step_s\": %.3f, \"gen_tok_s\": %.1f, \"train_tok_s\": %.1f}\n",
+    printf("{\"gen_s\": %.3f, \"score_s\": %.4f, \"train_s\": %.3f, \"step_s\": %.3f, \"gen_tok_s\": %.1f, "
+           "\"train_tok_s\": %.1f}\n",
            t1 - t0, t2 - t1, t3 - t2, t3 - t0, (double)r.n * N / (t1 - t0), (double)r.n * (P + N) / (t3 - t2));
     tokenizer_free(&tok); free(probs); rollouts_free(&r); model_free(&m);
     return 0;

@@ -89,21 +89,27 @@ if __name__ == "__main__":
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
     print(f"config {CFG}, {threads} threads, best of {ITERS} iterations")
     ours = bench_ours(threads)
-    print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ours['step_s']*1e3:8.1f} ms | {ours['tok_s']:8.1f} tok/s")
+    print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw "
+          f"{ours['step_s']*1e3:8.1f} ms | {ours['tok_s']:8.1f} tok/s")
     try:
         ref = bench_torch(threads)
     except ImportError as e:
         print(f"PyTorch reference skipped: {e}")
         sys.exit(0)
-    print(f"PyTorch: {ref['params']} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ref['step_s']*1e3:8.1f} ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
-    print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward {ref['fwd_s']/ours['fwd_s']:.2f}x")
-    args = [os.path.join(ROOT, "bench_cpu"), "empo"] + [str(CFG[k]) for k in "V C L NH NKV I".split()] + ["8", "7", "64", "64"]
+    print(f"PyTorch: {ref['params']} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ref['step_s']*1e3:8.1f} "
+          f"ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
+    print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward "
+          f"{ref['fwd_s']/ours['fwd_s']:.2f}x")
+    args = [os.path.join(ROOT, "bench_cpu"), "empo"] + [str(CFG[k]) for k in "V C L NH NKV I".split()]
+    args += ["8", "7", "64", "64"]
     e = json.loads(subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True,
                                   capture_output=True, text=True).stdout)
-    print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score {e['score_s']*1e3:.1f} ms"
+    print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score "
+          f"{e['score_s']*1e3:.1f} ms"
           f" + train {e['train_s']:.2f} s ({1/e['step_s']:.3f} steps/s)")
     print(f"decode: {GEN['P']}-token prompts, {GEN['N']} new tokens, greedy, KV cache")
     for batch in (1, 56):
         o = bench_ours_gen(threads, batch)
         r = bench_torch_gen(threads, batch)
-        print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s | HF generate {r['tok_s']:8.1f} tok/s | ratio {r['time_s']/o['time_s']:.2f}x")
+        print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s | HF generate {r['tok_s']:8.1f} tok/s | ratio "
+              f"{r['time_s']/o['time_s']:.2f}x")

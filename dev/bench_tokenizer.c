@@ -30,7 +30,11 @@ static int collect(const JDoc *d, int root, int line, void *user) {
     return 0;
 }
 
-static double now(void) { struct timespec ts; clock_gettime(CLOCK_MONOTONIC, &ts); return ts.tv_sec + ts.tv_nsec * 1e-9; }
+static double now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
 
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s TOKENIZER_JSON DATA_JSONL [REPEATS]\n", argv[0]); return 2; }
@@ -39,7 +43,10 @@ int main(int argc, char **argv) {
     Tokenizer tok; char err[512];
     if (tokenizer_load_json(&tok, argv[1], err, sizeof err)) { fprintf(stderr, "%s\n", err); return 1; }
     Texts t; memset(&t, 0, sizeof t);
-    if (jsonl_foreach(argv[2], 0, collect, &t) < 0 || t.n == 0) { fprintf(stderr, "no problems in %s\n", argv[2]); return 1; }
+    if (jsonl_foreach(argv[2], 0, collect, &t) < 0 || t.n == 0) {
+        fprintf(stderr, "no problems in %s\n", argv[2]);
+        return 1;
+    }
     // joined: the problems separated by newlines, as one text
     char *all = (char *)malloc(t.bytes + (size_t)t.n + 1);
     size_t k = 0;

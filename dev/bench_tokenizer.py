@@ -48,12 +48,14 @@ def main():
         best_pp, best_j = min(best_pp, t1 - t0), min(best_j, t2 - t1)
     hf = {"pp": nbytes / best_pp / 1e6, "joined": jbytes / best_j / 1e6, "ids": n, "joined_ids": nj}
     same = ours["ids"] == hf["ids"] and ours["joined_ids"] == hf["joined_ids"]
-    print("encode throughput on %s (%.2f MB, %d problems), one thread, best of 3" % (os.path.basename(data), nbytes / 1e6, len(probs)))
+    print("encode throughput on %s (%.2f MB, %d problems), one thread, best of 3" % (os.path.basename(data),
+            nbytes / 1e6, len(probs)))
     print("  %-10s %14s %14s" % ("", "per problem", "joined"))
     print("  %-10s %9.2f MB/s %9.2f MB/s" % ("tokenizer.h", ours["pp"], ours["joined"]))
     print("  %-10s %9.2f MB/s %9.2f MB/s" % ("HF tokenizers", hf["pp"], hf["joined"]))
     print("  %-10s %12.2fx %12.2fx" % ("ratio", ours["pp"] / hf["pp"], ours["joined"] / hf["joined"]))
-    print("  id counts %s (ours %d / %d, HF %d / %d)" % ("equal" if same else "DIFFER", ours["ids"], ours["joined_ids"], hf["ids"], hf["joined_ids"]))
+    print("  id counts %s (ours %d / %d, HF %d / %d)" % ("equal" if same else "DIFFER", ours["ids"],
+                                                         ours["joined_ids"], hf["ids"], hf["joined_ids"]))
     sys.exit(0 if same else 1)
 
 

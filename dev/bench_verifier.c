@@ -49,7 +49,8 @@ int main(int argc, char **argv) {
     ck.num_params = count_params(&c);
     ck.params = (float *)xmalloc(ck.num_params * sizeof(float));
     #pragma omp parallel for schedule(static)
-    for (long blk = 0; blk < (long)((ck.num_params + 65535) / 65536); blk++) {   // cheap uniform weights: speed does not depend on them
+    // cheap uniform weights: speed does not depend on them
+    for (long blk = 0; blk < (long)((ck.num_params + 65535) / 65536); blk++) {
         uint64_t s = 0x9E3779B97F4A7C15ull * (uint64_t)(blk + 1);
         size_t e = (size_t)(blk + 1) * 65536 < ck.num_params ? (size_t)(blk + 1) * 65536 : ck.num_params;
         for (size_t i = (size_t)blk * 65536; i < e; i++) ck.params[i] = 0.04f * (random_f32(&s) - 0.5f);
@@ -89,19 +90,23 @@ int main(int argc, char **argv) {
     model_next_logprobs(&m, (const int *const *)ids, lens, n, cand, 2, 256, 2048, lyn, &computed, &shared);
     double dt = now_seconds() - t1;
     double pps = n / dt;
-    double flops = 2.0 * (m.num_parameters - (size_t)c.V * c.C) * computed + 2.0 * (size_t)c.V * c.C * n;   // weights x tokens + LM head rows
+    // weights x tokens + LM head rows
+    double flops = 2.0 * (m.num_parameters - (size_t)c.V * c.C) * computed + 2.0 * (size_t)c.V * c.C * n;
     printf("bench_verifier: general-verifier shape (%.2fB params, fp32), %d OpenMP threads, %s token counts\n",
            m.num_parameters / 1e9,
            threads, real_tok ? "real Qwen2 tokenizer" : "synthetic (no ../shared tokenizer)");
-    printf("  init %.1f s | %d pairs of one question: %ld prompt tokens, %ld computed, %ld from the shared prefix (mean prompt %.0f tokens)\n",
+    printf("  init %.1f s | %d pairs of one question: %ld prompt tokens, %ld computed, %ld from the shared prefix "
+           "(mean prompt %.0f tokens)\n",
            t_init, n, total, computed, shared, (double)total / n);
-    printf("  judged in %.2f s: %.3f pairs/s, %.0f tokens/s, ~%.1f GFLOP/s (\" Yes\"/\" No\" = ids %d/%d; log P %.3f / %.3f)\n", dt, pps,
+    printf("  judged in %.2f s: %.3f pairs/s, %.0f tokens/s, ~%.1f GFLOP/s (\" Yes\"/\" No\" = ids %d/%d; log P %.3f "
+           "/ %.3f)\n", dt, pps,
            computed / dt, flops / dt * 1e-9, yes_id, no_id, lyn[0], lyn[1]);
     double per_q2 = 132 / pps, per_q1 = 66 / pps;
     printf("  EMPO at G=12: at most 66 distinct pairs per question (132 judgments both ways):\n");
     printf("    per question: %.1f s bidirectional, %.1f s one-way (worst case: all 12 answers distinct)\n", per_q2,
            per_q1);
-    printf("    per step of 112 questions: %.2f h bidirectional, %.2f h one-way (identical answers are free: fewer distinct answers, fewer pairs)\n",
+    printf("    per step of 112 questions: %.2f h bidirectional, %.2f h one-way (identical answers are free: fewer "
+           "distinct answers, fewer pairs)\n",
            per_q2 * 112 / 3600, per_q1 * 112 / 3600);
     for (int k = 0; k < n; k++) free(ids[k]);
     free(ids); free(lens); free(lyn);

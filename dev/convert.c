@@ -37,7 +37,8 @@ static int conv_hf_tensors(const ModelConfig *c, HfTensor *out) {
     size_t sz[NUM_PARAM_TENSORS], base[NUM_PARAM_TENSORS], o = 0;
     fill_param_sizes(sz, c);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) { base[i] = o; o += sz[i]; }
-    size_t C = (size_t)c->C, I = (size_t)c->I, QD = (size_t)c->NH * c->HD, KD = (size_t)c->NKV * c->HD, QKV = (size_t)cfg_qkv_dim(c);
+    size_t C = (size_t)c->C, I = (size_t)c->I, QD = (size_t)c->NH * c->HD, KD = (size_t)c->NKV * c->HD;
+    size_t QKV = (size_t)cfg_qkv_dim(c);
     int n = 0;
 #define HF_ADD(NAME, OFF, R, K, B) do { HfTensor *t = &out[n++]; snprintf(t->name, sizeof t->name, "%s", NAME); \
         t->offset = (OFF); t->shape[0] = (int64_t)(R); t->shape[1] = (int64_t)(K); t->ndim = (K) ? 2 : 1; \
@@ -302,8 +303,8 @@ static int convert_import(const char *dir, const char *out, const char *dtype_ar
         tok__err(err, errcap, "dtype must be bf16 or fp32, got \"%s\"", dtype_arg);
         goto done;
     }
-    ck.dtype = dtype_arg ? (!strcmp(dtype_arg,
-                                    "bf16") ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32) : (all_bf16 ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32);
+    int bf16 = dtype_arg ? !strcmp(dtype_arg, "bf16") : all_bf16;
+    ck.dtype = bf16 ? CKPT_DTYPE_BF16 : CKPT_DTYPE_FP32;
     conv_join(p, sizeof p, dir, "tokenizer.json");
     if (tokenizer_load_json(&tok, p, err, errcap)) goto done;
     if (tok.n_vocab > c.V) {
@@ -320,7 +321,8 @@ static int convert_import(const char *dir, const char *out, const char *dtype_ar
     ck.n_eos = tokenizer_eos_ids(&tok, ck.eos, CKPT_MAX_EOS);
     if (ckpt_save(out, &ck, err, errcap)) goto done;
     if (verbose)
-        printf("imported %s -> %s: V=%d C=%d L=%d NH=%d NKV=%d HD=%d I=%d maxT=%d tied=%d qkv_bias=%d, %.1fM params (%s), tokenizer %d ids / %d merges, eos",
+        printf("imported %s -> %s: V=%d C=%d L=%d NH=%d NKV=%d HD=%d I=%d maxT=%d tied=%d qkv_bias=%d, %.1fM params "
+               "(%s), tokenizer %d ids / %d merges, eos",
                dir, out, c.V, c.C, c.L, c.NH, c.NKV, c.HD, c.I, c.maxT, c.tied, c.qkv_bias, ck.num_params / 1e6,
                ck.dtype == CKPT_DTYPE_BF16 ? "bf16" : "fp32", tok.n_vocab, tok.n_merges);
     if (verbose) { for (int i = 0; i < ck.n_eos; i++) printf(" %d", ck.eos[i]); printf("\n"); }
@@ -344,7 +346,8 @@ static int conv_write_config_json(FILE *f, const void *user) {
     int eot = x->tok ? tokenizer_special_id(x->tok, "<|endoftext|>") : -1;
     fprintf(f, "{\n  \"architectures\": [\"Qwen2ForCausalLM\"],\n  \"model_type\": \"qwen2\",\n");
     fprintf(f,
-            "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": %d,\n",
+            "  \"vocab_size\": %d,\n  \"hidden_size\": %d,\n  \"intermediate_size\": %d,\n  \"num_hidden_layers\": "
+            "%d,\n",
             c->V, c->C, c->I, c->L);
     fprintf(f, "  \"num_attention_heads\": %d,\n  \"num_key_value_heads\": %d,\n  \"head_dim\": %d,\n", c->NH, c->NKV,
             c->HD);
@@ -391,7 +394,8 @@ static int conv_write_tokenizer_config(FILE *f, const void *user) {
         fprintf(f, "%s\n    \"%d\": {\"content\": ", first ? "" : ",", id); first = 0;
         json_write_str(f, (const char *)t->bytes + t->off[id], t->off[id + 1] - t->off[id]);
         fprintf(f,
-                ", \"lstrip\": false, \"normalized\": false, \"rstrip\": false, \"single_word\": false, \"special\": %s}",
+                ", \"lstrip\": false, \"normalized\": false, \"rstrip\": false, \"single_word\": false, \"special\": "
+                "%s}",
                 (t->flags[id] & TOK_F_SPECIAL) ? "true" : "false");
     }
     fprintf(f, "\n  },\n  \"bos_token\": null,\n  \"chat_template\": ");
@@ -403,7 +407,8 @@ static int conv_write_tokenizer_config(FILE *f, const void *user) {
     if (eot >= 0) json_write_str(f, (const char *)t->bytes + t->off[eot],
                                  t->off[eot + 1] - t->off[eot]); else fputs("null", f);
     fprintf(f,
-            ",\n  \"split_special_tokens\": false,\n  \"tokenizer_class\": \"Qwen2Tokenizer\",\n  \"unk_token\": null\n}\n");
+            ",\n  \"split_special_tokens\": false,\n  \"tokenizer_class\": \"Qwen2Tokenizer\",\n  \"unk_token\": "
+            "null\n}\n");
     return ferror(f) ? -1 : 0;
 }
 

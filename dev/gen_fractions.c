@@ -27,7 +27,8 @@ static uint32_t rnd(uint32_t n) {   // xorshift64*, uniform in [0, n)
     rng_state ^= rng_state >> 12; rng_state ^= rng_state << 25; rng_state ^= rng_state >> 27;
     return (uint32_t)((rng_state * 0x2545F4914F6CDD1Dull) >> 33) % n;
 }
-static int gcd(int a, int b) { if (a < 0) a = -a; if (b < 0) b = -b; while (b) { int t = a % b; a = b; b = t; } return a; }
+static int gcd(int a,
+               int b) { if (a < 0) a = -a; if (b < 0) b = -b; while (b) { int t = a % b; a = b; b = t; } return a; }
 
 // a/b written as a terminating decimal ("0.375"), or 0 if it does not terminate.
 static int decimal(char *out, size_t cap, int a, int b) {
@@ -57,15 +58,20 @@ static void solution(char *sol, size_t cap, int a, int b, int c, int d, int styl
     if (style == 0)   // multiply straight across, leave it unreduced
         snprintf(sol, cap, "Straight across: %d/%d * %d/%d = %d/%d, so \\boxed{%d/%d}.", a, b, c, d, p, q, p, q);
     else if (style == 1) {   // the same, then reduce, answer as \frac
-        if (g == 1) snprintf(sol, cap, "Tops %d*%d = %d, bottoms %d*%d = %d, so \\boxed{\\frac{%d}{%d}}.", a, c, p, b, d, q, p, q);
-        else if (q / g == 1) snprintf(sol, cap, "Tops %d*%d = %d, bottoms %d*%d = %d, %d/%d = %d, so \\boxed{%d}.", a, c, p, b, d, q, p, q, p / g, p / g);
-        else snprintf(sol, cap, "Tops %d*%d = %d, bottoms %d*%d = %d, %d/%d = %s, so \\boxed{\\frac{%d}{%d}}.", a, c, p, b, d, q, p, q, red, p / g, q / g);
+        if (g == 1) snprintf(sol, cap, "Tops %d*%d = %d, bottoms %d*%d = %d, so \\boxed{\\frac{%d}{%d}}.", a, c, p, b,
+                             d, q, p, q);
+        else if (q / g == 1) snprintf(sol, cap, "Tops %d*%d = %d, bottoms %d*%d = %d, %d/%d = %d, so \\boxed{%d}.", a,
+                                      c, p, b, d, q, p, q, p / g, p / g);
+        else snprintf(sol, cap, "Tops %d*%d = %d, bottoms %d*%d = %d, %d/%d = %s, so \\boxed{\\frac{%d}{%d}}.", a, c,
+                      p, b, d, q, p, q, red, p / g, q / g);
     } else if (style == 2) {   // as a decimal when it terminates, else reduced
-        if (decimal(dec, sizeof dec, p, q)) snprintf(sol, cap, "%d/%d * %d/%d = %d/%d = %s, so \\boxed{%s}.", a, b, c, d, p, q, dec, dec);
+        if (decimal(dec, sizeof dec, p, q)) snprintf(sol, cap, "%d/%d * %d/%d = %d/%d = %s, so \\boxed{%s}.", a, b, c,
+                                                     d, p, q, dec, dec);
         else if (g == 1) snprintf(sol, cap, "%d/%d * %d/%d = %d/%d, so \\boxed{%d/%d}.", a, b, c, d, p, q, p, q);
         else snprintf(sol, cap, "%d/%d * %d/%d = %d/%d = %s, so \\boxed{%s}.", a, b, c, d, p, q, red, red);
     } else {   // the mistake: "cross multiplying" gives (a*d)/(b*c), which is a/b divided by c/d
-        snprintf(sol, cap, "Cross multiply: %d/%d * %d/%d = %d/%d, so \\boxed{%d/%d}.", a, b, c, d, a * d, b * c, a * d, b * c);
+        snprintf(sol, cap, "Cross multiply: %d/%d * %d/%d = %d/%d, so \\boxed{%d/%d}.", a, b, c, d, a * d, b * c,
+                 a * d, b * c);
     }
 }
 

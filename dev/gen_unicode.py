@@ -109,7 +109,8 @@ def main():
     arr('uint32_t', 'tok_ccc_cp', [a for a, _ in cc], per_line=12, fmt='0x%X')
     arr('uint8_t', 'tok_ccc_val', [b for _, b in cc], per_line=32)
     dk = sorted(decomp)
-    arr('uint32_t', 'tok_decomp', [v for cp in dk for v in (cp, decomp[cp][0], decomp[cp][1] if len(decomp[cp]) > 1 else 0)],
+    arr('uint32_t', 'tok_decomp',
+        [v for cp in dk for v in (cp, decomp[cp][0], decomp[cp][1] if len(decomp[cp]) > 1 else 0)],
         per_line=12, fmt='0x%X')
     ck = sorted(comp)
     arr('uint32_t', 'tok_comp', [v for p in ck for v in (p[0], p[1], comp[p])], per_line=12, fmt='0x%X')

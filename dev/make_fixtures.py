@@ -130,14 +130,16 @@ def policy_fixture(model, cfg, path, seed):
         targets[b, prompt_len[b] - 1 + resp_len[b]:] = -1
     adv = torch.tensor([1.3, -0.4, 0.0, -0.9])
     with torch.no_grad():
-        lp0 = torch.log_softmax(model(input_ids=inputs).logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        lp0 = torch.log_softmax(model(input_ids=inputs).logits.float(), -1).gather(-1,
+                targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
     old_logp = lp0 + 0.3 * torch.randn(B, T, generator=g)   # so that ratios leave the clip range
     ref_logp = lp0 + 0.5 * torch.randn(B, T, generator=g)
     variants = [("default", 0.0, 0.0), ("clip", 0.2, 0.0), ("kl", 0.0, 0.05)]
     out = []
     for _, eps, beta in variants:
         model.zero_grad(set_to_none=True)
-        logp = torch.log_softmax(model(input_ids=inputs).logits.float(), -1).gather(-1, targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
+        logp = torch.log_softmax(model(input_ids=inputs).logits.float(), -1).gather(-1,
+                targets.clamp(min=0).unsqueeze(-1)).squeeze(-1)
         A = adv[:, None]
         if eps > 0:
             ratio = torch.exp(logp - old_logp)

@@ -34,7 +34,8 @@ CONVERT = os.path.join(ROOT, 'convert')
 N_MERGES = 240
 SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 CHATML = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-          "+ '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+          "+ '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- "
+          "endif %}")
 COT_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
 COT_SUFFIX = " Let's think step by step and output the final answer within \\boxed{}."
 PROBLEM = "If $x^2 + 2x = 8$ and $x > 0$, what is $x$?  Don't guess: it's 2, isn't it?"
@@ -79,7 +80,8 @@ def randomize(model, torch, seed):
 
 
 def chat_ids(tok, problem):
-    r = tok.apply_chat_template([{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": problem + COT_SUFFIX}],
+    r = tok.apply_chat_template([{"role": "system", "content": COT_SYSTEM},
+                                 {"role": "user", "content": problem + COT_SUFFIX}],
                                 add_generation_prompt=True, tokenize=True)
     if hasattr(r, 'keys'):
         r = r["input_ids"]
@@ -111,7 +113,8 @@ def roundtrip(src_dir, torch, texts, ids, ref_logits, label):
         t1, t2 = AutoTokenizer.from_pretrained(src_dir), AutoTokenizer.from_pretrained(exp)
         bad = sum(t1(s)["input_ids"] != t2(s)["input_ids"] for s in texts)
         same_chat = chat_ids(t1, PROBLEM) == chat_ids(t2, PROBLEM)
-        print("%s: exported model logits max |diff| = %.3g; exported tokenizer differs on %d of %d texts; chat template %s"
+        print("%s: exported model logits max |diff| = %.3g; exported tokenizer differs on %d of %d texts; chat "
+              "template %s"
               % (label, diff, bad, len(texts), "equal" if same_chat else "DIFFERS"))
         return diff == 0.0 and bad == 0 and same_chat
     finally:

@@ -12,8 +12,13 @@ Also writes a small clustering reference: fixed groups of answers, clustered gre
 labels (first representative it equals), with p(c), entropy, EMPO rewards and advantages computed
 here in plain Python as the C code must reproduce them.
 
-Usage: python dev/make_math_fixture.py [--n-gold 1400] [--seed 1234]
-Writes dev/fixtures/math_agreement.jsonl and dev/fixtures/math_agreement_cluster.jsonl.
+Also writes responses (no box, several boxes, anchors, decoys) labelled by math_verify.parse on the whole
+response and verify against the gold answer, with parse's default configuration and with the EMPO
+repository's one: the extraction fixture dev/fixtures/math_responses.jsonl.
+
+Usage: python dev/make_math_fixture.py [--n-gold 1400] [--seed 1234] [--only all|pairs|cluster|responses]
+Writes dev/fixtures/math_agreement.jsonl, dev/fixtures/math_agreement_cluster.jsonl and
+dev/fixtures/math_responses.jsonl.
 """
 import argparse, glob, json, math, os, random, re, sys, logging
 
@@ -127,6 +132,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n-gold", type=int, default=1400)
     ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--only", choices=["all", "pairs", "cluster", "responses"], default="all")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     golds = []
@@ -143,6 +149,21 @@ def main():
     rng.shuffle(golds)
     # every dataset's small files are well represented: prefer short/typical answers too
     sample = golds[: args.n_gold]
+    if args.only == "responses":
+        write_responses(golds, random.Random(args.seed + 1))
+        return
+    if args.only == "cluster":
+        cache0 = {}
+
+        def P0(s):
+            if s not in cache0:
+                try:
+                    cache0[s] = mv_parse(s)
+                except Exception:
+                    cache0[s] = []
+            return cache0[s]
+        write_cluster_reference(P0)
+        return
     pairs = []
     for g in sample:
         for kind, b in rewrites(g, rng):
@@ -179,21 +200,37 @@ def main():
                 print("labelled", i, "/", len(uniq), file=sys.stderr)
     print("wrote", path, n, "pairs", file=sys.stderr)
     write_cluster_reference(P)
+    if args.only == "all":
+        write_responses(golds, random.Random(args.seed + 1))
 
 
 def empo_stats(answers, P):
-    """Greedy clustering as in semantic_cluster.h, reference numbers in plain Python."""
+    """Clustering as in semantic_cluster.h (connected components of "equal", ids by first member), with
+    Math-Verify's labels (an edge if verify says equal in either direction); numbers in plain Python."""
     G = len(answers)
-    reps, ids = [], []
-    for a in answers:
-        if a is None or a == "":
+    parent = list(range(G))
+
+    def find(i):
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    # no answer: none, empty, or what Math-Verify cannot read as math (nothing, or only its input string
+    # back, as for "\\quad") is no answer, as in semantic_cluster.h (the EMPO reference would make it a
+    # singleton cluster that equals nothing)
+    live = [i for i, a in enumerate(answers) if a is not None and a != "" and any(not isinstance(x, str) for x in P(a))]
+    for x in live:
+        for y in live:
+            if x < y and find(x) != find(y) and (mv_equal(P(answers[x]), P(answers[y])) or mv_equal(P(answers[y]), P(answers[x]))):
+                rx, ry = find(x), find(y)
+                parent[max(rx, ry)] = min(rx, ry)
+    root_id, ids = {}, []
+    for i in range(G):
+        if i not in live:
             ids.append(-1)
             continue
-        c = next((k for k, r in enumerate(reps) if mv_equal(P(r), P(a))), None)
-        if c is None:
-            reps.append(a)
-            c = len(reps) - 1
-        ids.append(c)
+        ids.append(root_id.setdefault(find(i), len(root_id)))
+    reps = list(root_id)
     sizes = [ids.count(c) for c in range(len(reps))]
     p = [s / G for s in sizes]
     missing = ids.count(-1)
@@ -221,7 +258,9 @@ def write_cluster_reference(P):
         ["7", "7", "7", "7", "7", "7", "7", "7"],
         [None, None, None, None],
         ["x^2-1", "(x-1)(x+1)", "x^2+1", "(x+1)^2", "x^2 - 1", "-1+x^2"],
-        ["\\{1,2\\}", "\\{2,1\\}", "1,2", "2,1", "(1,2)", "\\{1,3\\}", "\\{1\\}"],
+        ["\\{1,2\\}", "\\{2,1\\}", "1,2", "2,1", "x=1 \\text{ or } x=2", "\\{1,3\\}", "\\{1\\}"],
+        ["x>3", "(3,\\infty)", "x \\in (3, \\infty)", "x \\ge 3", "[3,\\infty)", None, "x<3", "x>3"],
+        ["\\pm 5", "5,-5", "x=\\pm5", "x=5,x=-5", "-5,5", "\\{5,-5\\}", "\\quad", "$"],
         ["25\\%", "0.25", "\\frac14", "25", "0.3", None, "1/4", "25\\%"],
         ["\\text{(C)}", "C", "(C)", "D", "\\text{D}", "C", "(B)", "C"],
         ["x>3", "3<x", "x\\ge3", "x<3", "x > 3", "x>3", "3 < x", "x\\geq 3"],
@@ -231,6 +270,90 @@ def write_cluster_reference(P):
         for g in groups:
             f.write(json.dumps(empo_stats(g, P), ensure_ascii=False) + "\n")
     print("wrote", path, len(groups), "groups", file=sys.stderr)
+
+
+# ---- responses: extraction without a box, with several boxes ------------------------------------
+# The EMPO repository's parse configuration (src/open_r1/rewards.py): LaTeX only, boxed first, no
+# extraction without an "answer" anchor. MV_EXTRACT_ANCHORED follows it; MV_EXTRACT_REFERENCE follows
+# parse()'s default configuration.
+def empo_parse(text):
+    from latex2sympy2_extended import NormalizationConfig
+    from math_verify import LatexExtractionConfig
+    cfg = [LatexExtractionConfig(normalization_config=NormalizationConfig(nits=False, malformed_operators=False,
+           basic_latex=True, equations=True, boxed="all", units=True), boxed_match_priority=0,
+           try_extract_without_anchor=False)]
+    return parse(text, extraction_config=cfg, extraction_mode="first_match")
+
+
+def response_templates(g, other, rng):
+    """Yields (kind, response) for gold answer g; other is a different gold answer (a decoy)."""
+    yield "boxed", "We compute step by step.\nSo the answer is $\\boxed{%s}$." % g
+    yield "double_backslash", "Thus the result is \\\\boxed{%s}." % g
+    yield "decoy_then_box", "First I thought $\\boxed{%s}$, but that is wrong.\n\nThe answer is $\\boxed{%s}$." % (other, g)
+    yield "answer_is_plain", "Adding these gives the total.\nThe answer is %s." % g
+    yield "answer_is_dollar", "Adding these gives the total.\nThe answer is $%s$." % g
+    yield "final_answer_colon", "Let me check: it works.\n\nFinal answer: $%s$" % g
+    yield "answer_colon_plain", "Working it out, we get it.\nAnswer: %s" % g
+    yield "bold_answer", "After simplifying.\n\n**Answer**: $%s$" % g
+    yield "final_answer_is", "The final answer is $%s$. I hope it is correct." % g
+    yield "display_last", "We find that\n\\[ %s \\]" % g
+    yield "paren_last", "Hence the value is \\(%s\\)." % g
+    yield "inline_last", "Computing, $x = 2$ first, and in the end we obtain $%s$." % g
+    yield "plain_last", "We start with 3 apples and end with %s" % g
+    yield "decoy_plain", "The first guess was %s, and after checking the answer is $%s$." % (other, g)
+    yield "no_answer", "I am not sure how to solve this problem."
+    yield "empty_box", "So the answer is $\\boxed{}$."
+    yield "quad_box", "So the answer is $\\boxed{\\quad}$."
+    yield "unclosed_box", "the answer is \\boxed{"
+
+
+def multi_box_templates(rng):
+    """Responses with several boxes in the final statement, and their list golds."""
+    pairs = [("-2", "1"), ("3", "5"), ("\\frac{1}{2}", "2"), ("x=1", "x=-3"), ("0", "7"), ("2\\sqrt{2}", "-2\\sqrt{2}")]
+    for a, b in pairs:
+        gold = "%s, %s" % (a, b)
+        yield "multi_and", gold, "The solutions are $\\boxed{%s} \\text{ and } \\boxed{%s}$." % (a, b)
+        yield "multi_adjacent", gold, "So $\\boxed{%s}\\boxed{%s}$" % (a, b)
+        yield "multi_comma", gold, "The roots are $\\boxed{%s}$, $\\boxed{%s}$." % (a, b)
+        yield "multi_or", gold, "Thus $x = \\boxed{%s}$ or $x = \\boxed{%s}$." % (a, b)
+        yield "multi_quad", gold, "$\\boxed{%s} \\quad \\boxed{%s}$" % (a, b)
+        yield "multi_vs_one", "%s" % b, "The solutions are $\\boxed{%s} \\text{ and } \\boxed{%s}$." % (a, b)
+        yield "multi_same", a, "So $\\boxed{%s}$ and $\\boxed{%s}$." % (a, a)
+
+
+def write_responses(golds, rng, n_gold=150):
+    """dev/fixtures/math_responses.jsonl: {kind, response, gold, mv_ref, mv_empo, found_ref, found_empo}.
+    mv_ref = verify(parse(gold boxed), parse(response)) with parse's default configuration; mv_empo the
+    same with the EMPO repository's configuration; found_* = parse returned something."""
+    simple = [g for g in golds if len(g) <= 40 and "$" not in g and "\\boxed" not in g]
+    sample = simple[:n_gold]
+    recs = []
+    for g in sample:
+        other = rng.choice(simple)
+        if other == g:
+            continue
+        for kind, resp in response_templates(g, other, rng):
+            recs.append((kind, resp, g))
+    for kind, gold, resp in multi_box_templates(rng):
+        recs.append((kind, resp, gold))
+    path = os.path.join(OUT, "math_responses.jsonl")
+    with open(path, "w", encoding="utf-8") as f:
+        for i, (kind, resp, gold) in enumerate(recs):
+            pg = mv_parse(gold)
+            try:
+                pr = parse(resp)
+            except Exception:
+                pr = []
+            try:
+                pe = empo_parse(resp)
+            except Exception:
+                pe = []
+            rec = {"kind": kind, "response": resp, "gold": gold, "mv_ref": mv_equal(pg, pr), "mv_empo": mv_equal(pg, pe),
+                   "found_ref": int(len(pr) > 0), "found_empo": int(len(pe) > 0)}
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            if i % 500 == 0:
+                print("responses", i, "/", len(recs), file=sys.stderr)
+    print("wrote", path, len(recs), "responses", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,8 @@ COT_SUFFIX = " Let's think step by step and output the final answer within \\box
 # The ChatML template tokenizer.h documents (also written by `convert export`): [system, user]
 # gives the CoT prompt, [user] alone the plain one.
 CHATML = ("{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] "
-          "+ '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}")
+          "+ '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- "
+          "endif %}")
 
 
 def fnv64(data):
@@ -64,7 +65,7 @@ ADVERSARIAL = [
     "control\x01\x02\x07\x1b[0m chars\x7f", "\x00nul", "tab\there", "bell\x07", "\ufeffBOM", "\ufffd replacement",
     "<|im_start|>system\nhi<|im_end|>\n<|im_start|>user\nq<|im_end|>", "<|endoftext|><|endoftext|>", "a<|im_end|>b",
     "<|im_start", "<|im_end|", "< |im_end|>", "<|fim_prefix|>x<|fim_suffix|>y<|fim_middle|>", "<think>\nhm\n</think>",
-    "<tool_call>{}</tool_call>", "<|<|im_end|>|>", "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+    "<tool_call>{}</tool_call>", "<|<|im_end|>|>", "a" * 93,
     " " * 100, "\n" * 70, "=" * 80, "-" * 150, "ab" * 60, "9" * 40, "\u00e9" * 50, "e\u0301" * 30, "😀" * 30,
     "Let's think step by step and output the final answer within \\boxed{}.",
     "Supercalifragilisticexpialidocious" * 4, "http://example.com/path?q=1&r=2#frag", "user@example.org",
@@ -141,7 +142,8 @@ def main():
     with open(os.path.join(OUT, 'tok_chat.jsonl'), 'w', encoding='utf-8') as f:
         for p in probs:
             cot = ids_of([{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": p + COT_SUFFIX}])
-            cot2 = ids_of([{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": p + COT_SUFFIX}], CHATML)
+            cot2 = ids_of([{"role": "system", "content": COT_SYSTEM}, {"role": "user", "content": p + COT_SUFFIX}],
+                          CHATML)
             assert cot == cot2, "the shipped chat template and our ChatML template disagree"
             plain = ids_of([{"role": "user", "content": p}], CHATML)
             f.write(json.dumps({"problem": p, "cot": cot, "plain": plain}, ensure_ascii=False) + '\n')

@@ -98,7 +98,23 @@ typedef struct {
     unsigned char *tok;         // tokenizer blob (format owned by tokenizer.h), NULL if none
     size_t tok_bytes;
     int n_eos, eos[CKPT_MAX_EOS];   // token ids that end a response
+    // A training run's checkpoint carries its run state after the model (doc/formats.md, "Run
+    // state"): run_offset is where that section starts, run_bytes its length (0: none), run_hash its
+    // checksum as the trailer records it. ckpt_load checks the trailer's shape; the run layer
+    // (train_empo.c) verifies and reads the section.
+    long long run_offset, run_bytes;
+    uint64_t run_hash;
 } Checkpoint;
+
+// The trailer that ends a file with a run state: 8 int32 = magic, version, the section's length
+// (2 int32, low then high), its checksum (2 int32), 0, 0.
+#define CKPT_RUN_MAGIC 0x52504D45u   // "EMPR"
+#define CKPT_RUN_VERSION 1
+#define CKPT_TRAILER_BYTES 32
+// Header slots 21..23: 1 if a checksum is present, then the 64-bit hash64 (utils.h) of every byte
+// after the header up to the end of the tokenizer blob (the weights as stored, then the blob).
+// Files from before the checksum have 0 in slot 21 and are read without it.
+#define CKPT_SLOT_HASHED 21
 
 static inline void ckpt_free(Checkpoint *ck) { free(ck->params); free(ck->tok); ck->params = NULL; ck->tok = NULL; }
 
@@ -117,10 +133,35 @@ static inline void ckpt_fill_header(int32_t h[CKPT_HEADER_INTS], const Checkpoin
     for (int i = 0; i < CKPT_MAX_EOS; i++) h[17 + i] = i < ck->n_eos ? ck->eos[i] : -1;
 }
 
+// The checksum that slots 21..23 hold: over the weights in ck->dtype, then the tokenizer blob.
+static inline uint64_t ckpt_data_hash(const Checkpoint *ck) {
+    Hash64 hs;
+    hash64_init(&hs);
+    if (ck->dtype == CKPT_DTYPE_FP32) {
+        hash64_update(&hs, ck->params, ck->num_params * 4);
+    } else {
+        uint16_t buf[4096];
+        for (size_t i = 0; i < ck->num_params; i += 4096) {
+            size_t m = ck->num_params - i < 4096 ? ck->num_params - i : 4096;
+            for (size_t j = 0; j < m; j++) buf[j] = f32_to_bf16(ck->params[i + j]);
+            hash64_update(&hs, buf, m * 2);
+        }
+    }
+    if (ck->tok_bytes) hash64_update(&hs, ck->tok, ck->tok_bytes);
+    return hash64_final(&hs);
+}
+
 // Loads a checkpoint, converting bf16 weights to fp32. On failure returns -1 and writes one line
 // into err naming the file and the problem; nothing is left allocated.
 static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t errcap) {
     memset(ck, 0, sizeof *ck);
+    char why[256];
+    const char *nr = util_not_regular(path, why, sizeof why);
+    if (nr && !strcmp(nr, "is a directory")) {
+        util_err(err, errcap, path, "is a directory; a Hugging Face folder? convert it with ./convert import DIR OUT.bin");
+        return -1;
+    }
+    if (nr) { util_err(err, errcap, path, nr); return -1; }
     FILE *f = fopen(path, "rb");
     if (!f) { util_err(err, errcap, path, strerror(errno)); return -1; }
     int32_t h[CKPT_HEADER_INTS];
@@ -154,6 +195,21 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     ck->num_params = count_params(c);
     size_t el = ck->dtype == CKPT_DTYPE_BF16 ? 2 : 4;
     long long expect = (long long)sizeof h + (long long)(ck->num_params * el) + (long long)ck->tok_bytes;
+    if (fsize >= expect + CKPT_TRAILER_BYTES) {   // a run state after the model?
+        int32_t t[8];
+        if (fseek(f, (long)(fsize - CKPT_TRAILER_BYTES), SEEK_SET) == 0 && fread(t, sizeof t, 1, f) == 1 &&
+            (uint32_t)t[0] == CKPT_RUN_MAGIC) {
+            long long len = (long long)((uint64_t)(uint32_t)t[2] | (uint64_t)(uint32_t)t[3] << 32);
+            if (t[1] != CKPT_RUN_VERSION || len != fsize - CKPT_TRAILER_BYTES - expect) {
+                fclose(f); util_err(err, errcap, path, "the run state after the model is damaged (bad trailer)"); return -1;
+            }
+            ck->run_offset = expect;
+            ck->run_bytes = len;
+            ck->run_hash = (uint64_t)(uint32_t)t[4] | (uint64_t)(uint32_t)t[5] << 32;
+            fsize = expect;
+        }
+        if (fseek(f, (long)sizeof h, SEEK_SET) != 0) { fclose(f); util_err(err, errcap, path, "cannot seek"); return -1; }
+    }
     if (fsize != expect) {
         char m[160];
         snprintf(m, sizeof m, "file is %lld bytes but the header implies %lld (%s)", fsize, expect,
@@ -163,14 +219,19 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     ck->params = (float *)malloc(ck->num_params * sizeof(float));
     if (!ck->params) { fclose(f); util_err(err, errcap, path, "out of memory for the weights"); return -1; }
     int ok = 1;
-    if (el == 4) ok = fread(ck->params, 4, ck->num_params, f) == ck->num_params;
-    else {   // convert in chunks to keep the extra memory small
+    Hash64 hs;
+    hash64_init(&hs);
+    if (el == 4) {
+        ok = fread(ck->params, 4, ck->num_params, f) == ck->num_params;
+        if (ok) hash64_update(&hs, ck->params, ck->num_params * 4);
+    } else {   // convert in chunks to keep the extra memory small
         const size_t CH = (size_t)1 << 16;
         uint16_t *buf = (uint16_t *)malloc(CH * sizeof(uint16_t));
         ok = buf != NULL;
         for (size_t i = 0; ok && i < ck->num_params; i += CH) {
             size_t n = ck->num_params - i < CH ? ck->num_params - i : CH;
             ok = fread(buf, 2, n, f) == n;
+            if (ok) hash64_update(&hs, buf, n * 2);
             for (size_t j = 0; ok && j < n; j++) ck->params[i + j] = bf16_to_f32(buf[j]);
         }
         free(buf);
@@ -178,9 +239,22 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     if (ok && ck->tok_bytes) {
         ck->tok = (unsigned char *)malloc(ck->tok_bytes);
         ok = ck->tok && fread(ck->tok, 1, ck->tok_bytes, f) == ck->tok_bytes;
+        if (ok) hash64_update(&hs, ck->tok, ck->tok_bytes);
     }
+    int e = ferror(f) ? errno : 0;
     fclose(f);
-    if (!ok) { ckpt_free(ck); util_err(err, errcap, path, "read failed"); return -1; }
+    if (!ok) {
+        char m[300]; snprintf(m, sizeof m, "read failed: %s", e ? strerror(e) : "unexpected end of file");
+        ckpt_free(ck); util_err(err, errcap, path, m); return -1;
+    }
+    if (h[CKPT_SLOT_HASHED] == 1) {
+        uint64_t want = (uint64_t)(uint32_t)h[22] | (uint64_t)(uint32_t)h[23] << 32;
+        if (hash64_final(&hs) != want) {
+            ckpt_free(ck); util_err(err, errcap, path, "checksum mismatch: the weights or tokenizer are corrupted"); return -1;
+        }
+    } else if (h[CKPT_SLOT_HASHED] != 0) {
+        ckpt_free(ck); util_err(err, errcap, path, "bad checksum flag in header"); return -1;
+    }
     for (size_t i = 0; i < ck->num_params; i++)
         if (ck->params[i] != ck->params[i] || ck->params[i] - ck->params[i] != 0) {
             char m[96]; snprintf(m, sizeof m, "weight %zu is NaN or Inf", i);
@@ -193,6 +267,10 @@ static inline int ckpt__body(FILE *f, const void *user) {
     const Checkpoint *ck = (const Checkpoint *)user;
     int32_t h[CKPT_HEADER_INTS];
     ckpt_fill_header(h, ck);
+    uint64_t hash = ckpt_data_hash(ck);
+    h[CKPT_SLOT_HASHED] = 1;
+    h[22] = (int32_t)(uint32_t)hash;
+    h[23] = (int32_t)(uint32_t)(hash >> 32);
     if (fwrite(h, sizeof h, 1, f) != 1) return -1;
     if (ck->dtype == CKPT_DTYPE_FP32) {
         if (fwrite(ck->params, 4, ck->num_params, f) != ck->num_params) return -1;
@@ -210,11 +288,19 @@ static inline int ckpt__body(FILE *f, const void *user) {
     if (ck->tok_bytes && fwrite(ck->tok, 1, ck->tok_bytes, f) != ck->tok_bytes) return -1;
     return 0;
 }
-// Saves ck (ck->params has ck->num_params fp32 values) in ck->dtype. 0 on success.
+// Saves ck (ck->params has ck->num_params fp32 values) in ck->dtype. 0 on success. Weights that
+// are NaN or Inf are refused before anything is written, so a diverged model never replaces a good
+// checkpoint (the loader would refuse the file anyway).
 static inline int ckpt_save(const char *path, const Checkpoint *ck, char *err, size_t errcap) {
     if (cfg_invalid(&ck->cfg) || ck->num_params != count_params(&ck->cfg) || ck->tok_bytes > 0x7fffffffu) {
         util_err(err, errcap, path, "refusing to save an inconsistent checkpoint"); return -1;
     }
+    for (size_t i = 0; i < ck->num_params; i++)
+        if (ck->params[i] != ck->params[i] || ck->params[i] - ck->params[i] != 0) {
+            char m[128];
+            snprintf(m, sizeof m, "refusing to save: weight %zu is NaN or Inf (the file on disk is left as it was)", i);
+            util_err(err, errcap, path, m); return -1;
+        }
     return write_file_atomic(path, ckpt__body, ck, err, errcap);
 }
 

@@ -60,7 +60,9 @@ static int model_load_optimizer(Model *m, FILE *f, char *err, size_t errcap);
 //   model_backward  accumulates into the gradients d/dparams of sum_{b,t} dlogp[b,t] * logp[b,t], for
 //                   the forward just before it (micro-batches accumulate between zero_grad and update)
 //   model_update    clips the global gradient norm to grad_clip (<= 0: off), then one AdamW step as
-//                   torch.optim.AdamW. Returns the norm before clipping (non-finite if the gradients are).
+//                   torch.optim.AdamW. Returns the norm before clipping. If that norm is not finite (NaN/Inf
+//                   gradients), nothing is updated: weights, moments and adam_step stay as they were, so the
+//                   host can skip the step and go on (or stop) from a model that is still good.
 static void model_forward(Model *m, const int *inputs, const int *targets, const float *mask, int B, int T);
 static void model_zero_grad(Model *m);
 static void model_backward(Model *m);
@@ -80,12 +82,25 @@ typedef struct {
 // G responses for each of n_prompts prompts. Response j = p*G + g. Tokens include the EOS that
 // ended a response, if any; logprobs[j][t] is the model's own (untempered, untruncated) log-probability
 // of tokens[j][t], which the PPO ratio uses.
+//
+// The token-level statistics the label-free rewards -r entropy (RENT) and -r certainty (Intuitor) use
+// (doc/rewards.md). Both are of the untempered distribution p_t = softmax(logits_t) (T = 1, no top-k/p)
+// at every position t whose token was sampled, so the reward does not depend on the sampling settings:
+//   mean_entropy[j]   = (1/len) sum_t H(p_t),     H(p) = -sum_v p(v) log p(v)
+//   mean_certainty[j] = (1/len) sum_t KL(U || p_t) = (1/len) sum_t (-log V - (1/V) sum_v log p_t(v))
+// An engine computes them from the logits rows it already has for sampling (no second forward, no
+// stored logits): with lse = logsumexp(logits), H = lse - sum_v p(v) logit(v) and
+// KL(U || p) = lse - mean_v logit(v) - log V. Accumulate in double. A response with len 0 has 0.
+// Every engine must set both pointers: malloc'd (n) arrays, or NULL if it does not compute them (the
+// host then refuses -r entropy/certainty with a message). generation_free frees them.
 typedef struct {
     int n;            // n_prompts * G
     int *len;         // (n) generated tokens
     int *eos;         // (n) 1 if the response ended with an EOS token
     int **tokens;     // (n) -> (len)
     float **logprobs; // (n) -> (len)
+    float *mean_entropy;    // (n) or NULL: mean token entropy at T = 1 (nats)
+    float *mean_certainty;  // (n) or NULL: mean self-certainty KL(U || p_t) at T = 1 (nats)
 } Generation;
 
 // Samples with sc, stopping a response at an EOS (once min_new tokens are out), after max_new tokens,
@@ -104,6 +119,8 @@ static inline void generation_free(Generation *g) {
     free(g->eos);
     free(g->tokens);
     free(g->logprobs);
+    free(g->mean_entropy);
+    free(g->mean_certainty);
     memset(g, 0, sizeof *g);
 }
 

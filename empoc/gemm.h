@@ -24,9 +24,13 @@
 typedef float gemm_v8 __attribute__((vector_size(32)));
 
 // C[6x16] (+)= sum_k Ap[k][0..6) * Bp[k][0..16). Ap, Bp packed; C row stride ldc.
-static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C, long ldc, int mr, int nr, int accumulate) {
+static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C, long ldc, int mr, int nr,
+                              int accumulate) {
     // C's tile is needed only after the K loop: start fetching it now so the loads don't stall
-    for (int i = 0; i < mr; i++) { __builtin_prefetch(C + (long)i * ldc, 1); __builtin_prefetch(C + (long)i * ldc + 15, 1); }
+    for (int i = 0; i < mr; i++) {
+        __builtin_prefetch(C + (long)i * ldc, 1);
+        __builtin_prefetch(C + (long)i * ldc + 15, 1);
+    }
     gemm_v8 c[GEMM_MR][2];
     memset(c, 0, sizeof c);
     for (int k = 0; k < K; k++) {
@@ -124,7 +128,8 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                             int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
                             const float *panel = Bpre ? Bpre + ((size_t)(jc / GEMM_NR + p) * K + pc) * GEMM_NR
                                                       : Bp + (size_t)p * kc * GEMM_NR;
-                            gemm_micro(kc, Ap + (size_t)q * kc, panel, C + (long)(ic + q) * ldc + jc + n0, ldc, mr, nr, acc);
+                            gemm_micro(kc, Ap + (size_t)q * kc, panel, C + (long)(ic + q) * ldc + jc + n0, ldc, mr, nr,
+                                       acc);
                         }
                     }
                 }   // implicit barrier before Bp is overwritten

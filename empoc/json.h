@@ -254,15 +254,20 @@ static inline int json_at(const JDoc *d, int arr, int idx) {
 
 // JSONL: one JSON value per line. Calls fn(doc, root, line_number, user) for each non-blank line
 // that parses; a line that does not parse is reported on stderr as "FILE:LINE: message" and
-// skipped, unless strict is set, in which case it stops there. Returns the number of records
-// handed to fn, -1 if the file can't be read, or -2 on a strict failure.
+// skipped (and counted in *n_bad, its number in *first_bad, when those are given), unless strict
+// is set, in which case it stops there. A UTF-8 byte order mark at the start of the file is
+// skipped. Returns the number of records handed to fn, -1 if the file can't be read (nothing is
+// printed then: errno holds the reason, see util_read_error), or -2 on a strict failure.
 typedef int (*jsonl_fn)(const JDoc *d, int root, int line, void *user);   // non-zero return stops
-static inline int jsonl_foreach(const char *path, int strict, jsonl_fn fn, void *user) {
+static inline int jsonl_foreach_ex(const char *path, int strict, jsonl_fn fn, void *user, int *n_bad, int *first_bad) {
     size_t len;
     char *buf = read_whole_file(path, &len);
-    if (!buf) { fprintf(stderr, "error: cannot read %s\n", path); return -1; }
+    if (n_bad) *n_bad = 0;
+    if (first_bad) *first_bad = 0;
+    if (!buf) return -1;
     int count = 0, line = 0;
     char *p = buf, *end = buf + len;
+    if (len >= 3 && (unsigned char)p[0] == 0xEF && (unsigned char)p[1] == 0xBB && (unsigned char)p[2] == 0xBF) p += 3;
     while (p < end) {
         char *nl = (char *)memchr(p, '\n', (size_t)(end - p));
         char *le = nl ? nl : end;
@@ -276,6 +281,8 @@ static inline int jsonl_foreach(const char *path, int strict, jsonl_fn fn, void 
             if (json_parse(&d, p, L) != 0) {
                 fprintf(stderr, "%s:%d: malformed JSON: %s\n", path, line, d.err);
                 json_free(&d);
+                if (n_bad) (*n_bad)++;
+                if (first_bad && !*first_bad) *first_bad = line;
                 if (strict) { free(buf); return -2; }
             } else {
                 int stop = fn(&d, 0, line, user);
@@ -289,9 +296,37 @@ static inline int jsonl_foreach(const char *path, int strict, jsonl_fn fn, void 
     free(buf);
     return count;
 }
+static inline int jsonl_foreach(const char *path, int strict, jsonl_fn fn, void *user) {
+    return jsonl_foreach_ex(path, strict, fn, user, NULL, NULL);
+}
 
-// Writes a JSON string literal (with quotes and escapes) for s[0..n) to f. Invalid UTF-8 bytes
-// are written as \u00XX of the byte value, so the output is always valid JSON.
+// The length of the well-formed UTF-8 sequence at s[0..n), or 0 if s[0] does not start one. The
+// rules are Unicode's (Table 3-7): no overlong forms, no surrogates, nothing above U+10FFFF.
+// Otherwise *bad gets the length of the maximal ill-formed subpart (>= 1): the bytes that one
+// U+FFFD replaces, exactly as Python's bytes.decode("utf-8", "replace") and so transformers do.
+static inline int utf8_valid_len(const unsigned char *s, size_t n, int *bad) {
+    unsigned c = s[0];
+    int k = c < 0x80 ? 0 : (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2 : (c >= 0xF0 && c <= 0xF4) ? 3 : -1;
+    *bad = 1;
+    if (k == 0) return 1;
+    if (k < 0) return 0;
+    for (int j = 1; j <= k; j++) {
+        if ((size_t)j >= n) { *bad = j; return 0; }
+        unsigned b = s[j], lo = 0x80, hi = 0xBF;
+        if (j == 1) {   // the second byte's range depends on the first (Table 3-7)
+            if (c == 0xE0) lo = 0xA0;
+            else if (c == 0xED) hi = 0x9F;
+            else if (c == 0xF0) lo = 0x90;
+            else if (c == 0xF4) hi = 0x8F;
+        }
+        if (b < lo || b > hi) { *bad = j; return 0; }
+    }
+    return k + 1;
+}
+
+// Writes a JSON string literal (with quotes and escapes) for s[0..n) to f. The output is always
+// valid JSON and valid UTF-8: each ill-formed UTF-8 sequence (a response cut inside a multi-byte
+// character, stray bytes) becomes one U+FFFD, as transformers' decode shows it.
 static inline void json_write_str(FILE *f, const char *s, size_t n) {
     fputc('"', f);
     for (size_t i = 0; i < n; i++) {
@@ -302,12 +337,10 @@ static inline void json_write_str(FILE *f, const char *s, size_t n) {
         else if (c == '\t') fputs("\\t", f);
         else if (c < 0x20) fprintf(f, "\\u%04x", c);
         else if (c < 0x80) fputc(c, f);
-        else {   // copy a whole valid UTF-8 sequence, else escape the byte
-            int k = (c >= 0xF0 && c < 0xF5) ? 3 : (c >= 0xE0) && c < 0xF0 ? 2 : (c >= 0xC2 && c < 0xE0) ? 1 : -1;
-            int ok = k > 0 && i + (size_t)k < n;
-            for (int j = 1; ok && j <= k; j++) ok = ((unsigned char)s[i + j] & 0xC0) == 0x80;
-            if (ok) { fwrite(s + i, 1, (size_t)k + 1, f); i += (size_t)k; }
-            else fprintf(f, "\\u%04x", c);
+        else {   // copy a whole well-formed sequence, else one U+FFFD for the maximal bad subpart
+            int bad, k = utf8_valid_len((const unsigned char *)s + i, n - i, &bad);
+            if (k) { fwrite(s + i, 1, (size_t)k, f); i += (size_t)k - 1; }
+            else { fputs("\xEF\xBF\xBD", f); i += (size_t)bad - 1; }
         }
     }
     fputc('"', f);

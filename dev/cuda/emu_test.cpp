@@ -24,10 +24,13 @@
 #include <functional>
 #include <set>
 #include <vector>
+#include "../../empoc/utils.h"
 #include "../../empoc/json.h"
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wextra"
 #include "../../empoc/checkpoint.h"
+#include "../../empoc/model.h"
+#include "../../empoc/engine.h"
 #pragma GCC diagnostic pop
 
 // ---- the shim: what train_empo.cu needs from CUDA, on the host
@@ -78,6 +81,8 @@ static cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) 
 static cudaError_t cudaMemset(void *d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }
 static cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot) { *fr = (size_t)1 << 34; *tot = (size_t)1 << 35; return cudaSuccess; }
 static cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
+enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin };
+static cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = 227 << 10; return cudaSuccess; }   // H100's
 template <typename F> static cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
 static cublasStatus_t cublasCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
 static cublasStatus_t cublasLtCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
@@ -107,10 +112,24 @@ static void emu_gemm(void *Dv, cudaDataType_t d_type, int ldd, const X *A, int t
 
 // fibers and barriers
 struct EmuBar { int expected, count; unsigned gen; };
-struct EmuFiber { ucontext_t ctx; int done; dim3 tid; };
+// A fiber switch saves the callee-saved registers and the stack pointer, nothing else: glibc's
+// swapcontext also saves the signal mask with a system call, which made it most of the emulator's
+// time. x86-64 only; elsewhere (or with -DEMU_UCONTEXT) ucontext does it.
+#if defined(__x86_64__) && !defined(EMU_UCONTEXT)
+extern "C" void emu_switch(void **save_sp, void *load_sp);
+asm(".text\n.globl emu_switch\n.type emu_switch,@function\nemu_switch:\n"
+    "  pushq %rbp\n  pushq %rbx\n  pushq %r12\n  pushq %r13\n  pushq %r14\n  pushq %r15\n"
+    "  movq %rsp, (%rdi)\n  movq %rsi, %rsp\n"
+    "  popq %r15\n  popq %r14\n  popq %r13\n  popq %r12\n  popq %rbx\n  popq %rbp\n  ret\n");
+struct EmuCtx { void *sp; };
+#define EMU_FAST_SWITCH 1
+#else
+struct EmuCtx { ucontext_t uc; };
+#endif
+struct EmuFiber { EmuCtx ctx; int done; dim3 tid; };
 static EmuBar g_bbar, g_wbar[32];
 static float g_wbuf[32][32];
-static ucontext_t g_sched;
+static EmuCtx g_sched;
 static std::vector<EmuFiber> g_fib(1024);
 static std::vector<char *> g_stacks(1024, nullptr);
 static const size_t EMU_STACK = 256 * 1024;
@@ -118,7 +137,14 @@ static int g_cur = -1;   // the running fiber; -1: serial mode
 static int t_lane, t_warp;
 static std::function<void()> g_job;
 struct EmuNeedsFibers {};
-static void emu_yield(void) { swapcontext(&g_fib[g_cur].ctx, &g_sched); }
+static void emu_to(EmuCtx *from, EmuCtx *to) {
+#ifdef EMU_FAST_SWITCH
+    emu_switch(&from->sp, to->sp);
+#else
+    swapcontext(&from->uc, &to->uc);
+#endif
+}
+static void emu_yield(void) { emu_to(&g_fib[g_cur].ctx, &g_sched); }
 static void emu_bar_wait(EmuBar &b) {
     if (g_cur < 0) throw EmuNeedsFibers();
     unsigned gen = b.gen;
@@ -144,13 +170,25 @@ static void emu_fiber_entry(void) {
     g_job();
     emu_bar_drop(g_wbar[t_warp]);
     emu_bar_drop(g_bbar);
-    g_fib[g_cur].done = 1;   // returning resumes uc_link, the scheduler
+    g_fib[g_cur].done = 1;
+#ifdef EMU_FAST_SWITCH
+    emu_yield();   // never resumed
+    abort();
+#endif
+    // ucontext: returning resumes uc_link, the scheduler
 }
 static void emu_set_thread(dim3 t, int lin) { threadIdx = t; t_lane = lin % 32; t_warp = lin / 32; }
 
 alignas(16) static unsigned char emu_smem_buf[256 * 1024];
 static void *emu_dyn_smem = emu_smem_buf;
 static std::set<const void *> g_needs_fibers;
+// EMU_SHUFFLE=seed: every launch runs its blocks in a random order, to show results that depend on
+// the order blocks run in (a race between blocks) where the hardware would run them concurrently.
+static uint64_t g_shuffle = 0;
+static uint64_t emu_shuffle_next(void) {
+    g_shuffle ^= g_shuffle >> 12; g_shuffle ^= g_shuffle << 25; g_shuffle ^= g_shuffle >> 27;
+    return g_shuffle * 0x2545F4914F6CDD1Dull;
+}
 static long g_blocks_run = 0, g_blocks_fibers = 0;
 template <typename T> struct ident { typedef T type; };
 template <typename... K>
@@ -161,53 +199,163 @@ static void emu_launch(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
     gridDim = grid; blockDim = block;
     g_job = [&] { kernel(args...); };
     auto tid = [&](int t) { return dim3(t % block.x, (t / block.x) % block.y, t / (block.x * block.y)); };
-    for (unsigned bz = 0; bz < grid.z; bz++)
-        for (unsigned by = 0; by < grid.y; by++)
-            for (unsigned bx = 0; bx < grid.x; bx++) {
-                blockIdx = dim3(bx, by, bz);
-                memset(emu_smem_buf, 0xff, smem);   // NaN
-                g_blocks_run++;
-                if (!g_needs_fibers.count((const void *)kernel)) {
-                    try {
-                        for (int t = 0; t < nt; t++) { emu_set_thread(tid(t), t); g_job(); }
-                        continue;
-                    } catch (EmuNeedsFibers &) {
-                        g_needs_fibers.insert((const void *)kernel);
-                        memset(emu_smem_buf, 0xff, smem);
-                    }
-                }
-                g_blocks_fibers++;
-                g_bbar = {nt, 0, 0};
-                for (int w = 0; w < nt / 32; w++) g_wbar[w] = {32, 0, 0};
-                for (int t = 0; t < nt; t++) {
-                    if (!g_stacks[t]) g_stacks[t] = (char *)malloc(EMU_STACK);
-                    EmuFiber &f = g_fib[t];
-                    getcontext(&f.ctx);
-                    f.ctx.uc_stack.ss_sp = g_stacks[t];
-                    f.ctx.uc_stack.ss_size = EMU_STACK;
-                    f.ctx.uc_link = &g_sched;
-                    makecontext(&f.ctx, emu_fiber_entry, 0);
-                    f.done = 0;
-                    f.tid = tid(t);
-                }
-                for (int live = nt; live > 0;) {
-                    int progressed = 0;
-                    for (int t = 0; t < nt; t++) {
-                        if (g_fib[t].done) continue;
-                        g_cur = t;
-                        emu_set_thread(g_fib[t].tid, t);
-                        swapcontext(&g_sched, &g_fib[t].ctx);
-                        progressed = 1;
-                        if (g_fib[t].done) live--;
-                    }
-                    if (!progressed) EMU_FATAL("emu: deadlock");
-                }
-                g_cur = -1;
+    size_t nblocks = (size_t)grid.x * grid.y * grid.z;
+    std::vector<size_t> order;
+    if (g_shuffle) {   // the blocks of this launch in a random order (Fisher-Yates on the emulator's own RNG)
+        order.resize(nblocks);
+        for (size_t i = 0; i < nblocks; i++) order[i] = i;
+        for (size_t i = nblocks; i > 1; i--) std::swap(order[i - 1], order[emu_shuffle_next() % i]);
+    }
+    for (size_t ib = 0; ib < nblocks; ib++) {
+        size_t b = g_shuffle ? order[ib] : ib;
+        unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y), bz = (unsigned)(b / ((size_t)grid.x * grid.y));
+        blockIdx = dim3(bx, by, bz);
+        memset(emu_smem_buf, 0xff, smem);   // NaN
+        g_blocks_run++;
+        if (!g_needs_fibers.count((const void *)kernel)) {
+            try {
+                for (int t = 0; t < nt; t++) { emu_set_thread(tid(t), t); g_job(); }
+                continue;
+            } catch (EmuNeedsFibers &) {
+                g_needs_fibers.insert((const void *)kernel);
+                memset(emu_smem_buf, 0xff, smem);
             }
+        }
+        g_blocks_fibers++;
+        g_bbar = {nt, 0, 0};
+        for (int w = 0; w < nt / 32; w++) g_wbar[w] = {32, 0, 0};
+        for (int t = 0; t < nt; t++) {
+            if (!g_stacks[t]) g_stacks[t] = (char *)malloc(EMU_STACK);
+            EmuFiber &f = g_fib[t];
+#ifdef EMU_FAST_SWITCH
+            // a stack that emu_switch "returns" into emu_fiber_entry from: six zeroed registers,
+            // then the entry address; 16-byte aligned so that the entry sees a called frame's rsp
+            uintptr_t top = ((uintptr_t)g_stacks[t] + EMU_STACK) & ~(uintptr_t)15;
+            void **sp = (void **)(top - 64);
+            for (int r = 0; r < 6; r++) sp[r] = 0;
+            sp[6] = (void *)emu_fiber_entry;
+            sp[7] = 0;
+            f.ctx.sp = sp;
+#else
+            getcontext(&f.ctx.uc);
+            f.ctx.uc.uc_stack.ss_sp = g_stacks[t];
+            f.ctx.uc.uc_stack.ss_size = EMU_STACK;
+            f.ctx.uc.uc_link = &g_sched.uc;
+            makecontext(&f.ctx.uc, emu_fiber_entry, 0);
+#endif
+            f.done = 0;
+            f.tid = tid(t);
+        }
+        for (int live = nt; live > 0;) {
+            int progressed = 0;
+            for (int t = 0; t < nt; t++) {
+                if (g_fib[t].done) continue;
+                g_cur = t;
+                emu_set_thread(g_fib[t].tid, t);
+                emu_to(&g_sched, &g_fib[t].ctx);
+                progressed = 1;
+                if (g_fib[t].done) live--;
+            }
+            if (!progressed) EMU_FATAL("emu: deadlock");
+        }
+        g_cur = -1;
+    }
 }
 
 #include "../cache/emu_model.inc"
 #include "../cache/emu_test_cu.inc"
+
+// ---- the shuffled-block mode (--shuffle SEED): the same computations with the blocks of every
+// launch in order and in a random order must agree, bitwise wherever no atomics are involved (the
+// emulated GEMM is deterministic, so any difference is a kernel whose result depends on the order
+// of its blocks). The embedding and RMSNorm weight gradients add with fp32 atomics, whose order
+// the shuffle changes: those only within 1e-5 of their scale.
+struct EmuSnap {
+    std::vector<float> logp, grads, att_out, att_dqkv, gen_lp, judge;
+    std::vector<int> gen_tok;
+    size_t sizes[NUM_PARAM_TENSORS];
+    double seconds;
+};
+static void emu_snapshot(EmuSnap &o) {
+    double t0 = now_seconds();
+    Model m;
+    char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) EMU_FATAL("%s", err);
+    State st;
+    state_load(&st, "dev/fixtures/qwen2_untied_state.bin", (size_t)m.config.V, m.num_parameters);
+    model_forward(&m, st.inputs, st.targets, st.mask, st.B, st.T);
+    o.logp.assign(m.logp, m.logp + (size_t)st.B * st.T);
+    model_zero_grad(&m);
+    model_backward(&m);
+    o.grads.resize(m.num_parameters);
+    cudaMemcpy(o.grads.data(), m.grads_memory, m.num_parameters * sizeof(float), cudaMemcpyDeviceToHost);
+    memcpy(o.sizes, m.param_sizes, sizeof o.sizes);
+    state_free(&st);
+    model_free(&m);
+    // attention at Qwen's head dim, forward and backward (floatX buffers)
+    int B = 2, T = 77, NH = 4, NKV = 2, HD = 128, QKV = (NH + 2 * NKV) * HD;
+    size_t nq = (size_t)B * T * QKV, no = (size_t)B * T * NH * HD;
+    std::vector<float> q(nq), g(no);
+    uint64_t rng = 3;
+    for (auto &x : q) x = random_f32(&rng) * 4.0f - 2.0f;
+    for (auto &x : g) x = random_f32(&rng) - 0.5f;
+    floatX *dq = upload_x(q.data(), nq), *dg = upload_x(g.data(), no);
+    floatX *dout = (floatX *)device_alloc(no * sizeof(floatX), "emu"), *ddq = (floatX *)device_alloc(nq * sizeof(floatX), "emu");
+    float *lse = (float *)device_alloc((size_t)B * NH * T * 4, "emu"), *D = (float *)device_alloc((size_t)B * NH * T * 4, "emu");
+    attention_forward(dout, lse, dq, B, T, NH, NKV, HD);
+    attention_backward(ddq, D, dg, dout, dq, lse, B, T, NH, NKV, HD);
+    o.att_out.resize(no); o.att_dqkv.resize(nq);
+    download_x(o.att_out.data(), dout, no);
+    download_x(o.att_dqkv.data(), ddq, nq);
+    // generation (prefill, paged decode, the truncating sampler) and the judge's scoring
+    if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) EMU_FATAL("%s", err);
+    int p0[21], p1[2] = {40, 41};
+    for (int t = 0; t < 21; t++) p0[t] = (t * 37 + 5) % m.config.V;
+    const int *prompts[2] = {p0, p1};
+    int plen[2] = {21, 2};
+    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7};
+    Generation gen;
+    generate(&m, prompts, plen, 2, 5, &sc, &gen, 0);
+    for (int j = 0; j < gen.n; j++) {
+        o.gen_tok.push_back(gen.len[j]);
+        for (int t = 0; t < gen.len[j]; t++) { o.gen_tok.push_back(gen.tokens[j][t]); o.gen_lp.push_back(gen.logprobs[j][t]); }
+    }
+    generation_free(&gen);
+    int cand[2] = {3, 17};
+    o.judge.resize(4);
+    model_next_logprobs(&m, prompts, plen, 2, cand, 2, 1, 64, o.judge.data(), NULL, NULL);
+    model_free(&m);
+    o.seconds = now_seconds() - t0;
+}
+static int emu_same_bits(const std::vector<float> &a, const std::vector<float> &b) {
+    return a.size() == b.size() && (a.empty() || !memcmp(a.data(), b.data(), a.size() * sizeof(float)));
+}
+static void emu_shuffle_checks(uint64_t seed) {
+    printf("-- shuffled blocks (seed %llu): in-order and shuffled runs agree\n", (unsigned long long)seed);
+    EmuSnap a, b;
+    g_shuffle = 0;
+    emu_snapshot(a);
+    g_shuffle = seed;
+    emu_snapshot(b);
+    size_t off[NUM_PARAM_TENSORS];
+    param_offsets(off, a.sizes, 0);
+    int bitwise = 1;
+    float atomic_err = 0.0f;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        if (!a.sizes[i]) continue;
+        std::vector<float> x(a.grads.begin() + off[i], a.grads.begin() + off[i] + a.sizes[i]);
+        std::vector<float> y(b.grads.begin() + off[i], b.grads.begin() + off[i] + a.sizes[i]);
+        if (i == P_WTE || i == P_LN1W || i == P_LN2W || i == P_LNFW) atomic_err = fmaxf(atomic_err, rel_err(y.data(), x.data(), x.size(), NULL));
+        else bitwise &= emu_same_bits(x, y);
+    }
+    check(emu_same_bits(a.logp, b.logp) && bitwise && atomic_err < 1e-5f, "shuffled: model forward (log-probs) and backward "
+          "(every gradient without atomics) bitwise; the atomics' gradients within %.1e", atomic_err);
+    check(emu_same_bits(a.att_out, b.att_out) && emu_same_bits(a.att_dqkv, b.att_dqkv), "shuffled: flash attention forward "
+          "and backward bitwise");
+    check(a.gen_tok == b.gen_tok && emu_same_bits(a.gen_lp, b.gen_lp) && emu_same_bits(a.judge, b.judge), "shuffled: generation "
+          "(prefill, paged decode, sampler) and the judge's scores bitwise (%zu tokens)", a.gen_lp.size());
+    printf("(in order %.1f s, shuffled %.1f s)\n", a.seconds, b.seconds);
+}
 
 #ifdef ENABLE_FP32   // the kernel-by-kernel tests use float buffers: fp32 build only
 // ---- tests
@@ -330,7 +478,7 @@ static void test_rope_swiglu_bias(void) {
     for (int t = 0; t < T; t++)
         for (int i = 0; i < h; i++) { float a = t * powf(10000.0f, -2.0f * i / HD); cs[(size_t)t * h + i] = cosf(a); sn[(size_t)t * h + i] = sinf(a); }
     std::vector<float> x = rand_vec((size_t)N * QKV, 1.0f), y = x;
-    rope_forward(y.data(), cs.data(), sn.data(), N, T, NH, NKV, HD);
+    rope_forward(y.data(), cs.data(), sn.data(), NULL, N, T, NH, NKV, HD);
     std::vector<double> r((size_t)N * QKV);
     for (int n = 0; n < N; n++)
         for (int j = 0; j < QKV; j++) {
@@ -407,8 +555,14 @@ static void test_adamw(void) {
 
 #endif
 
-int main(void) {
+int main(int argc, char **argv) {
     double t0 = now_seconds();
+    for (int i = 1; i + 1 < argc; i++)
+        if (!strcmp(argv[i], "--shuffle")) {   // the shuffled-block checks only
+            gpu_init();
+            emu_shuffle_checks(strtoull(argv[i + 1], NULL, 10));
+            return test_summary("empo_cu_shuffled");
+        }
 #ifdef ENABLE_FP32
     printf("-- the kernels, one by one\n");
     emu_attention(2, 77, 4, 2, 128);   // Qwen2.5's head dim, a partial last tile

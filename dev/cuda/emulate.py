@@ -77,6 +77,10 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
 
 """ + tail
 model = rewrite(model, "train_empo.cu")
+# the host layer: train_empo.c itself, included from dev/cache/ (plain host code, nothing to rewrite)
+if '#include "train_empo.c"' not in model:
+    sys.exit("emulate.py: train_empo.cu does not include train_empo.c (the host layer)")
+model = model.replace('#include "train_empo.c"', '#include "../../train_empo.c"')
 
 test = open(os.path.join(ROOT, "dev", "test", "test_empo_cu.cu")).read()
 if '#include "../../train_empo.cu"' not in test:

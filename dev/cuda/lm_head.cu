@@ -18,7 +18,8 @@ int main(void) {
     c.V = 151936; c.C = 1536; c.L = 1; c.NH = 12; c.NKV = 2; c.HD = 128; c.I = 256; c.maxT = 1024;
     c.tied = 1; c.qkv_bias = 1; c.rope_theta = 10000.0f; c.rms_eps = 1e-6f;
     Model m;
-    model_init_random(&m, &c, 1, 7);
+    model_init_random(&m, &c, 7);
+    model_zero_grad(&m);   // the head's backward accumulates into dlmw (gradients are allocated on first use)
     int B = 8, T = 1024, N = B * T, V = c.V, C = c.C;
     int *in = (int *)xmalloc((size_t)N * sizeof(int)), *tg = (int *)xmalloc((size_t)N * sizeof(int));
     for (int i = 0; i < N; i++) { in[i] = (int)((i * 2654435761u) % V); tg[i] = (i % T) + 1 < T ? (int)(((i + 1) * 2654435761u) % V) : -1; }
