@@ -34,7 +34,7 @@ FUZZ_SECONDS ?= 60
 FUZZ_FLAGS = -O1 -g -fsanitize=fuzzer,address,undefined -fno-sanitize-recover=undefined -I.
 
 HEADERS = $(wildcard *.h empoc/*.h)
-TESTS = test_empo test_math test_tokenizer test_freeform test_seam
+TESTS = test_empo test_math test_tokenizer test_freeform test_seam test_rewards test_runs
 CUDA_TARGETS = train_empo_cu test_empo_cu
 DEV_CUDA = $(patsubst %.cu,%,$(wildcard dev/cuda/*.cu))
 FUZZERS = fuzz_math fuzz_tokenizer fuzz_json
@@ -47,7 +47,7 @@ $(FLAGS_STAMP): FORCE
 DEPS = $(HEADERS) $(FLAGS_STAMP)
 
 .PHONY: all test emu-cuda bench bench_math bench_tokenizer bench_verifier_run fixtures fixtures_math \
-        fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter reproduce FORCE
+        fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter reproduce compare-rewards FORCE
 
 # ----------------------------------------------------------------------------
 # build
@@ -100,26 +100,54 @@ test_tokenizer: dev/test/test_tokenizer.c train_empo.c dev/convert.c $(DEPS) | c
 test_freeform: dev/test/test_freeform.c train_empo.c $(DEPS) | train_empo
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
+test_rewards: dev/test/test_rewards.c train_empo.c $(DEPS) | train_empo
+	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
+test_runs: dev/test/test_runs.c train_empo.c $(DEPS) | train_empo
+	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
+
 # The engine seam: the host layer compiled against a stub engine with only engine.h's fields.
 test_seam: dev/test/test_seam.c train_empo.c $(DEPS)
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
 
-# emu-cuda: train_empo.cu's kernels and the whole of dev/test/test_empo_cu.cu, run on the CPU by a
-# small CUDA emulator (dev/cuda/emulate.py, dev/cuda/emu_test.cpp), in the fp32 build and in the
-# bf16 build (software bf16). No GPU and no nvcc needed: it checks indexing, masking, synchronization
-# and the model's wiring against the PyTorch fixtures. emulate.py uses only Python's standard library.
+# emu-cuda: train_empo.cu's kernels, the whole of dev/test/test_empo_cu.cu and a short EMPO run of
+# train_empo_cu's program, on the CPU by a small CUDA emulator (dev/cuda/emulate.py,
+# dev/cuda/emu_test.cpp), in the fp32 build and in the bf16 build (software bf16); then the fp32
+# build again with the blocks of every launch in a shuffled order (results must not change); then
+# the same short EMPO run, a short SFT run, and a run checkpointed and resumed (--resume) on the CPU
+# engine (./train_empo) and the emulated GPU engine, whose log.jsonl lines must agree
+# (dev/cuda/compare_runs.py). No GPU and no nvcc needed: it checks indexing, masking,
+# synchronization, the seam and the model's wiring against the PyTorch fixtures and the CPU engine.
+# The Python here uses only the standard library. About 3 minutes on 2 cores.
 CXX ?= g++
 EMU_FLAGS = -std=c++20 -O2 -DNORM_BLOCKS=32 -Wall -Wextra -Wno-unknown-pragmas -Wno-unused-function \
             -Wno-unused-parameter
-EMU_SRC = dev/cuda/emu_test.cpp dev/cache/emu_model.inc $(HEADERS) dev/test/test_util.h
+EMU_SRC = dev/cuda/emu_test.cpp dev/cache/emu_model.inc $(HEADERS) dev/test/test_util.h train_empo.c
+EMU_RUN = -x 3 -B 4 -G 4 -n 24 -E 3 --eval-n 24 --eval-G 2 -e dev/cache/emu_eval.jsonl --clip 0.2 --kl 0.05 -C 0 -q
+EMU_SFT = --sft dev/default/sft.jsonl -x 2 -B 4 -E 0 -C 0 -q
+EMU_RESUME = -x 2 -B 4 -G 4 -n 16 -E 0 -C 1 -q
 dev/cache/emu_model.inc: dev/cuda/emulate.py train_empo.cu dev/test/test_empo_cu.cu
 	python3 dev/cuda/emulate.py
 dev/cache/emu_cuda: $(EMU_SRC)
 	$(CXX) $(EMU_FLAGS) $< -o $@
 dev/cache/emu_cuda_bf16: $(EMU_SRC)
 	$(CXX) $(EMU_FLAGS) -DEMU_BF16 $< -o $@
-emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16
-	./dev/cache/emu_cuda && ./dev/cache/emu_cuda_bf16
+emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16 train_empo
+	./dev/cache/emu_cuda
+	./dev/cache/emu_cuda_bf16
+	./dev/cache/emu_cuda --shuffle 12345
+	head -8 dev/default/eval.jsonl > dev/cache/emu_eval.jsonl
+	rm -rf dev/cache/emu_run_cpu dev/cache/emu_run_gpu
+	./train_empo $(EMU_RUN) -o dev/cache/emu_run_cpu
+	./dev/cache/emu_cuda --run $(EMU_RUN) -o dev/cache/emu_run_gpu
+	python3 dev/cuda/compare_runs.py dev/cache/emu_run_cpu/log.jsonl dev/cache/emu_run_gpu/log.jsonl
+	./train_empo $(EMU_SFT) -o dev/cache/emu_run_cpu/sft
+	./dev/cache/emu_cuda --run $(EMU_SFT) -o dev/cache/emu_run_gpu/sft
+	python3 dev/cuda/compare_runs.py dev/cache/emu_run_cpu/sft/log.jsonl dev/cache/emu_run_gpu/sft/log.jsonl
+	./train_empo $(EMU_RESUME) -o dev/cache/emu_run_cpu/resume && ./train_empo --resume dev/cache/emu_run_cpu/resume -x 3 -q
+	./dev/cache/emu_cuda --run $(EMU_RESUME) -o dev/cache/emu_run_gpu/resume && \
+	  ./dev/cache/emu_cuda --run --resume dev/cache/emu_run_gpu/resume -x 3 -q
+	python3 dev/cuda/compare_runs.py dev/cache/emu_run_cpu/resume/log.jsonl dev/cache/emu_run_gpu/resume/log.jsonl
 
 # The embedded default run and its baselines, rerun: rewrites doc/reproduce.md's tables and plots.
 reproduce:
@@ -130,6 +158,12 @@ reproduce:
 # run. PYTHON needs torch, transformers, tokenizers and math-verify (`make venv`).
 bench: bench_cpu bench_tokenizer bench_math
 	$(PYTHON) dev/bench_cpu.py
+
+# Every label-free reward on the embedded default, side by side (doc/reproduce.md, doc/rewards.md):
+# out/compare/table.md and out/compare/compare_rewards.svg. Bash and C only; six runs, evaluated every
+# 10 steps (the evaluation is most of the cost), about 30 CPU-minutes. JOBS=N runs N at a time.
+compare-rewards: train_empo
+	JOBS=$${JOBS:-6} dev/compare_rewards.sh out/compare -E 10
 
 bench_cpu: dev/bench_cpu.c train_empo.c $(DEPS)
 	$(CC) $(CFLAGS) $< $(LDLIBS) -o $@
@@ -197,7 +231,8 @@ fuzz: $(FUZZERS)
 NVCC ?= nvcc
 GPU_ARCH ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 PRECISION ?= BF16
-NVCCFLAGS ?= -O3 -std=c++17 -diag-suppress 177 -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Wno-unused-parameter
+NVCCFLAGS ?= -O3 -std=c++17 -diag-suppress 177 \
+             -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Wno-unused-parameter,-Wno-unknown-pragmas
 NVCC_LDLIBS = -lcublas -lcublasLt
 ifeq ($(PRECISION),FP32)
   NVCCFLAGS += -DENABLE_FP32
@@ -207,16 +242,17 @@ endif
 
 cuda: $(CUDA_TARGETS)
 
-train_empo_cu: train_empo.cu $(HEADERS)
+# train_empo.cu includes train_empo.c (the host layer, compiled against the GPU engine)
+train_empo_cu: train_empo.cu train_empo.c $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(GPU_ARCH) $< $(NVCC_LDLIBS) -o $@
 
-test_empo_cu: dev/test/test_empo_cu.cu train_empo.cu $(HEADERS)
+test_empo_cu: dev/test/test_empo_cu.cu train_empo.cu train_empo.c $(HEADERS) dev/test/test_util.h
 	$(NVCC) $(NVCCFLAGS) $(GPU_ARCH) $< $(NVCC_LDLIBS) -o $@
 
 test_cu: test_empo_cu
 	./test_empo_cu
 
-dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h train_empo.cu $(HEADERS)
+dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h train_empo.cu train_empo.c $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(GPU_ARCH) $< $(NVCC_LDLIBS) -o $@
 
 dev-cuda: $(DEV_CUDA)
@@ -227,4 +263,5 @@ clean:
 	rm -f train_empo convert gen_fractions bench_cpu bench_tok bench_verifier $(TESTS) $(FUZZERS) \
 	  $(CUDA_TARGETS) $(DEV_CUDA) $(FLAGS_STAMP) .test.log *.o
 	rm -f dev/cache/emu_cuda dev/cache/emu_cuda_bf16 dev/cache/emu_model.inc dev/cache/emu_test_cu.inc \
-	  dev/cache/bench_math
+	  dev/cache/bench_math dev/cache/emu_eval.jsonl dev/cache/test_empo_cu_fp32
+	rm -rf dev/cache/emu_run_cpu dev/cache/emu_run_gpu

@@ -392,8 +392,11 @@ static void test_resume(void) {
     int ok = ckpt_load("/tmp/empo_test_run_a/model.bin", &a, err, sizeof err) == 0 && ckpt_load("/tmp/empo_test_run_b/model.bin", &b, err, sizeof err) == 0;
     int wsame = ok && a.num_params == b.num_params && memcmp(a.params, b.params, a.num_params * 4) == 0;
     if (ok) { ckpt_free(&a); ckpt_free(&b); }
-    check(same && wsame && trained_before && trained_after, "EMPO run resumed after step 2 repeats the straight run bit for bit: grad norms %.4f %.4f %.4f %.4f, weights %s",
-          na[0], na[1], na[2], na[3], wsame ? "identical" : "DIFFER");
+    RunState rs;   // the one-file checkpoint (doc/formats.md): model + optimizer + run state, committed together
+    int st_ok = run_state_read("/tmp/empo_test_run_b", &rs, err, sizeof err) == 0 && rs.step == 4 && rs.cursor == 16;
+    if (st_ok || rs.config) free(rs.config);
+    check(same && wsame && trained_before && trained_after && st_ok, "EMPO run resumed after step 2 repeats the straight run bit for bit: grad norms %.4f %.4f %.4f %.4f, weights %s, run state %s",
+          na[0], na[1], na[2], na[3], wsame ? "identical" : "DIFFER", st_ok ? "at step 4" : err);
     char buf[4096];
     int rc1 = run_cmd("rm -rf /tmp/empo_test_run_a /tmp/empo_test_run_b", buf, sizeof buf);
     (void)rc1;
@@ -417,10 +420,12 @@ static void test_sft(void) {
 static void test_cli(void) {
     write_text("/tmp/empo_bad.jsonl", "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n{\"problem\": oops}\n\n{\"answer\": \"3\"}\n{\"problem\": \"What is 1/3 * 3/4?\", \"answer\": \"1/4\"}\n");
     write_text("/tmp/empo_empty.jsonl", "");
-    expect_cmd("malformed JSONL lines are reported by line number and skipped", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 0, "empo_bad.jsonl:2: malformed JSON");
-    expect_cmd("a line without a problem is reported and skipped", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 0, "empo_bad.jsonl:4: no \"problem\"");
+    expect_cmd("malformed JSONL lines are reported by line number, then an error", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "empo_bad.jsonl:2: malformed JSON");
+    expect_cmd("a line without a problem is reported by line number", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "empo_bad.jsonl:4: no \"problem\"");
+    expect_cmd("... and the error counts them", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "2 bad lines (the first is line 2)");
+    expect_cmd("--skip-bad-lines skips them and says how many", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli --skip-bad-lines", 0, "skipped 2 bad lines");
     expect_cmd("an empty data file", "./train_empo --eval /tmp/empo_empty.jsonl -o /tmp/empo_cli", 1, "no usable");
-    expect_cmd("a missing data file", "./train_empo -m " STARTER " -d /tmp/empo_nope.jsonl -o /tmp/empo_cli", 1, "cannot read /tmp/empo_nope.jsonl");
+    expect_cmd("a missing data file", "./train_empo -m " STARTER " -d /tmp/empo_nope.jsonl -o /tmp/empo_cli", 1, "cannot read /tmp/empo_nope.jsonl: No such file or directory");
     char cmd[1024], longp[400];
     memset(longp, 'x', sizeof longp - 1); longp[sizeof longp - 1] = 0;
     snprintf(cmd, sizeof cmd, "./train_empo --prompt '%s'", longp);
@@ -498,6 +503,17 @@ static void test_flags(void) {
                  sizeof out);
     check(st == 0 && strstr(out, "maj@4"), "--eval takes -p, -k and --eval-n for its samples");
     run_cmd("rm -rf /tmp/empo_flags.jsonl /tmp/empo_flags_out", out, sizeof out);
+    // --extract reaches the math scorer: a response without a box has an answer only under parse
+    const char *argv[] = {"train_empo", "--extract", "boxed", "-d", "d.jsonl"};
+    RunConfig rc;
+    parse_flags(&rc, 5, (char **)argv);
+    Scorer strict = scorer_for(&rc), loose = scorer_math();
+    char a1[64] = "", a2[64] = "";
+    const char *resp = "We add the two. The answer is $7$.";
+    int f1 = strict.extract(&strict, resp, a1, sizeof a1), f2 = loose.extract(&loose, resp, a2, sizeof a2);
+    check(rc.extract_policy == MV_EXTRACT_BOXED && !f1 && f2 && !strcmp(a2, "7"),
+          "--extract boxed finds no answer without a box; the default (parse) finds \"%s\"", a2);
+    expect_cmd("a bad --extract", "./train_empo --extract sideways", 1, "flag --extract: 'sideways' is not one of");
 }
 
 int main(void) {

@@ -59,9 +59,11 @@ QKV = (NH + 2*NKV)*HD, I MLP intermediate size, V vocab, L layers, G responses p
 // 1. the Qwen2 layers
 
 // Reductions (dot products, sums of squares) keep 8 partial sums, lane l taking the terms i = l mod 8,
-// and add them up in a fixed order. An omp-simd reduction would take its lane count from the
-// widest vector of the build machine (8 with AVX2, 16 with AVX-512), so the same run would print
-// different numbers on different machines. Every lane count is fixed here, and in gemm.h.
+// and add them up in a fixed order; each term is added with an explicit fused multiply-add. An
+// omp-simd reduction would take its lane count from the widest vector of the build machine (8 with
+// AVX2, 16 with AVX-512), and left to itself the compiler fuses a*b+c in some vectorized loops but
+// not in others, depending on the vector width. Either would make the same run print different
+// numbers on different machines; dev/compare_isa.sh checks that it does not.
 #define LANES 8
 static inline float lanes_sum(const float acc[LANES]) {
     return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
@@ -71,9 +73,9 @@ static inline float dot_f32(const float *a, const float *b, int n) {
     float acc[LANES] = {0};
     int i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l];
+        for (int l = 0; l < LANES; l++) acc[l] = fmaf(a[i + l], b[i + l], acc[l]);
     float s = lanes_sum(acc);
-    for (; i < n; i++) s += a[i] * b[i];
+    for (; i < n; i++) s = fmaf(a[i], b[i], s);
     return s;
 }
 // sum_i a[i] * b[i] * c[i]
@@ -81,9 +83,9 @@ static inline float dot3_f32(const float *a, const float *b, const float *c, int
     float acc[LANES] = {0};
     int i = 0;
     for (; i + LANES <= n; i += LANES)
-        for (int l = 0; l < LANES; l++) acc[l] += a[i + l] * b[i + l] * c[i + l];
+        for (int l = 0; l < LANES; l++) acc[l] = fmaf(a[i + l] * b[i + l], c[i + l], acc[l]);
     float s = lanes_sum(acc);
-    for (; i < n; i++) s += a[i] * b[i] * c[i];
+    for (; i < n; i++) s = fmaf(a[i] * b[i], c[i], s);
     return s;
 }
 
@@ -1316,12 +1318,14 @@ static void problems_read(ProblemSet *ps, const char *path, jsonl_fn add, const 
     int bad = ps->n_bad + n_json;
     int first = !first_json ? ps->first_bad : !ps->first_bad ? first_json : first_json < ps->first_bad ? first_json
                                                                                                       : ps->first_bad;
+    if (ps->n == 0 && bad)
+        FATAL("%s: no usable {\"%s\": ...} lines (%d bad, the first is line %d)", path, what, bad, first);
+    if (ps->n == 0) FATAL("%s: no usable {\"%s\": ...} lines", path, what);
     if (bad && !skip_bad)
         FATAL("%s: %d bad line%s (the first is line %d): fix %s, or pass --skip-bad-lines to skip %s", path, bad,
               bad > 1 ? "s" : "", first, bad > 1 ? "them" : "it", bad > 1 ? "them" : "it");
     ps->n_bad = bad;
     ps->first_bad = first;
-    if (ps->n == 0) FATAL("%s: no usable {\"%s\": ...} lines", path, what);
     if (bad) fprintf(stderr, "%s: skipped %d bad line%s (--skip-bad-lines); %d problems read\n", path, bad,
                      bad > 1 ? "s" : "", ps->n);
 }
@@ -1611,10 +1615,11 @@ struct Scorer {
     // the free-form judge, its settings (guards, threshold) and its running totals
     FreeformScorer ff;
     Verifier *verifier;   // -R, or NULL: normalized-text equality
+    int extract_policy;   // math: --extract (math_verify.h's MV_EXTRACT_*; 0 = Math-Verify's parse order)
 };
 
 static int math_extract(const Scorer *s, const char *response, char *out, size_t cap) {
-    return math_extract_answer(response, out, cap);
+    return math_extract_answer_policy(response, out, cap, s->extract_policy);
 }
 static void math_cluster(Scorer *s, char *const *answers, const char *const *questions, int n, int G,
                          SemanticGroup *groups) {
@@ -1973,8 +1978,9 @@ static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const Tr
         model_backward(m);
     }
     // a non-finite loss skips the update (the engine itself skips one whose gradient norm is not finite)
-    *grad_norm = isfinite(loss) ? model_update(m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip)
-                                : NAN;
+    *grad_norm = isfinite(loss)
+                     ? model_update(m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip)
+                     : NAN;
     free(idx);
     free(inputs);
     free(targets);
@@ -2357,7 +2363,8 @@ static void run_state_commit(const char *dir, const Model *m, const RunState *rs
     char path[1100], part[1100], err[1400];
     snprintf(path, sizeof path, "%s/model.bin", dir);
     snprintf(part, sizeof part, "%s/model.bin.tmp", dir);
-    if (model_save(m, part, CKPT_DTYPE_FP32, err, sizeof err) != 0) FATAL("%s", err);
+    if (model_save(m, part, CKPT_DTYPE_FP32, err, sizeof err) != 0)
+        FATAL("%s (%s/model.bin, the previous checkpoint if any, is unchanged)", err, dir);
     FILE *f = fopen(part, "r+b");
     int e = 0;
     long long base = -1;
@@ -2424,8 +2431,9 @@ static int run_state_read(const char *dir, RunState *rs, char *err, size_t errca
         snprintf(err, errcap, "%s: not an empo.c checkpoint", path);
         return -1;
     }
-    ok = fsize >= (long long)sizeof ch + CKPT_TRAILER_BYTES && fseek(f, (long)(fsize - CKPT_TRAILER_BYTES), SEEK_SET) == 0 &&
-         fread(t, sizeof t, 1, f) == 1 && (uint32_t)t[0] == CKPT_RUN_MAGIC;
+    ok = fsize >= (long long)sizeof ch + CKPT_TRAILER_BYTES &&
+         fseek(f, (long)(fsize - CKPT_TRAILER_BYTES), SEEK_SET) == 0 && fread(t, sizeof t, 1, f) == 1 &&
+         (uint32_t)t[0] == CKPT_RUN_MAGIC;
     if (!ok) {
         fclose(f);
         if (ch[2] == CKPT_DTYPE_BF16)
@@ -2527,7 +2535,7 @@ static const char *const PLOT_COLORS[PLOT_MAX_LINES] = {"#1f77b4", "#ff7f0e", "#
                                                         "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"};
 #define PLOT_W 360      // plot area of one panel, pixels
 #define PLOT_H 220
-#define PLOT_LEGEND 150 // the legend's column, right of the plot area
+#define PLOT_LEGEND 190 // the legend's column, right of the plot area
 #define PLOT_MARGIN 64  // left of the plot area: the y tick values
 // Ticks at a "nice" step (1, 2 or 5 x 10^k) giving about 5 intervals over [lo, hi]; widens [lo, hi]
 // to whole steps. Returns the step.
@@ -2566,6 +2574,11 @@ static void svg_panel(FILE *f, const PlotPanel *pp, int ox, int oy) {
         y0 -= 0.5;
     }
     double xs = nice_ticks(&x0, &x1), ys = nice_ticks(&y0, &y1);
+    if (xs < 1) {   // steps are whole numbers
+        xs = 1;
+        x0 = floor(x0);
+        x1 = ceil(x1);
+    }
     // gridlines and tick values, then the frame over them, then the curves
     for (double v = x0; v <= x1 + xs * 1e-6; v += xs) {
         double px = ox + (v - x0) / (x1 - x0) * pw;
@@ -2660,10 +2673,8 @@ static void write_plot(const char *dir) {
     LINE(len, 5);
 #undef PANEL
 #undef LINE
-    if (sft) {   // SFT logs no response length; the eval length is what there is
-        len->n = 0;
-    }
-    PlotPage page = {pan, sft ? 2 : np, 2};
+    (void)len;
+    PlotPage page = {pan, sft ? 2 : np, 2};   // SFT logs no rollout length: two panels
     if (write_file_atomic(svg_path, svg_panels, &page, err, sizeof err) != 0) fprintf(stderr, "warning: %s\n", err);
     for (int s = 0; s < PLOT_SERIES; s++) {
         free(c[s].x);
@@ -2684,6 +2695,7 @@ typedef struct {
     float temperature, top_p, eval_temperature, ent_lo, ent_hi;   // ent_hi < 0: log G
     TrainConfig tc;
     // --task freeform (doc/freeform.md)
+    int extract_policy;                              // --extract: MV_EXTRACT_* of math_verify.h
     int task;                                        // TASK_MATH or TASK_FREEFORM
     const char *verifier_path, *judge_template_path; // -R, --judge-template (NULL: the default template)
     int judge_batch;                                 // pairs per verifier pass (KV cache memory)
@@ -2736,6 +2748,7 @@ static Scorer scorer_for(const RunConfig *rc) {
     if (rc->task == TASK_FREEFORM)
         return scorer_freeform(&rc->ff, rc->verifier_path, rc->judge_template_path, rc->judge_batch, rc->quiet);
     Scorer s = scorer_math();
+    s.extract_policy = rc->extract_policy;
     if (rc->cluster == CLUSTER_EXACT) s.reward_cluster = exact_cluster;
     return s;
 }
@@ -3005,12 +3018,14 @@ static void run_open(Run *run, const RunConfig *rc) {
     int sft = rc->mode == MODE_SFT;
     RunState rs;
     memset(&rs, 0, sizeof rs);
+    int own_rs = 0;
     if (rc->resume_dir) {
         char err[1400];
         if (strcmp(rc->out_dir, rc->resume_dir) != 0) FATAL("--resume %s writes to %s, not to -o %s", rc->resume_dir,
                                                             rc->resume_dir, rc->out_dir);
-        if (rc->resumed.config) rs = rc->resumed;
+        if (rc->resumed.config) rs = rc->resumed;   // read by parse_flags, which owns it
         else if (run_state_read(rc->resume_dir, &rs, err, sizeof err) != 0) FATAL("%s", err);
+        else own_rs = 1;
         if (rs.mode != rc->mode) FATAL("--resume %s: that run is %s, not %s", rc->resume_dir,
                                        rs.mode == MODE_SFT ? "--sft" : "training", sft ? "--sft" : "training");
         if (rs.seed != rc->seed) FATAL("--resume %s: saved with -s %d; resuming exactly needs the same seed",
@@ -3041,9 +3056,11 @@ static void run_open(Run *run, const RunConfig *rc) {
     }
     model_reserve(&run->m, sft ? rc->prompts_per_step : rc->tc.micro, run->m.config.maxT);
     if (make_dir(rc->out_dir) != 0) FATAL("cannot create output directory %s: %s", rc->out_dir, strerror(errno));
-    int removed = util_remove_tmp_files(rc->out_dir);   // what an interrupted write left behind
-    if (removed && !rc->quiet) printf("%s: removed %d leftover .tmp file%s of an interrupted write\n", rc->out_dir,
-                                      removed, removed > 1 ? "s" : "");
+    // what an interrupted write left behind: the .tmp files of the names a run writes, and no others
+    static const char *const written[] = {"model.bin", "state.bin", "curves.svg", "log.jsonl", "eval_*"};
+    int removed = util_remove_tmp_files(rc->out_dir, written, (int)(sizeof written / sizeof written[0]));
+    if (removed) fprintf(stderr, "%s: removed %d leftover .tmp file%s of an interrupted write\n", rc->out_dir,
+                         removed, removed > 1 ? "s" : "");
     char log_path[1100];
     snprintf(log_path, sizeof log_path, "%s/log.jsonl", rc->out_dir);
     int epoch = 0, cursor = 0;
@@ -3066,14 +3083,17 @@ static void run_open(Run *run, const RunConfig *rc) {
         if (cursor > run->data.n) FATAL("--resume %s: the data position %d is beyond the %d prompts of %s",
                                         rc->resume_dir, cursor, run->data.n, rc->data_path);
         run_state_load_optimizer(rc->resume_dir, &rs, &run->m);
+        if (own_rs) free(rs.config);
         // the log keeps what the checkpoint saw: lines of later steps (run again now) are cut
         struct stat st;
         if (stat(log_path, &st) == 0 && (uint64_t)st.st_size > rs.log_bytes) {
-            if (truncate(log_path, (off_t)rs.log_bytes) != 0) FATAL("cannot truncate %s: %s", log_path, strerror(errno));
+            if (truncate(log_path, (off_t)rs.log_bytes) != 0)
+                FATAL("cannot truncate %s: %s", log_path, strerror(errno));
             if (!rc->quiet) printf("%s: cut to the %llu bytes of step %d's checkpoint (later steps are run again)\n",
                                    log_path, (unsigned long long)rs.log_bytes, rs.step);
         } else if (stat(log_path, &st) != 0 || (uint64_t)st.st_size < rs.log_bytes) {
-            fprintf(stderr, "warning: %s is shorter than at step %d's checkpoint; appending to it\n", log_path, rs.step);
+            fprintf(stderr, "warning: %s is shorter than at step %d's checkpoint; appending to it\n", log_path,
+                    rs.step);
         }
     }
     data_order_init(&run->order, run->data.n, (uint64_t)rc->seed, epoch, cursor);
@@ -3183,11 +3203,16 @@ static int run_training(const RunConfig *rc, float *losses, float *norms) {
         }
         if (rc->eval_path && rc->eval_every > 0 && (step % rc->eval_every == 0 || step == rc->steps))
             run_evaluate(&run, step);
+        // no checkpoint inside a run of non-finite steps: the last one stays the last good state
         int ckpt = (rc->ckpt_every > 0 && step % rc->ckpt_every == 0) || step == rc->steps;
-        if (ckpt || stop_signal) run_checkpoint(&run, step);
+        if ((ckpt || stop_signal) && in_a_row == 0) run_checkpoint(&run, step);
+        else if (ckpt) fprintf(stderr, "warning: no checkpoint at step %d, after a non-finite step\n", step);
         if (stop_signal) {
-            printf("%s at step %d: checkpoint written to %s/model.bin; continue with --resume %s\n",
-                   stop_signal == SIGTERM ? "SIGTERM" : "interrupted", step, rc->out_dir, rc->out_dir);
+            if (in_a_row == 0)
+                printf("%s at step %d: checkpoint written to %s/model.bin; continue with --resume %s\n",
+                       stop_signal == SIGTERM ? "SIGTERM" : "interrupted", step, rc->out_dir, rc->out_dir);
+            else printf("%s at step %d, after a non-finite step: no new checkpoint; %s/model.bin is the last good "
+                        "one\n", stop_signal == SIGTERM ? "SIGTERM" : "interrupted", step, rc->out_dir);
             fflush(stdout);
             run_close(&run);
             free(batch);
@@ -3243,6 +3268,7 @@ static void run_prompt(const RunConfig *rc) {
     const Problem *pp = &p;
     SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, (uint64_t)rc->seed};
     Scorer scorer = scorer_math();
+    scorer.extract_policy = rc->extract_policy;
     scorer.reward_cluster = exact_cluster;
     Rollouts r;
     rollouts_sample(&r, &m, &tok, &scorer, pick_template(rc, &tok), &pp, 1, rc->G, &sc, 1);
@@ -3416,7 +3442,7 @@ static const Flag FLAGS[] = {
     I_("-C", ckpt_every, 0, BIG, 10, 10, NULL, MD_TR | MD_SF, "INT",
        "checkpoint every INT steps and at the end (0: at the end only)"),
     CHOICE("-S", save_dtype, "fp32|bf16", CKPT_DTYPE_FP32, CKPT_DTYPE_FP32, NULL, MD_TR | MD_SF,
-           "checkpoint dtype: fp32 (with the run state: --resume continues bit-exactly)\n"
+           "checkpoint dtype: fp32 (with the run state: resumes exactly)\n"
            "or bf16 (rounded weights only: cannot be resumed)"),
     I_("-s", seed, 0, BIG, 1337, 1337, NULL, MD_TR | MD_SF | MD_EV | MD_PR, "INT", "seed"),
     {"-q", FLAG_SWITCH, RC(quiet), 0, 0, NULL, {0, 0}, {NULL, NULL}, MD_TR | MD_SF | MD_EV, -1, NULL,
@@ -3431,6 +3457,11 @@ static const Flag FLAGS[] = {
      "with --resume: accept flags or data files that differ from the stored run\n"
      "(each difference is printed and logged); -x, -E, -C, -q need no override"},
     HEADING("free-form answers (doc/freeform.md)"),
+    CHOICE("--extract", extract_policy, "parse|boxed|anchored", MV_EXTRACT_REFERENCE, MV_EXTRACT_REFERENCE, NULL,
+           MD_TR | MD_EV | MD_PR,
+           "math answers: parse = the last \\boxed{}, else after \"answer\", else the last LaTeX\n"
+           "or number (Math-Verify's parse order); boxed = \\boxed{} only; anchored =\n"
+           "the box, else LaTeX after \"answer\" (the EMPO repo's setting)"),
     CHOICE("--task", task, "math|freeform", TASK_MATH, TASK_MATH, NULL, MD_TR | MD_EV,
            "math (\\boxed{} answers, math_verify) or freeform: phrases and\n"
            "sentences, data {question, choices?, answer?}, clustered by a judge"),
@@ -3483,7 +3514,8 @@ static const char *flag_text(const Flag *f, const void *cfg, char *buf, size_t c
     const char *field = (const char *)cfg + f->offset;
     if (f->kind == FLAG_STR) return *(const char *const *)field;
     if (f->kind == FLAG_FLOAT) snprintf(buf, cap, "%.9g", *(const float *)field);   // 9 digits: exact for a float
-    else if (f->kind == FLAG_CHOICE) {
+    else if (f->kind == FLAG_CHOICE && *(const int *)field < 0) snprintf(buf, cap, "%d", *(const int *)field);
+    else if (f->kind == FLAG_CHOICE) {   // by name (a sentinel such as -1, "chosen later", by number)
         const char *c = f->choices;
         for (int k = 0; k < *(const int *)field && strchr(c, '|'); k++) c = strchr(c, '|') + 1;
         const char *e = strchr(c, '|');
@@ -3494,7 +3526,7 @@ static const char *flag_text(const Flag *f, const void *cfg, char *buf, size_t c
 // The flags a run stores with its checkpoint: every one that means something in training or SFT,
 // but not those that only say what to do now.
 static int flag_stored(const Flag *f) {
-    static const char *const transient[] = {"-h", "--resume", "--override"};
+    static const char *const transient[] = {"-h", "-q", "--resume", "--override"};
     if (f->kind == FLAG_HEADING || !(f->modes & (MD_TR | MD_SF))) return 0;
     for (size_t i = 0; i < sizeof transient / sizeof transient[0]; i++)
         if (!strcmp(f->name, transient[i])) return 0;
@@ -3564,7 +3596,13 @@ static int resume_config(RunConfig *rc, const char *dir, int argc, char **argv, 
         if (f->kind == FLAG_STR) *(const char **)((char *)rc + f->offset) = v ? run_config_own(rc, v) : NULL;
         else if (!v) FATAL("--resume: %s/model.bin: stored flag %s has no value", dir, f->name);
         else if (f->kind == FLAG_SWITCH) *(int *)((char *)rc + f->offset) = atoi(v) != 0;
-        else flag_set(f, v, rc);
+        else if (f->kind == FLAG_FLOAT) *(float *)((char *)rc + f->offset) = strtof(v, NULL);   // as stored, even
+        else if (f->kind == FLAG_INT) *(int *)((char *)rc + f->offset) = atoi(v);             // a sentinel (-1)
+        else if (f->kind == FLAG_CHOICE) {
+            int k = v[0] == '-' ? atoi(v) : flag_choice(f->choices, v);
+            if (k < -1) FATAL("--resume: %s/model.bin: stored %s '%s' is not one of %s", dir, f->name, v, f->choices);
+            *(int *)((char *)rc + f->offset) = k;
+        }
     }
     json_free(&d);
     for (int i = 0; i < N_FLAGS; i++) {
@@ -3641,7 +3679,7 @@ static void parse_flags(RunConfig *rc, int argc, char **argv) {
     memset(before, 0, sizeof before);
     if (resume) mode = resume_config(rc, resume, argc, argv, mode, has, before);
     rc->mode = mode;
-    flags_apply(FLAGS, N_FLAGS, argc, argv, mode, MODE_NAMES, rc);
+    flags_apply(FLAGS, N_FLAGS, argc, argv, mode, MODE_NAMES, (int)(sizeof MODE_NAMES / sizeof *MODE_NAMES), rc);
     if (resume) {
         resume_conflicts(rc, resume, has, before);
         for (int i = 0; i < N_FLAGS; i++) free(before[i]);

@@ -229,8 +229,8 @@ static void rmsnorm_backward(floatX *dx, float *dw, const floatX *dout, const fl
 // In place on the q and k heads of qkv (N, QKV); row n is at position pos[n], or n % T when pos is
 // NULL (a (B, T) training batch). dir = +1 forward; dir = -1 rotates back, which is the backward
 // (the rotation is orthogonal).
-__global__ void rope_kernel(floatX *qkv, const float *cosb, const float *sinb, const int *posv, int N, int T, int NH, int NKV,
-                            int HD, float dir) {
+__global__ void rope_kernel(floatX *qkv, const float *cosb, const float *sinb, const int *posv, int N, int T, int NH,
+                            int NKV, int HD, float dir) {
     int h = HD / 2, QKV = (NH + 2 * NKV) * HD;
     size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= (size_t)N * (NH + NKV) * h) return;
@@ -244,13 +244,14 @@ __global__ void rope_kernel(floatX *qkv, const float *cosb, const float *sinb, c
     x[i + h] = fx(x2 * c + x1 * s);
 }
 // qkv (N, QKV); pos (N) device positions, or NULL for rows of a (B, T) batch
-static void rope_forward(floatX *qkv, const float *cosb, const float *sinb, const int *pos, int N, int T, int NH, int NKV,
-                         int HD) {
+static void rope_forward(floatX *qkv, const float *cosb, const float *sinb, const int *pos, int N, int T, int NH,
+                         int NKV, int HD) {
     rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(qkv, cosb, sinb, pos, N, T, NH, NKV, HD, 1.0f);
     LAUNCH_CHECK();
 }
 static void rope_backward(floatX *dqkv, const float *cosb, const float *sinb, int N, int T, int NH, int NKV, int HD) {
-    rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(dqkv, cosb, sinb, NULL, N, T, NH, NKV, HD, -1.0f);
+    rope_kernel<<<ceil_div((long)N * (NH + NKV) * (HD / 2), 256), 256>>>(dqkv, cosb, sinb, NULL, N, T, NH, NKV, HD,
+                                                                         -1.0f);
     LAUNCH_CHECK();
 }
 
@@ -539,7 +540,8 @@ static size_t smem_optin(void) {
 }
 static size_t att_smem_limit(size_t need_at_max) { return need_at_max < smem_optin() ? need_at_max : smem_optin(); }
 template <typename K> static void att_optin(K kernel, size_t need_at_max) {
-    cudaCheck(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem_limit(need_at_max)));
+    cudaCheck(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)att_smem_limit(need_at_max)));
 }
 template <int DPL> static void att_setup_dpl(void) {
     att_optin(attention_forward_kernel<DPL>, att_smem_forward(32 * DPL));
@@ -549,7 +551,8 @@ template <int DPL> static void att_setup_dpl(void) {
 static void att_setup_all(void) { att_setup_dpl<1>(); att_setup_dpl<2>(); att_setup_dpl<4>(); att_setup_dpl<8>(); }
 static void att_check_smem(size_t need, int HD) {
     if (need > smem_optin())
-        FATAL("head_dim %d: the attention kernels need %zu bytes of shared memory, the device allows %d", HD, need, g_smem_optin);
+        FATAL("head_dim %d: the attention kernels need %zu bytes of shared memory, the device allows %d", HD, need,
+              g_smem_optin);
 }
 // A model's head dim must be one the kernels handle (called at model init).
 static void attention_setup(int HD) {
@@ -595,10 +598,10 @@ static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const
         const floatX *g = dout + (size_t)b0 * T * NHD, *q = qkv + (size_t)b0 * T * QKV;
         const float *ls = lse + (size_t)b0 * NH * T, *d = D + (size_t)b0 * NH * T;
         switch (att_dpl(HD)) {
-#define ATT_BWD(DPL_)                                                                                                   \
-    attention_backward_dq_kernel<DPL_><<<gq, ATT_WARPS * 32, sq>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);             \
-    LAUNCH_CHECK();                                                                                                     \
-    attention_backward_dkv_kernel<DPL_><<<gk, ATT_WARPS * 32, sk>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);            \
+#define ATT_BWD(DPL_)                                                                                                  \
+    attention_backward_dq_kernel<DPL_><<<gq, ATT_WARPS * 32, sq>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);            \
+    LAUNCH_CHECK();                                                                                                    \
+    attention_backward_dkv_kernel<DPL_><<<gk, ATT_WARPS * 32, sk>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);           \
     break;
         case 1: ATT_BWD(1)
         case 2: ATT_BWD(2)
@@ -701,7 +704,8 @@ __global__ void norm_finish_kernel(float *norm, const float *partial, int n) {
 }
 
 // One AdamW step, torch.optim.AdamW's arithmetic (see train_empo.c model_update). The clip scale
-// comes from the norm on the device, so there is no host round trip between the two kernels.
+// comes from the norm on the device (model_update has also copied it to the host, to skip a
+// non-finite step before launching this).
 // master != NULL: update the fp32 master copy and round it to the floatX params. master == NULL
 // in a bf16 build: update the bf16 params directly with stochastic rounding, whose expected value is
 // the exact update (round-to-nearest would drop every update smaller than half a bf16 ulp).
@@ -808,8 +812,8 @@ __global__ void kv_write_kernel(floatX *pool, const floatX *qkv, const int *slot
 // pool (pages, L, 2, NKV, KV_PAGE, HD); qkv (N, QKV) after rope
 static void kv_write(floatX *pool, const floatX *qkv, const int *slot, const int *pos, const int *table, int max_pages,
                      int N, int l, const ModelConfig *c) {
-    kv_write_kernel<<<ceil_div((long)N * 2 * c->NKV * c->HD, 256), 256>>>(pool, qkv, slot, pos, table, max_pages, N, l, c->L,
-                                                                         c->NH, c->NKV, c->HD);
+    kv_write_kernel<<<ceil_div((long)N * 2 * c->NKV * c->HD, 256), 256>>>(pool, qkv, slot, pos, table, max_pages, N, l,
+                                                                          c->L, c->NH, c->NKV, c->HD);
     LAUNCH_CHECK();
 }
 // Page dst[i] = page src[i] (every layer), for n pairs: a response's own copy of its prompt's last,
@@ -819,6 +823,38 @@ __global__ void kv_copy_pages_kernel(floatX *pool, const int *src, const int *ds
          idx += (size_t)gridDim.x * blockDim.x) {
         size_t i = idx / page_elems, e = idx % page_elems;
         pool[(size_t)dst[i] * page_elems + e] = pool[(size_t)src[i] * page_elems + e];
+    }
+}
+
+// One warp stages the keys (w = 0) or values (w = 1) of positions [c0, c0 + jn) of kv head hk in
+// shared memory as fp32 rows dst (32, SR), zero beyond jn and HD. A position's HD values are
+// contiguous in its page, so where HD is a multiple of 16 bytes' worth, lanes load 16 bytes each
+// (8 bf16): a warp reads 512 contiguous bytes per instruction instead of 64 (decoding is bound by
+// these reads and the weights'); other head dims go one value per lane.
+__device__ __forceinline__ void dec_stage(float *dst, const floatX *pool, const int *tab, int c0, int jn, int l, int w, int hk,
+                                          int L, int NKV, int HD, int SR, int lane) {
+    const int VEC = 16 / (int)sizeof(floatX);
+    if (HD % VEC == 0) {
+        int per = HD / VEC;   // vectors per row
+        for (int i = lane; i < 32 * per; i += 32) {
+            int jj = i / per, d = (i % per) * VEC;
+            float *o = dst + jj * SR + d;
+            if (jj >= jn) { for (int e = 0; e < VEC; e++) o[e] = 0.0f; continue; }
+            alignas(16) floatX v[16 / sizeof(floatX)];
+            const floatX *src = pool + kv_offset(tab, c0 + jj, l, w, hk, L, NKV, HD) + d;
+#ifdef __CUDA_ARCH__
+            *(int4 *)v = *(const int4 *)src;   // one 128-bit load
+#else
+            memcpy(v, src, 16);                // (the CPU emulator: no type punning for g++)
+#endif
+            for (int e = 0; e < VEC; e++) o[e] = tof(v[e]);
+        }
+        for (int i = lane; i < 32 * (SR - HD); i += 32) dst[(i / (SR - HD)) * SR + HD + i % (SR - HD)] = 0.0f;   // padding
+        return;
+    }
+    for (int jj = 0; jj < 32; jj++) {   // one row per step, lanes along the head dim
+        size_t at = jj < jn ? kv_offset(tab, c0 + jj, l, w, hk, L, NKV, HD) : 0;
+        for (int d = lane; d < SR; d += 32) dst[jj * SR + d] = jj < jn && d < HD ? tof(pool[at + d]) : 0.0f;
     }
 }
 
@@ -835,10 +871,10 @@ __global__ void kv_copy_pages_kernel(floatX *pool, const int *src, const int *ds
 // qkv (S, QKV) after rope; lens (S) keys per sequence, the new one included; table (S, max_pages).
 // part_o (S, NH, n_split, HD), part_ml (S, NH, n_split, 2) fp32.
 template <int DPL>
-__global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_kernel(float *part_o, float *part_ml, const floatX *qkv,
-                                                                          const floatX *pool, const int *table, const int *lens,
-                                                                          int max_pages, int n_split, int l, int L, int NH,
-                                                                          int NKV, int HD, float scale) {
+__global__ void __launch_bounds__(DEC_WARPS * 32)
+    decode_attention_kernel(float *part_o, float *part_ml, const floatX *qkv, const floatX *pool, const int *table,
+                            const int *lens, int max_pages, int n_split, int l, int L, int NH, int NKV, int HD,
+                            float scale) {
     extern __shared__ float4 dec_smem4[];
     float *smem = (float *)dec_smem4;
     const int SR = att_stride(HD), HDP = SR - 4, QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, MR = DEC_MAX_REP;
@@ -862,10 +898,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_kernel(float 
     float *myKV = sKV + warp * 32 * SR, *myP = sP + warp * MR * 32;
     for (int c0 = k0 + warp * 32; c0 < k1; c0 += DEC_WARPS * 32) {
         int jn = min(32, k1 - c0), j = c0 + lane;
-        for (int jj = 0; jj < 32; jj++) {   // the chunk's keys, one row per step, lanes along the head dim
-            size_t at = jj < jn ? kv_offset(tab, c0 + jj, l, 0, hk, L, NKV, HD) : 0;
-            for (int d = lane; d < SR; d += 32) myKV[jj * SR + d] = jj < jn && d < HD ? tof(pool[at + d]) : 0.0f;
-        }
+        dec_stage(myKV, pool, tab, c0, jn, l, 0, hk, L, NKV, HD, SR, lane);   // the chunk's keys
         __syncwarp();
         float sc[DEC_MAX_REP];
 #pragma unroll
@@ -893,10 +926,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_kernel(float 
             myP[r * 32 + lane] = p;
         }
         __syncwarp();   // every lane is done reading the keys
-        for (int jj = 0; jj < jn; jj++) {
-            size_t at = kv_offset(tab, c0 + jj, l, 1, hk, L, NKV, HD);
-            for (int d = lane; d < HD; d += 32) myKV[jj * SR + d] = tof(pool[at + d]);
-        }
+        dec_stage(myKV, pool, tab, c0, jn, l, 1, hk, L, NKV, HD, SR, lane);   // the chunk's values over them
         __syncwarp();
         for (int jj = 0; jj < jn; jj++) {
 #pragma unroll
@@ -940,8 +970,8 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) decode_attention_kernel(float 
     }
 }
 // out (S, NH*HD) = the merge of each (sequence, head)'s splits, in split order (deterministic).
-__global__ void decode_combine_kernel(floatX *out, const float *part_o, const float *part_ml, const int *lens, int n_split, int NH,
-                                      int HD) {
+__global__ void decode_combine_kernel(floatX *out, const float *part_o, const float *part_ml, const int *lens,
+                                      int n_split, int NH, int HD) {
     int s = blockIdx.x, h = blockIdx.y, ns = (lens[s] + DEC_SPLIT - 1) / DEC_SPLIT;
     size_t base = ((size_t)s * NH + h) * n_split;
     float M = -INFINITY, lt = 0.0f;
@@ -961,18 +991,21 @@ static void dec_setup_all(void) {
 }
 // out (S, NH*HD); qkv (S, QKV) after rope, its k and v already in the pages; lens, table as above;
 // part_o, part_ml scratch for n_split = ceil(max len / DEC_SPLIT) splits
-static void decode_attention(floatX *out, float *part_o, float *part_ml, const floatX *qkv, const floatX *pool, const int *table,
-                             const int *lens, int max_pages, int n_split, int S, int l, const ModelConfig *c) {
+static void decode_attention(floatX *out, float *part_o, float *part_ml, const floatX *qkv, const floatX *pool,
+                             const int *table, const int *lens, int max_pages, int n_split, int S, int l,
+                             const ModelConfig *c) {
     int NH = c->NH, NKV = c->NKV, HD = c->HD;
-    if (NH / NKV > DEC_MAX_REP) FATAL("decode attention: %d query heads per kv head (at most %d)", NH / NKV, DEC_MAX_REP);
+    if (NH / NKV > DEC_MAX_REP)
+        FATAL("decode attention: %d query heads per kv head (at most %d)", NH / NKV, DEC_MAX_REP);
     float scale = 1.0f / sqrtf((float)HD);
     size_t sm = dec_smem(HD);
     att_check_smem(sm, HD);
     dim3 grid(S, NKV, n_split);   // sequences along x (up to 2^31 - 1), the few splits along z
     int ll = c->L;
     switch (att_dpl(HD)) {
-#define DEC_LAUNCH(DPL_) decode_attention_kernel<DPL_><<<grid, DEC_WARPS * 32, sm>>>(part_o, part_ml, qkv, pool, table, lens, \
-                                                                                   max_pages, n_split, l, ll, NH, NKV, HD, scale);
+#define DEC_LAUNCH(DPL_)                                                                                               \
+    decode_attention_kernel<DPL_><<<grid, DEC_WARPS * 32, sm>>>(part_o, part_ml, qkv, pool, table, lens, max_pages,    \
+                                                                n_split, l, ll, NH, NKV, HD, scale);
     case 1: DEC_LAUNCH(1) break;
     case 2: DEC_LAUNCH(2) break;
     case 4: DEC_LAUNCH(4) break;
@@ -980,7 +1013,8 @@ static void decode_attention(floatX *out, float *part_o, float *part_ml, const f
 #undef DEC_LAUNCH
     }
     LAUNCH_CHECK();
-    decode_combine_kernel<<<dim3(S, NH), HD < 256 ? (HD + 31) / 32 * 32 : 256>>>(out, part_o, part_ml, lens, n_split, NH, HD);
+    int nt = HD >= 256 ? 256 : (HD + 31) / 32 * 32;
+    decode_combine_kernel<<<dim3(S, NH), nt>>>(out, part_o, part_ml, lens, n_split, NH, HD);
     LAUNCH_CHECK();
 }
 
@@ -1066,8 +1100,8 @@ __device__ void sample_kept(float *count, float *mass, const float *x, int V, fl
 // bisection over the high word (the probability's bits) first, then over the low word (the
 // inverted ids) only when several tokens share the threshold probability; with one or none, every
 // K with that high word keeps the same set. 32 to 64 passes over the row.
-__device__ uint64_t sample_bisect(const float *x, int V, float M, float inv_t, uint64_t lo, float need_count, float need_mass,
-                                  float *tc, float *ts) {
+__device__ uint64_t sample_bisect(const float *x, int V, float M, float inv_t, uint64_t lo, float need_count,
+                                  float need_mass, float *tc, float *ts) {
     float c, ms;
     uint64_t hlo = lo >> 32, hhi = 0xFFFFFFFFull;
     while (hlo < hhi) {
@@ -1086,8 +1120,8 @@ __device__ uint64_t sample_bisect(const float *x, int V, float M, float inv_t, u
     }
     return llo;
 }
-__global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows, const float *u,
-                              int V, float inv_t, int top_k, float top_p, int greedy) {
+__global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows,
+                              const float *u, int V, float inv_t, int top_k, float top_p, int greedy) {
     __shared__ float t_m[SAMPLE_THREADS + 1], t_s[SAMPLE_THREADS + 1];
     __shared__ int t_best[SAMPLE_THREADS];
     __shared__ float s_M, s_lse, s_r;
@@ -1115,7 +1149,8 @@ __global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const f
     float M = s_M;
     uint64_t K = 0;
     if (!greedy) {
-        if (top_k > 0 && top_k < V) K = sample_bisect(x, V, M, inv_t, 0, (float)top_k, 0.0f, t_m, t_s);   // the k-th largest key
+        if (top_k > 0 && top_k < V)
+            K = sample_bisect(x, V, M, inv_t, 0, (float)top_k, 0.0f, t_m, t_s);   // the k-th largest key
         if (top_p < 1.0f) {   // then the smallest prefix of the kept set that holds top_p of its mass
             float c, kept;
             sample_kept(&c, &kept, x, V, M, inv_t, K, 0, t_m, t_s);
@@ -1157,8 +1192,8 @@ __global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const f
     }
 }
 // tok, logp (n) for rows of logits (.., V) fp32; u (n) uniforms (unused when greedy)
-static void sample_rows(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows, const float *u, int n,
-                        int V, const SamplerConfig *sc) {
+static void sample_rows(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows, const float *u,
+                        int n, int V, const SamplerConfig *sc) {
     int greedy = sc->temperature <= 0.0f || sc->top_k == 1;
     float inv_t = greedy ? 1.0f : 1.0f / sc->temperature;
     // few threads for a small vocabulary (tests): all the work is per token, the barriers per block
@@ -1252,7 +1287,8 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d));
         cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
         // the heuristic's choice, cached per shape (a training step makes the same few hundred calls)
-        LtKey key = {transA, transB, m, n, k, lda, ldb, ldd, (int)d_type, bias != NULL, al_a, al_b, al_d};   // 13 ints: no padding
+        LtKey key = {transA,      transB,       m,    n,    k,   lda, ldb, ldd,
+                     (int)d_type, bias != NULL, al_a, al_b, al_d};   // 13 ints: no padding
         LtAlgo *cached = lt_cache_find(&key);
         if (!cached) {
             cublasLtMatmulHeuristicResult_t heur;
@@ -1457,11 +1493,7 @@ static void model_alloc(Model *m, const ModelConfig *c) {
     attention_setup(c->HD);
     fill_param_sizes(m->param_sizes, c);
     m->num_parameters = count_params(c);
-#ifdef ENABLE_FP32
-    m->use_master = 0;   // the params are fp32 already
-#else
-    m->use_master = g_use_master;
-#endif
+    m->use_master = sizeof(floatX) == 2 && g_use_master;   // fp32 params need no master copy
     m->recompute = g_recompute;
     m->head_rows = g_head_rows;
     size_t n = m->num_parameters;
@@ -1540,8 +1572,8 @@ static void model_init_random(Model *m, const ModelConfig *c, uint64_t seed) {
     }
     convert_kernel<<<grid_for(n), 256>>>(m->params_memory, st, n);
     LAUNCH_CHECK();
-    if (m->use_master) { m->master_memory = st; cudaCheck(cudaDeviceSynchronize()); return; }   // keeps the staging block
     cudaCheck(cudaDeviceSynchronize());
+    if (m->use_master) { m->master_memory = st; return; }   // the staging block becomes the master copy
     device_free(st, n * sizeof(float));
 }
 
@@ -1644,7 +1676,8 @@ static int head_rows_for(const Model *m, size_t N) {
 // each tensor; only a larger forward, or a change of the recompute or head-rows setting,
 // allocates again.
 static void model_ensure_acts(Model *m, size_t N) {
-    if (m->acts_memory && N <= m->cap_N && m->recompute_used == m->recompute && m->head_rows_req == m->head_rows) return;
+    if (m->acts_memory && N <= m->cap_N && m->recompute_used == m->recompute && m->head_rows_req == m->head_rows)
+        return;
     if (N < m->cap_N) N = m->cap_N;
     const ModelConfig *c = &m->config;
     device_free(m->acts_memory, m->acts_bytes);
@@ -1894,6 +1927,11 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
     LAUNCH_CHECK();
     norm_finish_kernel<<<1, 1024>>>(m->norm_scratch + NORM_BLOCKS, m->norm_scratch, NORM_BLOCKS);
     LAUNCH_CHECK();
+    // The contract (engine.h): a non-finite gradient changes nothing, and the host skips the step.
+    // That needs the norm on the host before the update: one 4-byte copy per optimizer step.
+    float norm;
+    cudaCheck(cudaMemcpy(&norm, m->norm_scratch + NORM_BLOCKS, sizeof(float), cudaMemcpyDeviceToHost));
+    if (!isfinite(norm)) return norm;
     m->adam_step++;
     double bc1 = 1.0 - pow(beta1, m->adam_step), bc2 = 1.0 - pow(beta2, m->adam_step);   // in double, as torch does
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
@@ -1901,8 +1939,6 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
     adamw_kernel<<<grid_for(n), 256>>>(m->params_memory, m->master_memory, m->grads_memory, m->m_memory, m->v_memory, n, lr, beta1, beta2,
                                        eps, weight_decay, step_size, bc2_sqrt, m->norm_scratch + NORM_BLOCKS, grad_clip, seed);
     LAUNCH_CHECK();
-    float norm;
-    cudaCheck(cudaMemcpy(&norm, m->norm_scratch + NORM_BLOCKS, sizeof(float), cudaMemcpyDeviceToHost));
     return norm;
 }
 
@@ -1957,7 +1993,10 @@ typedef struct {
     float *u, *out_logp;                             // (S)
     size_t bytes;
 } DecodeBufs;
-static void *dec_alloc(DecodeBufs *d, size_t bytes, const char *what) { d->bytes += bytes; return device_alloc(bytes, what); }
+static void *dec_alloc(DecodeBufs *d, size_t bytes, const char *what) {
+    d->bytes += bytes;
+    return device_alloc(bytes, what);
+}
 static void decode_bufs_init(DecodeBufs *d, const ModelConfig *c, int S, int n_split, int max_pages) {
     memset(d, 0, sizeof *d);
     d->S = S; d->n_split = n_split; d->max_pages = max_pages;
@@ -1965,13 +2004,15 @@ static void decode_bufs_init(DecodeBufs *d, const ModelConfig *c, int S, int n_s
     d->x = (floatX *)dec_alloc(d, S * C * X, "decode"); d->ln = (floatX *)dec_alloc(d, S * C * X, "decode");
     d->qkv = (floatX *)dec_alloc(d, S * (size_t)cfg_qkv_dim(c) * X, "decode");
     d->atty = (floatX *)dec_alloc(d, S * NHD * X, "decode"); d->proj = (floatX *)dec_alloc(d, S * C * X, "decode");
-    d->fch = (floatX *)dec_alloc(d, S * 2 * (size_t)c->I * X, "decode"); d->sw = (floatX *)dec_alloc(d, S * (size_t)c->I * X, "decode");
+    d->fch = (floatX *)dec_alloc(d, S * 2 * (size_t)c->I * X, "decode");
+    d->sw = (floatX *)dec_alloc(d, S * (size_t)c->I * X, "decode");
     d->rstd = (float *)dec_alloc(d, S * sizeof(float), "decode");
     d->logits = (float *)dec_alloc(d, (size_t)S * c->V * sizeof(float), "decode logits");
     d->part_o = (float *)dec_alloc(d, (size_t)S * c->NH * n_split * c->HD * sizeof(float), "decode splits");
     d->part_ml = (float *)dec_alloc(d, (size_t)S * c->NH * n_split * 2 * sizeof(float), "decode splits");
     int **ints[6] = {&d->tok, &d->pos, &d->lens, &d->rows, &d->out_tok, &d->table};
-    for (int i = 0; i < 6; i++) *ints[i] = (int *)dec_alloc(d, (size_t)S * (i == 5 ? max_pages : 1) * sizeof(int), "decode");
+    for (int i = 0; i < 6; i++)
+        *ints[i] = (int *)dec_alloc(d, (size_t)S * (i == 5 ? max_pages : 1) * sizeof(int), "decode");
     d->u = (float *)dec_alloc(d, S * sizeof(float), "decode");
     d->out_logp = (float *)dec_alloc(d, S * sizeof(float), "decode");
 }
@@ -1985,8 +2026,9 @@ static void decode_bufs_free(DecodeBufs *d) {
 
 // One decode step: S tokens (d->tok), each of its own sequence at position d->pos, whose keys and
 // values at earlier positions are in the pages of its row of d->table (lens = pos + 1). Writes
-// this token's keys and values into the pages, then d->logits (S, V) fp32 of the next token.
-static void decode_forward(Model *m, DecodeBufs *d, PagedKV *kv, int S) {
+// this token's keys and values into the pages, then d->logits (S, V) fp32 of the next token; with
+// n_out >= 0, only of the n_out rows listed in d->rows (d->logits (n_out, V)).
+static void decode_forward(Model *m, DecodeBufs *d, PagedKV *kv, int S, int n_out = -1) {
     const ModelConfig *c = &m->config;
     int C = c->C, L = c->L, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
     float eps = c->rms_eps;
@@ -1994,20 +2036,27 @@ static void decode_forward(Model *m, DecodeBufs *d, PagedKV *kv, int S) {
     embedding_forward(d->x, d->tok, p->wte, S, C);
     rmsnorm_forward(d->ln, d->rstd, d->x, p->ln1w, S, C, eps);
     for (int l = 0; l < L; l++) {
-        matmul_forward(d->qkv, d->ln, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, S, C, QKV);
+        matmul_forward(d->qkv, d->ln, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, S,
+                       C, QKV);
         rope_forward(d->qkv, m->rope_cos, m->rope_sin, d->pos, S, 1, NH, NKV, HD);
         kv_write(kv->pool, d->qkv, NULL, d->pos, d->table, d->max_pages, S, l, c);
-        decode_attention(d->atty, d->part_o, d->part_ml, d->qkv, kv->pool, d->table, d->lens, d->max_pages, d->n_split, S, l, c);
+        decode_attention(d->atty, d->part_o, d->part_ml, d->qkv, kv->pool, d->table, d->lens, d->max_pages, d->n_split,
+                         S, l, c);
         matmul_forward(d->proj, d->atty, p->attprojw + (size_t)l * C * NH * HD, NULL, S, NH * HD, C);
         // x += proj, in place (each element is read, then written, by the same thread), ln = norm(x)
         residual_rmsnorm_forward(d->x, d->ln, d->rstd, d->x, d->proj, p->ln2w + (size_t)l * C, S, C, eps);
         matmul_forward(d->fch, d->ln, p->fcw + (size_t)l * 2 * I * C, NULL, S, C, 2 * I);
         swiglu_forward(d->sw, d->fch, S, I);
         matmul_forward(d->proj, d->sw, p->fcprojw + (size_t)l * C * I, NULL, S, I, C);
-        const floatX *wn = l + 1 < L ? p->ln1w + (size_t)(l + 1) * C : p->lnfw;   // the next layer's norm, or the final one
+        const floatX *wn =
+            l + 1 < L ? p->ln1w + (size_t)(l + 1) * C : p->lnfw;   // the next layer's norm, or the final one
         residual_rmsnorm_forward(d->x, d->ln, d->rstd, d->x, d->proj, wn, S, C, eps);
     }
-    lm_head_f32(m, d->logits, d->ln, S);
+    if (n_out < 0) { lm_head_f32(m, d->logits, d->ln, S); return; }
+    if (n_out == 0) return;
+    gather_rows_kernel<<<ceil_div((long)n_out * C, 256), 256>>>(d->proj, d->ln, d->rows, n_out, C);
+    LAUNCH_CHECK();
+    lm_head_f32(m, d->logits, d->proj, n_out);
 }
 
 static int is_eos_token(const Model *m, int tok) {
@@ -2040,22 +2089,27 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     int *cap = (int *)xmalloc((size_t)(n ? n : 1) * sizeof(int)), max_cap = 1;
     for (int p = 0; p < n_prompts; p++) {
         if (prompt_lens[p] < 1) FATAL("generate: prompt %d is empty", p);
-        if (prompt_lens[p] >= c->maxT) FATAL("generate: prompt %d has %d tokens, at or beyond the context (%d)", p, prompt_lens[p], c->maxT);
+        if (prompt_lens[p] >= c->maxT)
+            FATAL("generate: prompt %d has %d tokens, at or beyond the context (%d)", p, prompt_lens[p], c->maxT);
         for (int t = 0; t < prompt_lens[p]; t++)
-            if (prompts[p][t] < 0 || prompts[p][t] >= V) FATAL("generate: prompt %d has token %d outside the vocab", p, prompts[p][t]);
+            if (prompts[p][t] < 0 || prompts[p][t] >= V)
+                FATAL("generate: prompt %d has token %d outside the vocab", p, prompts[p][t]);
         int room = prompt_lens[p] + (sc->max_new > 0 ? sc->max_new : 0);
         if (room > c->maxT) room = c->maxT;
         for (int g = 0; g < G; g++) {
             int j = p * G + g;
             cap[j] = room;
-            out->tokens[j] = (int *)xmalloc((size_t)(room - prompt_lens[p] > 0 ? room - prompt_lens[p] : 1) * sizeof(int));
-            out->logprobs[j] = (float *)xmalloc((size_t)(room - prompt_lens[p] > 0 ? room - prompt_lens[p] : 1) * sizeof(float));
+            out->tokens[j] =
+                (int *)xmalloc((size_t)(room - prompt_lens[p] > 0 ? room - prompt_lens[p] : 1) * sizeof(int));
+            out->logprobs[j] =
+                (float *)xmalloc((size_t)(room - prompt_lens[p] > 0 ? room - prompt_lens[p] : 1) * sizeof(float));
         }
         if (room > max_cap) max_cap = room;
     }
     if (n == 0 || sc->max_new <= 0) { free(cap); return; }   // no room for a single token
     uint64_t *rng = (uint64_t *)xmalloc((size_t)n * sizeof(uint64_t));
-    for (int j = 0; j < n; j++) rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
+    for (int j = 0; j < n; j++)
+        rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
 
     // sizes: the decode batch, the pages each prompt needs at full length, the pool
     int S = n < g_gen_batch ? n : g_gen_batch;
@@ -2063,7 +2117,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     int max_pages = ceil_div(c->maxT, KV_PAGE);
     long total_pages = 0;
     int max_need = 0;
-    int *need = (int *)xmalloc((size_t)n_prompts * sizeof(int)), *full = (int *)xmalloc((size_t)n_prompts * sizeof(int));
+    int *need = (int *)xmalloc((size_t)n_prompts * sizeof(int)),
+        *full = (int *)xmalloc((size_t)n_prompts * sizeof(int));
     for (int p = 0; p < n_prompts; p++) {
         int P = prompt_lens[p], c0 = cap[p * G], shared = P / KV_PAGE;
         full[p] = (P - 1 > c0 - 2 ? P - 1 : c0 - 2) / KV_PAGE + 1;   // pages up to the last position written
@@ -2147,7 +2202,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
                     slot[b * Tp + t] = t < P ? b : -1;
                     posv[b * Tp + t] = t;
                 }
-                memcpy(h_table + (size_t)b * max_pages, pages + (size_t)p * G * max_pages, (size_t)npages[p * G] * sizeof(int));
+                memcpy(h_table + (size_t)b * max_pages, pages + (size_t)p * G * max_pages,
+                       (size_t)npages[p * G] * sizeof(int));
                 h_rows[b] = b * Tp + P - 1;
             }
             Activations *a = &m->acts;
@@ -2173,7 +2229,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
                     if (np == S) {   // d.tok / d.pos as scratch for the page pairs
                         cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
                         cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
-                        kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np, kv.page_elems);
+                        kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np,
+                                                                                            kv.page_elems);
                         LAUNCH_CHECK();
                         np = 0;
                     }
@@ -2182,7 +2239,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             if (np > 0) {
                 cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
                 cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
-                kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np, kv.page_elems);
+                kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np,
+                                                                                    kv.page_elems);
                 LAUNCH_CHECK();
             }
             // the first token of each of the k * G responses, from its prompt's last row
@@ -2254,62 +2312,153 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table); free(h_u); free(h_lp);
 }
 
-// model_next_logprobs (engine.h): the sequences go through the training forward in right-padded
-// batches of at most max_seqs rows and about max_tokens tokens (at least one row), with the final
-// norm and an fp32 LM head on each sequence's last row. No prefix is shared yet (*n_shared stays).
+// model_next_logprobs (engine.h), as train_empo.c computes it: sequences that share a prefix with
+// the first sequence of their run (the pairs of one question) compute it once. The cut is the
+// CPU's: a sequence joins the run of the one before it if it shares at least one token with that
+// run's leader, and keeps at least one token of its own. Per wave of at most max_seqs sequences:
+// the leaders go through the training forward whole (right-padded batches of about max_tokens
+// tokens), writing their keys and values into KV pages, and their last rows give their scores;
+// each other sequence takes its leader's full pages of the common prefix, a copy of the partly
+// filled one, and runs only its own tokens, all the followers together, one position per decode
+// step; a sequence's scores come from the step of its last token. out (n, n_cand).
 static void model_next_logprobs(Model *m, const int *const *ids, const int *lens, int n, const int *cand, int n_cand,
                                 int max_seqs, int max_tokens, float *out, long *n_computed, long *n_shared) {
     const ModelConfig *c = &m->config;
     int C = c->C, V = c->V;
-    (void)n_shared;
     if (n <= 0) return;
-    int rows_cap = max_seqs < n ? (max_seqs > 0 ? max_seqs : 1) : n;
-    floatX *x = (floatX *)device_alloc((size_t)rows_cap * C * sizeof(floatX), "judge rows");
-    float *logits = (float *)device_alloc((size_t)rows_cap * V * sizeof(float), "judge logits");
-    float *d_out = (float *)device_alloc((size_t)rows_cap * n_cand * sizeof(float), "judge out");
-    int *d_rows = (int *)device_alloc((size_t)rows_cap * sizeof(int), "judge rows"), *d_cand = (int *)device_alloc((size_t)n_cand * sizeof(int), "judge");
-    int *h_rows = (int *)xmalloc((size_t)rows_cap * sizeof(int));
-    cudaCheck(cudaMemcpy(d_cand, cand, (size_t)n_cand * sizeof(int), cudaMemcpyHostToDevice));
-    for (int s0 = 0; s0 < n;) {
-        int k = 0, Tmax = 0;
-        while (s0 + k < n && k < rows_cap) {
-            int L = lens[s0 + k];
-            if (L < 1 || L > c->maxT) FATAL("model_next_logprobs: sequence %d has %d tokens (context %d)", s0 + k, L, c->maxT);
-            int Tn = round_up(L > Tmax ? L : Tmax, T_ALIGN);
-            if (k > 0 && (long)(k + 1) * Tn > max_tokens) break;
-            Tmax = L > Tmax ? L : Tmax;
-            k++;
-        }
-        int Tp = round_up(Tmax, T_ALIGN), N = k * Tp;
-        model_ensure_acts(m, (size_t)N);
-        for (int b = 0; b < k; b++) {
-            int L = lens[s0 + b];
-            for (int t = 0; t < Tp; t++) {
-                int v = t < L ? ids[s0 + b][t] : 0;
-                if (v < 0 || v >= V) FATAL("model_next_logprobs: token %d outside the vocab", v);
-                m->h_in[b * Tp + t] = v;
-            }
-            h_rows[b] = b * Tp + L - 1;
-            if (n_computed) *n_computed += L;
-        }
-        cudaCheck(cudaMemcpy(m->acts.inputs, m->h_in, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
-        forward_layers(m, k, Tp, NULL);
-        m->mean_loss = -1.0f;
-        cudaCheck(cudaMemcpy(d_rows, h_rows, (size_t)k * sizeof(int), cudaMemcpyHostToDevice));
-        gather_rows_kernel<<<ceil_div((long)k * C, 256), 256>>>(x, m->acts.lnf, d_rows, k, C);
-        LAUNCH_CHECK();
-        lm_head_f32(m, logits, x, k);
-        rows_logprobs_kernel<<<k, 256>>>(d_out, logits, V, d_cand, n_cand);
-        LAUNCH_CHECK();
-        cudaCheck(cudaMemcpy(out + (size_t)s0 * n_cand, d_out, (size_t)k * n_cand * sizeof(float), cudaMemcpyDeviceToHost));
-        s0 += k;
+    for (int s = 0; s < n; s++) {
+        if (lens[s] < 1 || lens[s] > c->maxT) FATAL("model_next_logprobs: sequence %d has %d tokens (context %d)", s, lens[s], c->maxT);
+        for (int t = 0; t < lens[s]; t++)
+            if (ids[s][t] < 0 || ids[s][t] >= V) FATAL("model_next_logprobs: token %d outside the vocab", ids[s][t]);
     }
-    device_free(x, (size_t)rows_cap * C * sizeof(floatX));
-    device_free(logits, (size_t)rows_cap * V * sizeof(float));
-    device_free(d_out, (size_t)rows_cap * n_cand * sizeof(float));
-    device_free(d_rows, (size_t)rows_cap * sizeof(int));
+    int W = max_seqs > 0 ? (max_seqs < n ? max_seqs : n) : 1, max_pages = ceil_div(c->maxT, KV_PAGE);
+    DecodeBufs d;
+    decode_bufs_init(&d, c, W, ceil_div(c->maxT, DEC_SPLIT), max_pages);
+    float *d_out = (float *)device_alloc((size_t)W * n_cand * sizeof(float), "judge out");
+    int *d_cand = (int *)device_alloc((size_t)n_cand * sizeof(int), "judge");
+    cudaCheck(cudaMemcpy(d_cand, cand, (size_t)n_cand * sizeof(int), cudaMemcpyHostToDevice));
+    int *lead = (int *)xmalloc((size_t)W * sizeof(int)), *start = (int *)xmalloc((size_t)W * sizeof(int));
+    int *pages = (int *)xmalloc((size_t)W * max_pages * sizeof(int)), *owner = (int *)xmalloc((size_t)W * sizeof(int));
+    int *h_tok = (int *)xmalloc((size_t)W * sizeof(int)), *h_pos = (int *)xmalloc((size_t)W * sizeof(int));
+    int *h_lens = (int *)xmalloc((size_t)W * sizeof(int)), *h_rows = (int *)xmalloc((size_t)W * sizeof(int));
+    int *h_table = (int *)xmalloc((size_t)W * max_pages * sizeof(int)), *foll = (int *)xmalloc((size_t)W * sizeof(int));
+    float *h_out = (float *)xmalloc((size_t)W * n_cand * sizeof(float));
+    for (int w0 = 0; w0 < n; w0 += W) {
+        int nw = n - w0 < W ? n - w0 : W, need = 0;
+        for (int s = 0; s < nw; s++) {   // the runs
+            int L = s > 0 ? lead[s - 1] : -1, P = 0;
+            if (L >= 0) {
+                const int *x = ids[w0 + s], *y = ids[w0 + L];
+                int lim = lens[w0 + s] - 1 < lens[w0 + L] ? lens[w0 + s] - 1 : lens[w0 + L];
+                while (P < lim && x[P] == y[P]) P++;
+            }
+            lead[s] = P > 0 ? L : s;
+            start[s] = P;
+            need += ceil_div(lens[w0 + s], KV_PAGE) - P / KV_PAGE;
+        }
+        PagedKV kv;
+        paged_init(&kv, c, need);
+        for (int s = 0; s < nw; s++) {   // leaders: pages of their own; followers: the shared full ones, then their own
+            int *pg = pages + (size_t)s * max_pages, np = ceil_div(lens[w0 + s], KV_PAGE);
+            for (int i = 0; i < np; i++) {
+                if (lead[s] != s && i < start[s] / KV_PAGE) { pg[i] = pages[(size_t)lead[s] * max_pages + i]; kv.refs[pg[i]]++; }
+                else pg[i] = page_take(&kv);
+            }
+        }
+        // the leaders, whole, in right-padded batches through the training forward
+        for (int s0 = 0; s0 < nw;) {
+            int k = 0, Tmax = 0, s1 = s0;
+            for (; s1 < nw && k < nw; s1++) {
+                if (lead[s1] != s1) continue;
+                int Tn = round_up(lens[w0 + s1] > Tmax ? lens[w0 + s1] : Tmax, T_ALIGN);
+                if (k > 0 && (long)(k + 1) * Tn > max_tokens) break;
+                Tmax = lens[w0 + s1] > Tmax ? lens[w0 + s1] : Tmax;
+                owner[k++] = s1;
+            }
+            if (k == 0) break;
+            int Tp = round_up(Tmax, T_ALIGN), N = k * Tp;
+            model_ensure_acts(m, (size_t)N);
+            int *posv = (int *)xmalloc((size_t)N * sizeof(int));
+            for (int b = 0; b < k; b++) {
+                int s = owner[b], L = lens[w0 + s];
+                for (int t = 0; t < Tp; t++) {
+                    m->h_in[b * Tp + t] = t < L ? ids[w0 + s][t] : 0;
+                    m->h_tg[b * Tp + t] = t < L ? b : -1;
+                    posv[b * Tp + t] = t;
+                }
+                memcpy(h_table + (size_t)b * max_pages, pages + (size_t)s * max_pages, (size_t)ceil_div(L, KV_PAGE) * sizeof(int));
+                h_rows[b] = b * Tp + L - 1;
+                if (n_computed) *n_computed += L;
+            }
+            Activations *a = &m->acts;
+            int *d_pos = (int *)device_alloc((size_t)N * sizeof(int), "judge positions");
+            cudaCheck(cudaMemcpy(a->inputs, m->h_in, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(a->targets, m->h_tg, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d_pos, posv, (size_t)N * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.table, h_table, (size_t)k * max_pages * sizeof(int), cudaMemcpyHostToDevice));
+            KVWrite kw = {kv.pool, a->targets, d_pos, d.table, max_pages};
+            forward_layers(m, k, Tp, &kw);
+            m->mean_loss = -1.0f;
+            device_free(d_pos, (size_t)N * sizeof(int));
+            free(posv);
+            cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)k * sizeof(int), cudaMemcpyHostToDevice));
+            gather_rows_kernel<<<ceil_div((long)k * C, 256), 256>>>(d.ln, a->lnf, d.rows, k, C);
+            LAUNCH_CHECK();
+            lm_head_f32(m, d.logits, d.ln, k);
+            rows_logprobs_kernel<<<k, 256>>>(d_out, d.logits, V, d_cand, n_cand);
+            LAUNCH_CHECK();
+            cudaCheck(cudaMemcpy(h_out, d_out, (size_t)k * n_cand * sizeof(float), cudaMemcpyDeviceToHost));
+            for (int b = 0; b < k; b++) memcpy(out + (size_t)(w0 + owner[b]) * n_cand, h_out + (size_t)b * n_cand, n_cand * sizeof(float));
+            s0 = s1;
+        }
+        // the followers: their own copy of the leader's partly filled page, then their own tokens
+        int nf = 0, np = 0;
+        for (int s = 0; s < nw; s++) {
+            if (lead[s] == s) continue;
+            foll[nf++] = s;
+            if (n_shared) *n_shared += start[s];
+            if (n_computed) *n_computed += lens[w0 + s] - start[s];
+            if (start[s] % KV_PAGE == 0) continue;
+            h_tok[np] = pages[(size_t)lead[s] * max_pages + start[s] / KV_PAGE];
+            h_pos[np] = pages[(size_t)s * max_pages + start[s] / KV_PAGE];
+            np++;
+        }
+        if (np > 0) {   // (d.tok, d.pos as scratch for the page pairs: np <= W)
+            cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
+            kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np, kv.page_elems);
+            LAUNCH_CHECK();
+        }
+        for (int t = 0; nf > 0; t++) {   // step t: each follower's own token start + t, while it has one
+            int S = 0, n_out = 0;
+            for (int f = 0; f < nf; f++) {
+                int s = foll[f], pos = start[s] + t;
+                if (pos >= lens[w0 + s]) continue;
+                h_tok[S] = ids[w0 + s][pos]; h_pos[S] = pos; h_lens[S] = pos + 1;
+                memcpy(h_table + (size_t)S * max_pages, pages + (size_t)s * max_pages, (size_t)ceil_div(pos + 1, KV_PAGE) * sizeof(int));
+                if (pos == lens[w0 + s] - 1) { h_rows[n_out] = S; owner[n_out] = s; n_out++; }
+                S++;
+            }
+            if (S == 0) break;
+            cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)S * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)S * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.lens, h_lens, (size_t)S * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.table, h_table, (size_t)S * max_pages * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)(n_out > 0 ? n_out : 1) * sizeof(int), cudaMemcpyHostToDevice));
+            decode_forward(m, &d, &kv, S, n_out);
+            if (n_out == 0) continue;
+            rows_logprobs_kernel<<<n_out, 256>>>(d_out, d.logits, V, d_cand, n_cand);
+            LAUNCH_CHECK();
+            cudaCheck(cudaMemcpy(h_out, d_out, (size_t)n_out * n_cand * sizeof(float), cudaMemcpyDeviceToHost));
+            for (int o = 0; o < n_out; o++) memcpy(out + (size_t)(w0 + owner[o]) * n_cand, h_out + (size_t)o * n_cand, n_cand * sizeof(float));
+        }
+        paged_free(&kv);
+    }
+    decode_bufs_free(&d);
+    device_free(d_out, (size_t)W * n_cand * sizeof(float));
     device_free(d_cand, (size_t)n_cand * sizeof(int));
-    free(h_rows);
+    free(lead); free(start); free(pages); free(owner); free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table);
+    free(foll); free(h_out);
 }
 
 // Model FLOPs per token of one training step (forward + backward = 3x forward), the usual way:
@@ -2356,15 +2505,89 @@ static void bench_usage(void) {
 "  -c FLOAT        gradient clip (global norm; 0 = off)        1.0\n"
 "  -o FILE         save the trained model (fp32 .bin) at the end\n"
 "  --json FILE     append the results as one JSON line\n"
-"  -s INT          seed                                        1337\n");
+"  -s INT          seed                                        1337\n"
+"rollouts (--gen): generate instead of training, at a fixed length\n"
+"  --gen           the rollout benchmark: tokens/s and the decode bandwidth bound\n"
+"  --prompts INT   random prompts                              32\n"
+"  -G INT          responses per prompt                        7\n"
+"  --prompt-len INT tokens per prompt                          256\n"
+"  -n INT          new tokens per response (forced)            512\n"
+"  --temp FLOAT    sampling temperature                        0.9\n"
+"  --bw-gbs FLOAT  memory bandwidth for the bound (0: from the device)  0\n"
+"  --gen-batch INT, --kv-gib FLOAT   as in EMPO mode (train_empo_cu -h)\n");
 }
+// The rollout benchmark (--bench --gen): n_prompts random prompts of plen tokens, G responses
+// each, exactly max_new new tokens each (min_new = max_new: EOS ignored, so the work is fixed),
+// sampling at temperature temp with top-p 1, top-k 0 (the paper's). Prints tokens/s and the
+// memory-bandwidth bound of decoding: every decode step reads each weight once, and each running
+// sequence's keys and values so far; the prefill and the sampler are not in the bound.
+static void bench_gen(Model *m, int n_prompts, int G, int plen, int max_new, float temp, double bw_gbs,
+                      const char *json_path, const char *device, int seed) {
+    const ModelConfig *c = &m->config;
+    if (plen + max_new > c->maxT) FATAL("--prompt-len + -n = %d exceeds the context %d", plen + max_new, c->maxT);
+    int **prompts = (int **)xmalloc((size_t)n_prompts * sizeof(int *)),
+        *lens = (int *)xmalloc((size_t)n_prompts * sizeof(int));
+    uint64_t rng = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 3;
+    for (int p = 0; p < n_prompts; p++) {
+        prompts[p] = (int *)xmalloc((size_t)plen * sizeof(int));
+        for (int t = 0; t < plen; t++) prompts[p][t] = (int)(random_u32(&rng) % (uint32_t)c->V);
+        lens[p] = plen;
+    }
+    if (bw_gbs <= 0) {   // HBM: two transfers per clock over the bus
+        int clock_khz = 0, bus_bits = 0;
+        cudaCheck(cudaDeviceGetAttribute(&clock_khz, cudaDevAttrMemoryClockRate, 0));
+        cudaCheck(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0));
+        bw_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
+    }
+    SamplerConfig warm = {temp, 1.0f, 0, 8, 8, (uint64_t)seed}, sc = {temp, 1.0f, 0, max_new, max_new, (uint64_t)seed};
+    Generation g;
+    generate(m, (const int *const *)prompts, lens, 1, G, &warm, &g, 0);   // warm-up: cuBLAS heuristics, first launches
+    generation_free(&g);
+    size_t fr0, tot;
+    cudaCheck(cudaDeviceSynchronize());
+    cudaCheck(cudaMemGetInfo(&fr0, &tot));
+    double t0 = now_seconds();
+    generate(m, (const int *const *)prompts, lens, n_prompts, G, &sc, &g, 1);
+    cudaCheck(cudaDeviceSynchronize());
+    double dt = now_seconds() - t0;
+    long tokens = 0;
+    for (int j = 0; j < g.n; j++) tokens += g.len[j];
+    double n = (double)n_prompts * G, W = (double)m->num_parameters * sizeof(floatX);
+    double kv_tok = (double)c->L * 2 * c->NKV * c->HD * sizeof(floatX), kv = 0.0;
+    for (int s = 1; s < max_new; s++) kv += n * (plen + s) * kv_tok;   // decode step s attends to plen + s positions
+    double bound_s = ((max_new - 1) * W + kv) / (bw_gbs * 1e9);
+    printf("---\nrollouts: %d prompts x %d responses, %d-token prompts, %d new tokens each (forced), T=%.2f: "
+           "%ld tokens in %.2f s\n", n_prompts, G, plen, max_new, temp, tokens, dt);
+    printf("rollout tokens/s: %.0f; the decode bandwidth bound (%.0f GB/s: weights %.2f GB per step + the KV cache) is "
+           "%.0f tokens/s: %.1f%% of it\n", tokens / dt, bw_gbs, W / 1e9, tokens / bound_s, 100.0 * bound_s / dt);
+    if (json_path) {
+        FILE *f = fopen(json_path, "a");
+        if (!f) FATAL("cannot write %s", json_path);
+        fprintf(f, "{\"impl\": \"train_empo_cu_generate\", \"device\": ");
+        json_write_str(f, device, strlen(device));
+        fprintf(f,
+                ", \"precision\": \"%s\", \"prompts\": %d, \"G\": %d, \"prompt_len\": %d, \"new_tokens\": %d, "
+                "\"temperature\": %.3f, \"tokens\": %ld, \"seconds\": %.3f, \"tokens_per_s\": %.1f, \"bw_gbs\": %.1f, "
+                "\"bound_tokens_per_s\": %.1f, \"bound_share\": %.4f}\n",
+                PRECISION_NAME, n_prompts, G, plen, max_new, temp, tokens, dt, tokens / dt, bw_gbs, tokens / bound_s,
+                bound_s / dt);
+        fclose(f);
+    }
+    generation_free(&g);
+    for (int p = 0; p < n_prompts; p++) free(prompts[p]);
+    free(prompts); free(lens);
+}
+
 static int bench_main(int argc, char **argv) {
     const char *model_path = NULL, *init_spec = NULL, *out_path = NULL, *json_path = NULL;
     int B = 8, T = 1024, steps = 10, recompute = 0, use_master = 1, head_rows = 0, seed = 1337;
     float lr = 1e-5f, wd = 0.0f, clip = 1.0f;
+    int gen = 0, gen_prompts = 32, gen_G = 7, gen_plen = 256, gen_new = 512;
+    float gen_temp = 0.9f, bw_gbs = 0.0f;
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
         if (!strcmp(f, "--bench")) continue;
+        if (!strcmp(f, "--gen")) { gen = 1; continue; }
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) { bench_usage(); return 0; }
         if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);
         const char *v = argv[++i];
@@ -2382,6 +2605,14 @@ static int bench_main(int argc, char **argv) {
         else if (!strcmp(f, "-o")) out_path = v;
         else if (!strcmp(f, "--json")) json_path = v;
         else if (!strcmp(f, "-s")) seed = arg_int(f, v, 0, 1 << 30);
+        else if (!strcmp(f, "--prompts")) gen_prompts = arg_int(f, v, 1, 1 << 20);
+        else if (!strcmp(f, "-G")) gen_G = arg_int(f, v, 1, 1 << 10);
+        else if (!strcmp(f, "--prompt-len")) gen_plen = arg_int(f, v, 1, 1 << 22);
+        else if (!strcmp(f, "-n")) gen_new = arg_int(f, v, 1, 1 << 22);
+        else if (!strcmp(f, "--temp")) gen_temp = arg_float(f, v, 0.0f, 100.0f);
+        else if (!strcmp(f, "--bw-gbs")) bw_gbs = arg_float(f, v, 0.0f, 1e6f);
+        else if (!strcmp(f, "--gen-batch")) g_gen_batch = arg_int(f, v, 1, 1 << 20);
+        else if (!strcmp(f, "--kv-gib")) g_kv_gib = arg_float(f, v, 0.0f, 1e6f);
         else FATAL("unknown flag %s (see -h)", f);
     }
     if (!model_path && !init_spec) FATAL("give a model: -m model.bin or --init qwen1.5b (see -h)");
@@ -2405,9 +2636,15 @@ static int bench_main(int argc, char **argv) {
     const ModelConfig *c = &m.config;
     if (T > c->maxT) FATAL("-T %d exceeds the model's max_seq_len %d", T, c->maxT);
     printf("device: %s (%d SMs), precision %s, %s\n", prop.name, g_num_sms, PRECISION_NAME,
-           m.use_master ? "fp32 master weights" : (sizeof(floatX) == 2 ? "bf16 weights + stochastic rounding" : "fp32 weights"));
+           m.use_master ? "fp32 master weights"
+                        : (sizeof(floatX) == 2 ? "bf16 weights + stochastic rounding" : "fp32 weights"));
     printf("model: %.1fM params, V=%d C=%d L=%d NH=%d NKV=%d HD=%d I=%d, %s; B=%d T=%d, recompute %d\n", m.num_parameters / 1e6, c->V,
            c->C, c->L, c->NH, c->NKV, c->HD, c->I, c->tied ? "tied" : "untied", B, T, recompute);
+    if (gen) {
+        bench_gen(&m, gen_prompts, gen_G, gen_plen, gen_new, gen_temp, bw_gbs, json_path, prop.name, seed);
+        model_free(&m);
+        return 0;
+    }
     // random tokens: targets are the next input, the last position of each row has none
     int N = B * T;
     int *inputs = (int *)xmalloc((size_t)N * sizeof(int)), *targets = (int *)xmalloc((size_t)N * sizeof(int));
@@ -2481,8 +2718,8 @@ int main(int argc, char **argv) {
     rest[n++] = argv[0];
     for (int i = 1; i < argc; i++) {
         const char *f = argv[i];
-        int gpu = !strcmp(f, "--master") || !strcmp(f, "--recompute") || !strcmp(f, "--head-rows") || !strcmp(f, "--kv-gib") ||
-                  !strcmp(f, "--gen-batch");
+        int gpu = !strcmp(f, "--master") || !strcmp(f, "--recompute") || !strcmp(f, "--head-rows") ||
+                  !strcmp(f, "--kv-gib") || !strcmp(f, "--gen-batch");
         if (!strcmp(f, "-h") || !strcmp(f, "--help")) fputs(GPU_FLAGS_HELP, stdout);
         if (!gpu) { rest[n++] = argv[i]; continue; }
         if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);

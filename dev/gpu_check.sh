@@ -1,35 +1,42 @@
 #!/usr/bin/env bash
-# The whole GPU verification of train_empo.cu in one go (doc/cuda.md), for a machine with an
-# NVIDIA GPU, nvcc, and python3 with torch + transformers:
-#   1. build and run test_empo_cu in fp32 (tight tolerances), then in bf16
-#   2. benchmark ./train_empo_cu at Qwen2.5-Math-1.5B's shape, B=8 T=1024 (random init), with the
-#      default settings, then with -r 2 and with bf16 weights + stochastic rounding (--master 0)
-#   3. the HF transformers baseline on the same GPU, same shape (dev/bench_gpu.py)
-#   4. dev/cuda/attention and dev/cuda/lm_head (kernel versions and timings), if time is left
-#   5. a summary: tokens/s, MFU, memory, ratio to HF
+# The whole GPU verification of train_empo.cu in one call of at most 8 minutes (doc/cuda.md), for a
+# machine with an NVIDIA GPU, nvcc, compute-sanitizer, and python3 with torch + transformers:
+#   1. build train_empo_cu + test_empo_cu in bf16 for the GPU at hand, and test_empo_cu in fp32
+#      (the fp32 build of train_empo_cu is not needed: only its tests are)
+#   2. test_empo_cu in fp32 (tight tolerances), then in bf16
+#   3. compute-sanitizer memcheck and racecheck on test_empo_cu --tiny (a training step, decode
+#      attention, generation with continuous batching), bf16
+#   4. the rollout benchmark: 32 prompts x 7 responses, 256-token prompts, 512 new tokens forced,
+#      T = 0.9, at Qwen2.5-Math-1.5B's shape (random init): ours, then HF generate (dev/bench_gen_hf.py)
+#   5. the training benchmark at the 1.5B shape, B=8 T=1024: ours, then HF (dev/bench_gpu.py)
+#   6. one EMPO step at the paper's shape (112 prompts x 7, up to 2048 new tokens, random init: the
+#      responses run to the length, there being almost no EOS) through train_empo_cu's host layer,
+#      with its split into generate / score / train, if the time is left
+#   7. a summary
 # Everything goes to $OUT (default ./gpu_out): gpu_check.log (all output), results.jsonl (one line
-# per benchmark), summary.txt. Each step has its own time limit, so one hang can't eat the budget;
-# about 4-6 minutes in all on an H100, never more than DEADLINE_S (540) seconds. Usage: OUT=dir dev/gpu_check.sh   (GPU_ARCH=... to override)
+# per benchmark), summary.txt. Each step has its own time limit and the whole stays inside
+# DEADLINE_S (default 470) seconds. Usage: OUT=dir dev/gpu_check.sh   (GPU_ARCH=... to override)
 set -u -o pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"; RES="$OUT/results.jsonl"; SUM="$OUT/summary.txt"
 : >"$LOG"; : >"$RES"; : >"$SUM"
-# the GPU at hand only: half the compile time of the default sm_80 + sm_90
 cc=$(nvidia-smi --query-gpu=compute_cap --format=csv,noheader 2>/dev/null | head -1 | tr -d ' .')
 [ -n "$cc" ] || cc=90
 ARCH=${GPU_ARCH:-"-gencode arch=compute_$cc,code=sm_$cc"}
+NVCC=${NVCC:-nvcc}
+command -v "$NVCC" >/dev/null || NVCC=/usr/local/cuda/bin/nvcc
+SAN=${SANITIZER:-compute-sanitizer}
+command -v "$SAN" >/dev/null || SAN=/usr/local/cuda/bin/compute-sanitizer
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python3}
 status=0
-# The whole script stays inside DEADLINE_S seconds (default 540, for a 600 s device call): each step
-# gets the smaller of its own limit and what is left, minus a reserve for the summary.
-DEADLINE_S=${DEADLINE_S:-540}
+DEADLINE_S=${DEADLINE_S:-470}
 T_START=$(date +%s)
-step() {   # step NAME LIMIT_S CMD...: runs CMD with a time limit, output to the log
+step() {   # step NAME LIMIT_S CMD...: runs CMD with a time limit (the smaller of LIMIT_S and what is left)
   local name=$1 lim=$2; shift 2
-  local left=$(( DEADLINE_S - ($(date +%s) - T_START) - 15 ))
+  local left=$(( DEADLINE_S - ($(date +%s) - T_START) - 10 ))
   [ "$lim" -le "$left" ] || lim=$left
   if [ "$lim" -le 5 ]; then echo "=== $name SKIPPED (out of time)" | tee -a "$LOG"; status=1; return 1; fi
   echo "=== $name ($(date +%T), limit ${lim}s)" | tee -a "$LOG"
@@ -40,46 +47,95 @@ step() {   # step NAME LIMIT_S CMD...: runs CMD with a time limit, output to the
 }
 nvidia-smi 2>&1 | head -15 | tee -a "$LOG"
 
-# 1. fp32 first (the strict check), then bf16. Binaries that travelled with the tree, or of the
-# other precision, must not count as up to date: clean before each build.
-rm -f train_empo_cu test_empo_cu
-step "build fp32" 200 make -j4 cuda PRECISION=FP32 GPU_ARCH="$ARCH" && \
-  step "test_empo_cu fp32" 90 ./test_empo_cu
-rm -f train_empo_cu test_empo_cu
-step "build bf16" 200 make -j4 cuda GPU_ARCH="$ARCH" || { echo "bf16 build failed" | tee -a "$SUM"; exit 1; }
-step "test_empo_cu bf16" 90 ./test_empo_cu
+# 1. builds: bf16 through make (binaries that travelled with the tree must not count as up to date),
+# the fp32 test binary at the same time, by nvcc directly under another name
+rm -f train_empo_cu test_empo_cu dev/cache/test_empo_cu_fp32
+FLAGS="-O3 -std=c++17 -diag-suppress 177"
+FLAGS="$FLAGS -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Wno-unused-parameter,-Wno-unknown-pragmas"
+mkdir -p dev/cache
+( timeout 240 "$NVCC" $FLAGS -DENABLE_FP32 $ARCH dev/test/test_empo_cu.cu -lcublas -lcublasLt \
+    -o dev/cache/test_empo_cu_fp32 \
+    >"$OUT/build_fp32.log" 2>&1 ) &
+FP32_PID=$!
+step "build bf16 (train_empo_cu, test_empo_cu)" 240 make -j2 cuda NVCC="$NVCC" GPU_ARCH="$ARCH" || \
+  { echo "bf16 build failed" | tee -a "$SUM"; }
+wait "$FP32_PID"; fp32_rc=$?
+cat "$OUT/build_fp32.log" >>"$LOG"
+[ "$fp32_rc" -eq 0 ] || { echo "=== build fp32 FAILED (exit $fp32_rc)" | tee -a "$LOG"; status=1; }
 
-# 2. our benchmark: the 1.5B shape, random init, B=8 T=1024, 10 steps (2 warm-up)
-BENCH="./train_empo_cu --init qwen1.5b -B 8 -T 1024 -x 10 --json $RES"
-step "train_empo_cu 1.5B (fp32 master weights, no recompute)" 120 $BENCH
-step "train_empo_cu 1.5B -r 2" 120 $BENCH -r 2
-step "train_empo_cu 1.5B --master 0 (bf16 weights, stochastic rounding)" 120 $BENCH --master 0
+# 2. the tests: fp32 first (the strict check), then bf16
+[ -x dev/cache/test_empo_cu_fp32 ] && step "test_empo_cu fp32" 90 ./dev/cache/test_empo_cu_fp32
+[ -x test_empo_cu ] && step "test_empo_cu bf16" 90 ./test_empo_cu
 
-# 3. the HF baseline, same GPU, same shape; B=4 if B=8 does not fit
-step "HF transformers baseline B=8" 180 $PY dev/bench_gpu.py -B 8 -T 1024 -x 10 --json "$RES" || \
-  step "HF transformers baseline B=4 (B=8 failed)" 150 $PY dev/bench_gpu.py -B 4 -T 1024 -x 10 --json "$RES"
+# 3. sanitizers on the tiny subset
+if [ -x test_empo_cu ]; then
+  step "compute-sanitizer memcheck (test_empo_cu --tiny)" 60 "$SAN" --tool memcheck --error-exitcode 3 \
+    ./test_empo_cu --tiny
+  step "compute-sanitizer racecheck (test_empo_cu --tiny)" 75 "$SAN" --tool racecheck --racecheck-report all \
+    --error-exitcode 3 ./test_empo_cu --tiny
+fi
 
-# 4. the kernel development benchmarks, if there is time left (attention v1 vs v2, LM-head chunk sizes)
-step "build dev/cuda" 120 make -j4 dev-cuda GPU_ARCH="$ARCH" && {
-  step "dev/cuda/attention" 90 ./dev/cuda/attention
-  step "dev/cuda/lm_head" 60 ./dev/cuda/lm_head
-}
+if [ -x train_empo_cu ]; then
+  # 4. rollouts, ours then HF's, same work
+  GEN="--prompts 32 -G 7 --prompt-len 256 -n 512 --temp 0.9"
+  step "rollouts: train_empo_cu --bench --gen (1.5B shape)" 60 ./train_empo_cu --bench --gen --init qwen1.5b $GEN \
+    --json "$RES"
+  step "rollouts: HF generate (dev/bench_gen_hf.py)" 100 $PY dev/bench_gen_hf.py $GEN --json "$RES"
+  # 5. training, ours then HF's; B=4 for HF if B=8 does not fit
+  step "train: train_empo_cu --bench 1.5B B=8 T=1024" 60 ./train_empo_cu --bench --init qwen1.5b -B 8 -T 1024 -x 8 \
+    --json "$RES"
+  step "train: HF transformers B=8" 90 $PY dev/bench_gpu.py -B 8 -T 1024 -x 8 --json "$RES" || \
+    step "train: HF transformers B=4 (B=8 failed)" 60 $PY dev/bench_gpu.py -B 4 -T 1024 -x 8 --json "$RES"
+  # 6. one EMPO step at the paper's shape, with what is left (recompute 2 and micro-batches of 4 fit
+  # the rollouts' KV cache next to the activations on an 80 GB card). A random model writes no
+  # \boxed{} answer, so the EMPO reward would be 0 everywhere and no response would train: the
+  # token-entropy reward (-r entropy) gives every response an advantage, so the train phase does the
+  # work of a real step (784 responses); generate and score are the same machinery.
+  # (the run directory is outside $OUT: the run ends by saving the 6 GB model, which must not travel back)
+  STEP_DIR=${TMPDIR:-/tmp}/empo_step
+  rm -rf "$STEP_DIR"
+  step "one EMPO step, paper shape (112 x 7, 2048 new tokens, 1.5B random init)" 300 \
+    ./train_empo_cu --init qwen1.5b,T=2560 -d dev/default/train.jsonl -r entropy -x 1 -B 112 -G 7 -n 2048 -b 4 \
+    -E 0 -C 0 --recompute 2 -o "$STEP_DIR"
+  [ -f "$STEP_DIR/log.jsonl" ] && cp "$STEP_DIR/log.jsonl" "$OUT/empo_step_log.jsonl" && \
+    $PY - "$STEP_DIR/log.jsonl" "$RES" <<'EOF2'
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip() and '"reward"' in l]
+with open(sys.argv[2], "a") as f:
+    for r in rows:
+        f.write(json.dumps(dict(impl="train_empo_cu_empo_step", **r)) + "\n")
+EOF2
+fi
 
-# 5. summary
+# 7. summary
 {
-  echo "test results:"; grep -E "^(empo_cu:|SKIP|FAIL|=== test)" "$LOG"
-  echo; echo "benchmarks (Qwen2.5-Math-1.5B shape, T=1024):"
-  $PY - "$RES" <<'EOF'
+  echo "test results:"
+  grep -E "^(empo_cu[a-z_]*:|SKIP|FAIL|=== .*(FAILED|SKIPPED))" "$LOG"
+  grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$LOG"   # compute-sanitizer's totals
+  echo; echo "benchmarks (Qwen2.5-Math-1.5B shape):"
+  $PY - "$RES" <<'EOF2'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
-hf = [r for r in rows if r["impl"] == "hf_transformers"]
-base = hf[0]["tokens_per_s"] if hf else None
+def first(impl):
+    return next((r for r in rows if r["impl"] == impl), None)
+hf_gen, hf_train = first("hf_generate"), first("hf_transformers")
 for r in rows:
-    name = r["impl"] if r["impl"] != "train_empo_cu" else f"train_empo_cu master={r['master']} r={r['recompute']}"
-    mem = r.get("mem_device_peak_gib", r.get("mem_allocated_gib"))
-    ratio = f", {r['tokens_per_s'] / base:.2f}x HF" if base else ""
-    print(f"  {name:36s} B={r['B']}: {r['tokens_per_s']:9.0f} tok/s, MFU {100 * r['mfu']:5.1f}%, "
-          f"peak {mem:6.2f} GiB, loss {r['loss_first']:.3f} -> {r['loss_last']:.3f}{ratio}")
-EOF
+    if r["impl"] in ("train_empo_cu_generate", "hf_generate"):
+        ratio = f", {r['tokens_per_s'] / hf_gen['tokens_per_s']:.2f}x HF" if hf_gen and r is not hf_gen else ""
+        bound = f", {100 * r['bound_share']:.1f}% of the decode bandwidth bound" if "bound_share" in r else ""
+        print(f"  rollouts {r['impl']:24s} {r['prompts']}x{r['G']}, {r['prompt_len']}+{r['new_tokens']} tokens: "
+              f"{r['tokens_per_s']:9.0f} tok/s{bound}{ratio}")
+    elif r["impl"] in ("train_empo_cu", "hf_transformers"):
+        name = r["impl"] if r["impl"] != "train_empo_cu" else f"train_empo_cu master={r['master']} r={r['recompute']}"
+        mem = r.get("mem_device_peak_gib", r.get("mem_allocated_gib"))
+        ratio = f", {r['tokens_per_s'] / hf_train['tokens_per_s']:.2f}x HF" if hf_train and r is not hf_train else ""
+        print(f"  train {name:36s} B={r['B']}: {r['tokens_per_s']:9.0f} tok/s, MFU {100 * r['mfu']:5.1f}%, "
+              f"peak {mem:6.2f} GiB{ratio}")
+    elif r["impl"] == "train_empo_cu_empo_step":
+        t = r["t_gen"] + r["t_score"] + r["t_train"]
+        print(f"  EMPO step (112 x 7, up to 2048 new tokens): {t:.1f} s = generate {r['t_gen']:.1f} + score "
+              f"{r['t_score']:.2f} + train {r['t_train']:.1f}; {r['gen_tok_s']:.0f} rollout tok/s, "
+              f"mean length {r['resp_len']:.0f}")
+EOF2
 } 2>&1 | tee "$SUM"
 exit $status

@@ -122,15 +122,15 @@ static inline int flags_scan(const Flag *t, int n, int argc, char **argv, int de
 }
 
 // Sets the fields of every flag on the command line, refusing the ones that `mode` ignores.
-// mode_names[i] is how -h and the messages call mode i.
+// mode_names[i] (i < n_modes) is how the messages call mode i.
 static inline void flags_apply(const Flag *t, int n, int argc, char **argv, int mode, const char *const *mode_names,
-                               void *cfg) {
+                               int n_modes, void *cfg) {
     for (int i = 1; i < argc; i++) {
         const Flag *f = flag_find(t, n, argv[i]);
         const char *v = f->kind == FLAG_SWITCH ? NULL : argv[++i];
         if (!(f->modes >> mode & 1)) {
             fprintf(stderr, "error: flag %s has no effect in %s (it applies to:", f->name, mode_names[mode]);
-            for (int k = 0; k < 16; k++)
+            for (int k = 0; k < n_modes; k++)
                 if (f->modes >> k & 1) fprintf(stderr, " %s", mode_names[k]);
             fprintf(stderr, ")\n");
             exit(1);

@@ -158,7 +158,8 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     char why[256];
     const char *nr = util_not_regular(path, why, sizeof why);
     if (nr && !strcmp(nr, "is a directory")) {
-        util_err(err, errcap, path, "is a directory; a Hugging Face folder? convert it with ./convert import DIR OUT.bin");
+        util_err(err, errcap, path,
+                 "is a directory; a Hugging Face folder? convert it with ./convert import DIR OUT.bin");
         return -1;
     }
     if (nr) { util_err(err, errcap, path, nr); return -1; }
@@ -201,14 +202,18 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
             (uint32_t)t[0] == CKPT_RUN_MAGIC) {
             long long len = (long long)((uint64_t)(uint32_t)t[2] | (uint64_t)(uint32_t)t[3] << 32);
             if (t[1] != CKPT_RUN_VERSION || len != fsize - CKPT_TRAILER_BYTES - expect) {
-                fclose(f); util_err(err, errcap, path, "the run state after the model is damaged (bad trailer)"); return -1;
+                fclose(f);
+                util_err(err, errcap, path, "the run state after the model is damaged (bad trailer)");
+                return -1;
             }
             ck->run_offset = expect;
             ck->run_bytes = len;
             ck->run_hash = (uint64_t)(uint32_t)t[4] | (uint64_t)(uint32_t)t[5] << 32;
             fsize = expect;
         }
-        if (fseek(f, (long)sizeof h, SEEK_SET) != 0) { fclose(f); util_err(err, errcap, path, "cannot seek"); return -1; }
+        if (fseek(f, (long)sizeof h, SEEK_SET) != 0) {
+            fclose(f); util_err(err, errcap, path, "cannot seek"); return -1;
+        }
     }
     if (fsize != expect) {
         char m[160];
@@ -250,7 +255,9 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     if (h[CKPT_SLOT_HASHED] == 1) {
         uint64_t want = (uint64_t)(uint32_t)h[22] | (uint64_t)(uint32_t)h[23] << 32;
         if (hash64_final(&hs) != want) {
-            ckpt_free(ck); util_err(err, errcap, path, "checksum mismatch: the weights or tokenizer are corrupted"); return -1;
+            ckpt_free(ck);
+            util_err(err, errcap, path, "checksum mismatch: the weights or tokenizer are corrupted");
+            return -1;
         }
     } else if (h[CKPT_SLOT_HASHED] != 0) {
         ckpt_free(ck); util_err(err, errcap, path, "bad checksum flag in header"); return -1;

@@ -306,7 +306,8 @@ static inline int jsonl_foreach(const char *path, int strict, jsonl_fn fn, void 
 // U+FFFD replaces, exactly as Python's bytes.decode("utf-8", "replace") and so transformers do.
 static inline int utf8_valid_len(const unsigned char *s, size_t n, int *bad) {
     unsigned c = s[0];
-    int k = c < 0x80 ? 0 : (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2 : (c >= 0xF0 && c <= 0xF4) ? 3 : -1;
+    int k = c < 0x80 ? 0 : (c >= 0xC2 && c <= 0xDF) ? 1 : (c >= 0xE0 && c <= 0xEF) ? 2
+          : (c >= 0xF0 && c <= 0xF4) ? 3 : -1;   // continuation bytes to come; -1: cannot start a sequence
     *bad = 1;
     if (k == 0) return 1;
     if (k < 0) return 0;

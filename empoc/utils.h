@@ -130,7 +130,8 @@ static inline void util_sync_dir_of(const char *path) {
     const char *slash = strrchr(path, '/');
     char dir[4096];
     if (!slash) snprintf(dir, sizeof dir, ".");
-    else if ((size_t)(slash - path) < sizeof dir) snprintf(dir, sizeof dir, "%.*s", (int)(slash - path + (slash == path)), path);
+    else if ((size_t)(slash - path) < sizeof dir)
+        snprintf(dir, sizeof dir, "%.*s", (int)(slash - path + (slash == path)), path);
     else return;
     int fd = open(dir, O_RDONLY);
     if (fd >= 0) { fsync(fd); close(fd); }
@@ -177,9 +178,11 @@ static inline int write_file_atomic(const char *path, write_body_fn fn, const vo
     return rc;
 }
 
-// Removes the FILE.tmp files that an interrupted write_file_atomic may have left in dir (only
-// names ending in ".tmp"). Returns how many it removed.
-static inline int util_remove_tmp_files(const char *dir) {
+// Removes the NAME.tmp (and NAME.tmp.tmp) files that an interrupted write_file_atomic may have left in
+// dir, for the NAMEs a program writes there: names[i] is a file name, or a prefix when it ends in
+// '*' ("eval_*"). Only those: an output directory may hold other people's .tmp files. Returns how
+// many it removed.
+static inline int util_remove_tmp_files(const char *dir, const char *const *names, int n_names) {
     DIR *d = opendir(dir);
     if (!d) return 0;
     int n = 0;
@@ -187,6 +190,15 @@ static inline int util_remove_tmp_files(const char *dir) {
     while ((e = readdir(d)) != NULL) {
         size_t len = strlen(e->d_name);
         if (len < 5 || strcmp(e->d_name + len - 4, ".tmp") != 0) continue;
+        size_t stem = len - 4;
+        if (stem >= 4 && !strncmp(e->d_name + stem - 4, ".tmp", 4)) stem -= 4;
+        int ours = 0;
+        for (int i = 0; i < n_names && !ours; i++) {
+            size_t k = strlen(names[i]);
+            if (k && names[i][k - 1] == '*') ours = stem >= k - 1 && !strncmp(e->d_name, names[i], k - 1);
+            else ours = stem == k && !strncmp(e->d_name, names[i], k);
+        }
+        if (!ours) continue;
         size_t pl = strlen(dir) + len + 2;
         char *p = (char *)malloc(pl);
         if (!p) break;
@@ -209,7 +221,9 @@ typedef struct { uint64_t acc[4]; uint64_t total; unsigned char buf[32]; size_t 
 #define HASH64_P4 0x85EBCA77C2B2AE63ull
 #define HASH64_P5 0x27D4EB2F165667C5ull
 static inline uint64_t hash64__rotl(uint64_t x, int r) { return (x << r) | (x >> (64 - r)); }
-static inline uint64_t hash64__round(uint64_t acc, uint64_t w) { return hash64__rotl(acc + w * HASH64_P2, 31) * HASH64_P1; }
+static inline uint64_t hash64__round(uint64_t acc, uint64_t w) {
+    return hash64__rotl(acc + w * HASH64_P2, 31) * HASH64_P1;
+}
 static inline void hash64_init(Hash64 *h) {
     memset(h, 0, sizeof *h);
     h->acc[0] = HASH64_P1 + HASH64_P2;

@@ -53,6 +53,7 @@ static inline void emu_store(__nv_bfloat16 *p, float v) { *p = __float2bfloat16(
 #define __launch_bounds__(x)
 #define __shared__ static   // blocks run one at a time: a static is exactly block-shared memory
 struct alignas(16) float4 { float x, y, z, w; };
+struct alignas(16) int4 { int x, y, z, w; };
 struct dim3 {
     unsigned x, y, z;
     dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
@@ -557,6 +558,10 @@ static void test_adamw(void) {
 
 int main(int argc, char **argv) {
     double t0 = now_seconds();
+    if (argc > 1 && !strcmp(argv[1], "--run")) {   // --run FLAGS...: train_empo_cu's EMPO program, emulated
+        argv[1] = argv[0];
+        return empo_main(argc - 1, argv + 1);
+    }
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--shuffle")) {   // the shuffled-block checks only
             gpu_init();
@@ -582,7 +587,7 @@ int main(int argc, char **argv) {
 #else
     printf("-- test_empo_cu.cu, emulated (bf16 build, software bf16)\n");
 #endif
-    int rc = test_empo_cu_main();
+    int rc = test_empo_cu_main(1, argv);
     printf("(%ld blocks emulated, %ld of them as fibers, %.0f s)\n", g_blocks_run, g_blocks_fibers, now_seconds() - t0);
     return rc;
 }

@@ -10,10 +10,12 @@ only what plain C++ can't parse or run:
                                             BLAS definition (so the row-/column-major mapping of
                                             matmul_forward/backward is checked too)
   test_empo_cu.cu's main                ->  test_empo_cu_main
-dev/cuda/emu_test.cpp includes them after a shim that runs the threads of a block as fibers
-(__syncthreads and warp shuffles are cooperative barriers), blocks one after another, and maps
-device memory to host memory. fp32 only (ENABLE_FP32): indexing, masking, tiling, synchronization
-and the model's wiring, not bf16 rounding, cuBLAS itself, or speed.
+The include of train_empo.c (the host layer) is kept, pointed at the repository root, so the
+emulated program is the real one (emu_cuda --run FLAGS runs it). dev/cuda/emu_test.cpp includes
+the copies after a shim that runs the threads of a block as fibers (__syncthreads and warp shuffles
+are cooperative barriers), blocks one after another (or shuffled: --shuffle SEED), and maps device
+memory to host memory; in fp32 (ENABLE_FP32) or with a software bf16 (-DEMU_BF16). It checks
+indexing, masking, tiling, synchronization and the wiring, not cuBLAS itself or speed.
 
 Usage: make emu-cuda
 """
@@ -87,7 +89,9 @@ if '#include "../../train_empo.cu"' not in test:
     sys.exit("emulate.py: test_empo_cu.cu does not include train_empo.cu")
 test = test.split('#include "../../train_empo.cu"', 1)[1]
 test = test.replace('#include "test_util.h"', '#include "../test/test_util.h"')   # the .inc lives in dev/cache/
-test = test.replace("int main(void) {", "static int test_empo_cu_main(void) {")
+if "int main(int argc, char **argv) {" not in test:
+    sys.exit("emulate.py: test_empo_cu.cu's main is not 'int main(int argc, char **argv) {'")
+test = test.replace("int main(int argc, char **argv) {", "static int test_empo_cu_main(int argc, char **argv) {")
 test = rewrite(test, "test_empo_cu.cu")
 
 os.makedirs(os.path.join(ROOT, "dev", "cache"), exist_ok=True)

@@ -5,6 +5,7 @@
 // bf16 stochastic rounding, and the loader's errors. Built in bf16 (default) or fp32
 // (make test_cu PRECISION=FP32), with tolerances for each below.
 // Without a GPU it prints "SKIP: no CUDA device" and exits 0. Ends with "empo_cu: N passed, N failed".
+// --tiny: a small subset (training step, decode attention, generation), for compute-sanitizer.
 #define TESTING
 #include "../../train_empo.cu"
 #include "test_util.h"
@@ -671,19 +672,25 @@ static void test_generate_stops(void) {
     model_free(&m);
 }
 
-// The judge's scoring: next-token log-probs of a few candidates after each sequence, in batches
-// cut by max_seqs and max_tokens, against the full forward's last-row log-softmax.
+// The judge's scoring: next-token log-probs of a few candidates after each sequence, in waves cut
+// by max_seqs and batches by max_tokens, the sequences that share a prefix with their run's leader
+// computing only their own tokens (through the paged cache), against the full forward's last row.
 static void test_next_logprobs(void) {
     Model m;
     char err[512];
     if (model_load(&m, "dev/fixtures/verifier_tiny.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
-    int V = m.config.V, lens[6] = {5, 40, 41, 100, 7, 33}, cand[3] = {3, 17, V - 1}, n = 6;
+    int V = m.config.V, lens[6] = {100, 40, 41, 5, 7, 33}, cand[3] = {3, 17, V - 1}, n = 6;
     int *ids[6];
     uint64_t rng = 11;
     for (int s = 0; s < n; s++) {
         ids[s] = (int *)xmalloc((size_t)lens[s] * sizeof(int));
-        for (int t = 0; t < lens[s]; t++) ids[s][t] = s > 0 && t < 30 ? ids[0 + (s > 1)][t < lens[s > 1] ? t : 0] : (int)(random_u32(&rng) % V);
+        for (int t = 0; t < lens[s]; t++) ids[s][t] = (int)(random_u32(&rng) % V);
     }
+    // a question's pairs: 1 and 2 repeat the first 20 and 38 tokens of 0 (prefixes across pages);
+    // 3 shares nothing (a new run); 4 repeats 3 tokens of 3 but starts the second wave; 5 repeats 5 of 4
+    int share[6][2] = {{-1, 0}, {0, 20}, {0, 38}, {-1, 0}, {3, 3}, {4, 5}};
+    for (int s = 0; s < n; s++)
+        if (share[s][0] >= 0) for (int t = 0; t < share[s][1]; t++) ids[s][t] = ids[share[s][0]][t];
     float out[18];
     long computed = 0, shared = 0;
     model_next_logprobs(&m, (const int *const *)ids, lens, n, cand, 3, 4, 128, out, &computed, &shared);
@@ -699,8 +706,9 @@ static void test_next_logprobs(void) {
     }
     long total = 0;
     for (int s = 0; s < n; s++) total += lens[s];
-    check(worst < TOL_JUDGE && computed == total, "judge scoring (model_next_logprobs, %d sequences in batches of <= 4 and "
-          "<= 128 tokens): log-probs equal the full forward's (max abs diff %.2e), %ld tokens computed", n, worst, computed);
+    check(worst < TOL_JUDGE && computed + shared == total && shared > 0,
+          "judge scoring (model_next_logprobs, %d sequences in waves of 4, batches of <= 128 tokens): log-probs equal "
+          "the full forward's (max abs diff %.2e); %ld tokens computed, %ld from a shared prefix", n, worst, computed, shared);
     for (int s = 0; s < n; s++) free(ids[s]);
     free(row);
     model_free(&m);
@@ -755,6 +763,86 @@ static void test_optimizer_state(void) {
     model_free(&m); model_free(&m2);
 }
 
+// The contract's non-finite rule (engine.h): a NaN in the gradients leaves the weights, the moments
+// and adam_step as they were, and model_update returns the non-finite norm.
+static void test_nonfinite_update(void) {
+    Model m;
+    char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
+    State s;
+    state_load(&s, "dev/fixtures/qwen2_untied_state.bin", (size_t)m.config.V, m.num_parameters);
+    model_forward(&m, s.inputs, s.targets, s.mask, s.B, s.T);
+    model_zero_grad(&m);
+    model_backward(&m);
+    float good = model_update(&m, s.lr, s.beta1, s.beta2, s.eps, s.wd, s.clip);
+    size_t n = m.num_parameters, nb = n * sizeof(floatX);
+    unsigned char *before = (unsigned char *)xmalloc(nb), *after = (unsigned char *)xmalloc(nb);
+    cudaCheck(cudaMemcpy(before, m.params_memory, nb, cudaMemcpyDeviceToHost));
+    model_forward(&m, s.inputs, s.targets, s.mask, s.B, s.T);
+    model_zero_grad(&m);
+    model_backward(&m);
+    float nan = NAN;
+    cudaCheck(cudaMemcpy(m.grads_memory + n / 2, &nan, sizeof(float), cudaMemcpyHostToDevice));
+    int step = m.adam_step;
+    float bad = model_update(&m, s.lr, s.beta1, s.beta2, s.eps, s.wd, s.clip);
+    cudaCheck(cudaMemcpy(after, m.params_memory, nb, cudaMemcpyDeviceToHost));
+    check(isfinite(good) && !isfinite(bad) && m.adam_step == step && !memcmp(before, after, nb),
+          "a NaN gradient: model_update returns %g, changes no weight and counts no step (adam_step %d)", bad,
+          m.adam_step);
+    free(before);
+    free(after);
+    state_free(&s);
+    model_free(&m);
+}
+
+// One EMPO policy step through the host layer's own objective (train_empo.c's policy_objective,
+// compiled here against this engine): the loss and every gradient of the fixture's fixed rollouts,
+// in the paper's default form, with PPO clip and with KL (k3), against the PyTorch reference that
+// the CPU engine matches to 1e-5 / 1e-4 (test_empo.c), so this is the CPU engine's step too. bf16:
+// the ratio exp(logp - old) and the KL term see log-probs from bf16 logits (~1e-2), gradients as
+// the fixture test's.
+static void test_policy_step(void) {
+    const char *path = "dev/fixtures/qwen2_untied_policy.bin";
+    Model m;
+    char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
+    FILE *f = fopen(path, "rb");
+    int32_t h[16];
+    if (!f || fread(h, sizeof h, 1, f) != 1 || h[0] != 0x4C4F504D) {
+        check(0, "cannot read %s", path);
+        if (f) fclose(f);
+        model_free(&m);
+        return;
+    }
+    int B = h[2], T = h[3], BT = B * T;
+    int *inputs = (int *)read_exact(f, (size_t)BT * 4, path), *targets = (int *)read_exact(f, (size_t)BT * 4, path);
+    float *mask = (float *)read_exact(f, (size_t)BT * 4, path), *adv = (float *)read_exact(f, (size_t)B * 4, path);
+    float *old = (float *)read_exact(f, (size_t)BT * 4, path), *ref = (float *)read_exact(f, (size_t)BT * 4, path);
+    const char *names[3] = {"default", "ppo-clip 0.2", "kl 0.05"};
+#ifdef ENABLE_FP32
+    const float tol_loss = 2e-5f, tol_grad = TOL_GRAD;
+#else
+    const float tol_loss = 5e-2f, tol_grad = TOL_GRAD;
+#endif
+    for (int v = 0; v < 3; v++) {
+        float *hdr = (float *)read_exact(f, 12, path);
+        float *grads = (float *)read_exact(f, m.num_parameters * 4, path);
+        model_forward(&m, inputs, targets, NULL, B, T);
+        float loss = policy_objective(&m, B, T, mask, adv, old, ref, hdr[0], hdr[1], 1.0f / B);
+        model_zero_grad(&m);
+        model_backward(&m);
+        float *g = grads_to_host(&m);
+        float e = rel_err(g, grads, m.num_parameters, NULL), le = fabsf(loss - hdr[2]) / fmaxf(1.0f, fabsf(hdr[2]));
+        check(le < tol_loss && e < tol_grad,
+              "EMPO policy step on the GPU engine (%s): loss %.6f vs torch %.6f (err %.1e), all gradients rel err %.2e",
+              names[v], loss, hdr[2], le, e);
+        free(hdr); free(grads); free(g);
+    }
+    fclose(f);
+    free(inputs); free(targets); free(mask); free(adv); free(old); free(ref);
+    model_free(&m);
+}
+
 // Bad files give one line naming the file (checkpoint.h's loader), and nothing is allocated.
 static void test_bad_input(void) {
     Model m; char err[512] = "";
@@ -772,7 +860,7 @@ static void test_bad_input(void) {
     free(good);
 }
 
-int main(void) {
+int main(int argc, char **argv) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
         printf("SKIP: no CUDA device\n");
@@ -782,6 +870,13 @@ int main(void) {
     cudaDeviceProp prop;
     cudaCheck(cudaGetDeviceProperties(&prop, 0));
     printf("device: %s, precision %s\n", prop.name, PRECISION_NAME);
+    if (argc > 1 && !strcmp(argv[1], "--tiny")) {   // a few seconds of every kind of kernel: for compute-sanitizer
+        int lens[2] = {70, 33};
+        test_fixture("qwen2_untied", 0, 1);
+        test_decode_attention(3, 3, 10, lens, 2);
+        test_generate_logprobs();
+        return test_summary("empo_cu_tiny");
+    }
     test_fixture("qwen2_tied", 5, 1);     // N = 32 rows: LM head in 7 chunks, the last one partial
     test_fixture("qwen2_untied", 0, 1);   // HD = 10, C = 30, V = 101: unaligned shapes everywhere
 #ifndef ENABLE_FP32
@@ -802,6 +897,8 @@ int main(void) {
     test_generate_stops();
     test_next_logprobs();
     test_optimizer_state();
+    test_nonfinite_update();
+    test_policy_step();
     printf("cuBLASLt declined %d matmul calls (done by cublasGemmEx instead)\n", g_lt_fallbacks);
     return test_summary("empo_cu");
 }
