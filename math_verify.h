@@ -89,7 +89,9 @@ typedef struct {
 // Small helpers
 static inline int mv__isdigit(int c) { return c >= '0' && c <= '9'; }
 static inline int mv__isalpha(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z'); }
-static inline int mv__isspace(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
+static inline int mv__isspace(int c) {
+    return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v';
+}
 static inline int mv__lower(int c) { return (c >= 'A' && c <= 'Z') ? c + 32 : c; }
 
 static inline uint64_t mv__hash(const char *s, int n) {          // FNV-1a
@@ -132,10 +134,16 @@ static inline int mv__q_make(mv_i128 n, mv_i128 d, MvQ *out) {
     out->n = (long long)n; out->d = (long long)d;
     return 1;
 }
-static inline int mv__q_add(MvQ a, MvQ b, MvQ *o) { return mv__q_make((mv_i128)a.n * b.d + (mv_i128)b.n * a.d, (mv_i128)a.d * b.d, o); }
-static inline int mv__q_sub(MvQ a, MvQ b, MvQ *o) { return mv__q_make((mv_i128)a.n * b.d - (mv_i128)b.n * a.d, (mv_i128)a.d * b.d, o); }
+static inline int mv__q_add(MvQ a, MvQ b, MvQ *o) {
+    return mv__q_make((mv_i128)a.n * b.d + (mv_i128)b.n * a.d, (mv_i128)a.d * b.d, o);
+}
+static inline int mv__q_sub(MvQ a, MvQ b, MvQ *o) {
+    return mv__q_make((mv_i128)a.n * b.d - (mv_i128)b.n * a.d, (mv_i128)a.d * b.d, o);
+}
 static inline int mv__q_mul(MvQ a, MvQ b, MvQ *o) { return mv__q_make((mv_i128)a.n * b.n, (mv_i128)a.d * b.d, o); }
-static inline int mv__q_div(MvQ a, MvQ b, MvQ *o) { return b.n != 0 && mv__q_make((mv_i128)a.n * b.d, (mv_i128)a.d * b.n, o); }
+static inline int mv__q_div(MvQ a, MvQ b, MvQ *o) {
+    return b.n != 0 && mv__q_make((mv_i128)a.n * b.d, (mv_i128)a.d * b.n, o);
+}
 static inline int mv__q_powi(MvQ a, long long e, MvQ *o) {
     if (e < -62 || e > 62) return 0;                 // cap the work and the size
     if (e < 0) { if (a.n == 0) return 0; MvQ t; t.n = a.d; t.d = a.n; if (!mv__q_make(t.n, t.d, &a)) return 0; e = -e; }
@@ -358,7 +366,8 @@ static inline int mv__normalize_rec(MvOut *o, const char *s, int n) {
             }
             continue;     // \textbf without a group: drop the command
         }
-        static const char *const le[] = {"le", "leq", "leqslant", "leqq", 0}, *const ge[] = {"ge", "geq", "geqslant", "geqq", 0};
+        static const char *const le[] = {"le", "leq", "leqslant", "leqq", 0}, *const ge[] = {"ge", "geq", "geqslant",
+                "geqq", 0};
         static const char *const ne[] = {"ne", "neq", 0}, *const bar[] = {"vert", "lvert", "rvert", "mid", 0};
         static const char *const frac[] = {"dfrac", "tfrac", "cfrac", 0}, *const binom[] = {"dbinom", "tbinom", 0};
         if (mv__cmd_is(name, len, le)) { mv__puts(o, "\\le "); continue; }
@@ -431,7 +440,8 @@ static inline int mv__at_cmd(MvParser *P, const char *name) {
     mv__ws(P);
     int l = (int)strlen(name);
     if (P->pos + 1 + l > P->len || P->s[P->pos] != '\\' || memcmp(P->s + P->pos + 1, name, (size_t)l) != 0) return 0;
-    if (mv__isalpha((unsigned char)name[0]) && P->pos + 1 + l < P->len && mv__isalpha((unsigned char)P->s[P->pos + 1 + l])) return 0;
+    if (mv__isalpha((unsigned char)name[0]) && P->pos + 1 + l < P->len
+        && mv__isalpha((unsigned char)P->s[P->pos + 1 + l])) return 0;
     return 1;
 }
 static inline int mv__eat_cmd(MvParser *P, const char *name) {
@@ -505,7 +515,8 @@ static inline void mv__eval(MathAnswer *A, int id) {
             else if (b->q.d <= 6 && a->q.n >= 0 && b->q.n > -62 && b->q.n < 62) {   // 8^{1/3} = 2
                 long long rn, rd;
                 MvQ r;
-                if (mv__iroot(a->q.n, (int)b->q.d, &rn) && mv__iroot(a->q.d, (int)b->q.d, &rd) && mv__q_make(rn, rd, &r))
+                if (mv__iroot(a->q.n, (int)b->q.d, &rn) && mv__iroot(a->q.d, (int)b->q.d, &rd) && mv__q_make(rn, rd,
+                        &r))
                     ex = mv__q_powi(r, b->q.n, &q);
             }
         }
@@ -517,12 +528,16 @@ static inline void mv__eval(MathAnswer *A, int id) {
             long long k = 2;
             if (x->op == MV_F_ROOT) { if (!(ea && a->q.d == 1 && a->q.n >= 2 && a->q.n <= 12)) break; k = a->q.n; }
             long long rn, rd;
-            if (arg && arg->exact && mv__iroot(arg->q.n, (int)k, &rn) && mv__iroot(arg->q.d, (int)k, &rd)) ex = mv__q_make(rn, rd, &q);
+            if (arg && arg->exact && mv__iroot(arg->q.n, (int)k, &rn) && mv__iroot(arg->q.d, (int)k,
+                    &rd)) ex = mv__q_make(rn, rd, &q);
             break; }
         case MV_F_ABS: ex = ea; if (ex) { q.n = a->q.n < 0 ? -a->q.n : a->q.n; q.d = a->q.d; } break;
         case MV_F_FLOOR: case MV_F_CEIL: ex = ea; if (ex) {
             long long f = a->q.n / a->q.d;
-            if (a->q.n % a->q.d != 0) { if (a->q.n < 0 && x->op == MV_F_FLOOR) f--; if (a->q.n > 0 && x->op == MV_F_CEIL) f++; }
+            if (a->q.n % a->q.d != 0) {
+                if (a->q.n < 0 && x->op == MV_F_FLOOR) f--;
+                if (a->q.n > 0 && x->op == MV_F_CEIL) f++;
+            }
             q.n = f; q.d = 1; } break;
         case MV_F_FACT: if (ea && a->q.d == 1 && a->q.n >= 0 && a->q.n <= 20) {
             long long f = 1; for (long long i = 2; i <= a->q.n; i++) f *= i;
@@ -559,7 +574,8 @@ static inline void mv__eval(MathAnswer *A, int id) {
         switch (x->type) {
         case MV_NUM: r = x->exact ? mv__q_val(x->q) : x->v[0][0]; break;
         case MV_SYM: r = mv__sym_value(x->hash, k); break;
-        case MV_CONST: r = x->op == MV_C_PI ? 3.14159265358979323846 : x->op == MV_C_E ? 2.71828182845904523536 : INFINITY; break;
+        case MV_CONST: r = x->op == MV_C_PI ? 3.14159265358979323846 : x->op == MV_C_E ? 2.71828182845904523536
+            : INFINITY; break;
         case MV_ADD: r = va + vb; break;
         case MV_SUB: r = va - vb; break;
         case MV_MUL: r = (va == 0 || vb == 0) && (isinf(va) || isinf(vb)) ? NAN : va * vb; break;
@@ -623,7 +639,8 @@ static inline int mv__is_unit_word(const char *w, int n) {
         "min", "mins", "minute", "minutes", "h", "hr", "hrs", "hour", "hours", "day", "days", "week", "weeks", "month",
         "months", "year", "years", "meter", "meters", "metre", "metres", "inch", "inches", "foot", "feet", "ft", "yard",
         "yards", "mile", "miles", "mph", "degree", "degrees", "deg", "unit", "units", "dollar", "dollars", "cent",
-        "cents", "yuan", "liter", "liters", "litre", "litres", "ml", "cc", "lb", "lbs", "pound", "pounds", "oz", "ounces",
+        "cents", "yuan", "liter", "liters", "litre", "litres", "ml", "cc", "lb", "lbs", "pound", "pounds", "oz",
+        "ounces",
         "gallon", "gallons", "sq", "square", "cubic", "km/h", "kmh", "kph", "people", "persons", "students", "ways",
         "times", "points", "point", "marbles", "balls", "coins", "items", "pages", "boxes", "books", "apples",
         "rad", "radians", "radian", "N", "J", "W", "kW", "Pa", "kPa", "atm", "K", "mol", "Hz", "eV", "V", "A", "C",
@@ -644,11 +661,14 @@ static inline void mv__skip_units(MvParser *P) {
             int b = k + 1, t = e - 1;
             while (b < t && P->s[b] == ' ') b++;
             while (t > b && P->s[t - 1] == ' ') t--;
-            if ((t - b == 3 && memcmp(P->s + b, "and", 3) == 0) || (t - b == 2 && memcmp(P->s + b, "or", 2) == 0)) return;
+            if ((t - b == 3 && memcmp(P->s + b, "and", 3) == 0) || (t - b == 2 && memcmp(P->s + b, "or",
+                    2) == 0)) return;
             P->pos = e;
         } else if (p < P->len && mv__isalpha((unsigned char)P->s[p])) {
             int e = p;
-            while (e < P->len && (mv__isalpha((unsigned char)P->s[e]) || (P->s[e] == '/' && e + 1 < P->len && mv__isalpha((unsigned char)P->s[e + 1])))) e++;
+            while (e < P->len
+                   && (mv__isalpha((unsigned char)P->s[e])
+                       || (P->s[e] == '/' && e + 1 < P->len && mv__isalpha((unsigned char)P->s[e + 1])))) e++;
             if (e - p < 2 || !mv__is_unit_word(P->s + p, e - p)) return;
             if (e < P->len && (mv__isdigit((unsigned char)P->s[e]) || P->s[e] == '(' || P->s[e] == '_')) return;
             P->pos = e;
@@ -677,8 +697,10 @@ static inline int mv__parse_number(MvParser *P) {
     int groups_end = -1;
     if (P->thousands && P->bracket_depth == 0 && lead <= 3) {
         int q = p, g = 0;
-        while (q + 3 < P->len && s[q] == ',' && mv__isdigit((unsigned char)s[q + 1]) && mv__isdigit((unsigned char)s[q + 2]) &&
-               mv__isdigit((unsigned char)s[q + 3]) && !(q + 4 < P->len && mv__isdigit((unsigned char)s[q + 4]))) { q += 4; g++; }
+        while (q + 3 < P->len && s[q] == ',' && mv__isdigit((unsigned char)s[q + 1])
+               && mv__isdigit((unsigned char)s[q + 2]) &&
+               mv__isdigit((unsigned char)s[q + 3])
+                   && !(q + 4 < P->len && mv__isdigit((unsigned char)s[q + 4]))) { q += 4; g++; }
         if (g > 0) groups_end = q;
     }
     p = start;
@@ -781,8 +803,16 @@ static inline int mv__make_symbol(MvParser *P, const char *name, int n) {
         int k = P->pos + 1;
         while (k < P->len && P->s[k] == ' ') k++;
         int b = k, e = k + 1;
-        if (k < P->len && P->s[k] == '{') { e = mv__group_end(P->s, P->len, k); if (e < 0) return mv__fail(P); b = k + 1; e -= 1; }
-        else if (k < P->len && P->s[k] == '\\') { e = k + 1; while (e < P->len && mv__isalpha((unsigned char)P->s[e])) e++; }
+        if (k < P->len && P->s[k] == '{') {
+            e = mv__group_end(P->s, P->len, k);
+            if (e < 0) return mv__fail(P);
+            b = k + 1;
+            e -= 1;
+        }
+        else if (k < P->len && P->s[k] == '\\') {
+            e = k + 1;
+            while (e < P->len && mv__isalpha((unsigned char)P->s[e])) e++;
+        }
         else if (k >= P->len) return mv__fail(P);
         if (l < 120) buf[l++] = '_';
         for (int i = b; i < e && l < 126; i++) if (P->s[i] != ' ') buf[l++] = P->s[i];
@@ -833,8 +863,10 @@ static inline int mv__parse_arg(MvParser *P) {
 static inline int mv__func_op(const char *name) {
     static const char *const names[] = {"sin", "cos", "tan", "cot", "sec", "csc", "arcsin", "arccos", "arctan",
         "arccot", "sinh", "cosh", "tanh", "ln", "lg", "log", "exp", "tg", "ctg", "arctg", "cosec", 0};
-    static const int ops[] = {MV_F_SIN, MV_F_COS, MV_F_TAN, MV_F_COT, MV_F_SEC, MV_F_CSC, MV_F_ASIN, MV_F_ACOS, MV_F_ATAN,
-        MV_F_ACOT, MV_F_SINH, MV_F_COSH, MV_F_TANH, MV_F_LN, MV_F_LOG10, MV_F_LOG10, MV_F_EXP, MV_F_TAN, MV_F_COT, MV_F_ATAN, MV_F_CSC};
+    static const int ops[] = {MV_F_SIN, MV_F_COS, MV_F_TAN, MV_F_COT, MV_F_SEC, MV_F_CSC, MV_F_ASIN, MV_F_ACOS,
+                              MV_F_ATAN,
+        MV_F_ACOT, MV_F_SINH, MV_F_COSH, MV_F_TANH, MV_F_LN, MV_F_LOG10, MV_F_LOG10, MV_F_EXP, MV_F_TAN, MV_F_COT,
+        MV_F_ATAN, MV_F_CSC};
     for (int i = 0; names[i]; i++) if (names[i][0] == name[0] && strcmp(names[i], name) == 0) return ops[i];
     return -1;
 }
@@ -862,7 +894,8 @@ static inline int mv__parse_function(MvParser *P, int op) {
         }
     }
     // sin^{-1} is arcsin
-    if (power >= 0 && P->A->nodes[power].exact && P->A->nodes[power].q.n == -1 && P->A->nodes[power].q.d == 1 && op <= MV_F_CSC) {
+    if (power >= 0 && P->A->nodes[power].exact && P->A->nodes[power].q.n == -1 && P->A->nodes[power].q.d == 1
+        && op <= MV_F_CSC) {
         static const int inv[] = {MV_F_ASIN, MV_F_ACOS, MV_F_ATAN, MV_F_ACOT, -1, -1};
         if (inv[op] >= 0) { op = inv[op]; power = -1; }
     }
@@ -898,7 +931,8 @@ static inline int mv__parse_matrix(MvParser *P) {
     char env[32]; int el = 0;
     for (int i = k + 1; i < e - 1 && el < 31; i++) env[el++] = P->s[i];
     env[el] = 0;
-    static const char *const mats[] = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix", "array", 0};
+    static const char *const mats[] = {"pmatrix", "bmatrix", "Bmatrix", "vmatrix", "Vmatrix", "matrix", "smallmatrix",
+                                       "array", 0};
     if (!mv__cmd_is(env, el, mats)) return mv__fail(P);
     P->pos = e;
     if (strcmp(env, "array") == 0 && mv__peek(P) == '{') {           // column spec
@@ -1039,7 +1073,8 @@ static inline int mv__parse_primary(MvParser *P) {
                 int in = mv__parse_list(P, 0);
                 P->bracket_depth--;
                 mv__ws(P);
-                if (in < 0 || !(P->pos + 1 < P->len && P->s[P->pos] == '\\' && P->s[P->pos + 1] == '}')) r = mv__fail(P);
+                if (in < 0 || !(P->pos + 1 < P->len && P->s[P->pos] == '\\'
+                                && P->s[P->pos + 1] == '}')) r = mv__fail(P);
                 else {
                     P->pos += 2;
                     if (P->A->nodes[in].type == MV_LIST) { P->A->nodes[in].type = MV_SET; r = in; }
@@ -1085,10 +1120,19 @@ static inline int mv__parse_primary(MvParser *P) {
                 // decorated symbols: \hat{a}, \overline{AB}, \mathbb{R} -> one symbol named by the source
                 mv__ws(P);
                 int b = P->pos, e = b + 1;
-                if (b < P->len && P->s[b] == '{') { e = mv__group_end(P->s, P->len, b); if (e < 0) { P->depth--; return mv__fail(P); } }
-                else if (b >= P->len) { P->depth--; return mv__fail(P); }
+                if (b < P->len && P->s[b] == '{') {
+                    e = mv__group_end(P->s, P->len, b);
+                    if (e < 0) {
+                        P->depth--;
+                        return mv__fail(P);
+                    }
+                } else if (b >= P->len) {
+                    P->depth--;
+                    return mv__fail(P);
+                }
                 char buf[100]; int l = snprintf(buf, sizeof buf, "%s:", name);
-                for (int i = b; i < e && l < 98; i++) if (P->s[i] != ' ' && P->s[i] != '{' && P->s[i] != '}') buf[l++] = P->s[i];
+                for (int i = b; i < e && l < 98; i++) if (P->s[i] != ' ' && P->s[i] != '{'
+                                                          && P->s[i] != '}') buf[l++] = P->s[i];
                 P->pos = e;
                 r = mv__make_symbol(P, buf, l);
             } else if (strcmp(name, "text") == 0) {
@@ -1183,7 +1227,8 @@ static inline int mv__parse_term(MvParser *P, int fn_arg) {
         if (!fn_arg) {
             if (c == '*') { P->pos++; op = MV_MUL; }
             else if (c == '/') { P->pos++; op = MV_DIV; }
-            else if (c == ':' && !(P->pos + 1 < P->len && P->s[P->pos + 1] == '=')) { P->pos++; op = MV_DIV; }   // ratio 7:8
+            // ratio 7:8
+            else if (c == ':' && !(P->pos + 1 < P->len && P->s[P->pos + 1] == '=')) { P->pos++; op = MV_DIV; }
             else if (mv__eat_cmd(P, "cdot") || mv__eat_cmd(P, "times") || mv__eat_cmd(P, "ast")) op = MV_MUL;
             else if (mv__eat_cmd(P, "div")) op = MV_DIV;
         }
@@ -1216,7 +1261,8 @@ static inline int mv__parse_term(MvParser *P, int fn_arg) {
     if (neg && r >= 0) {
         r = mv__expr(P, MV_NEG, 0, r, -1);
         if (r >= 0) P->A->nodes[r].s0 = start;     // the sign is part of the text: -2^{2009} != 2^{2009}
-        if (r >= 0) P->A->nodes[r].is_float = P->A->nodes[P->A->nodes[r].a].is_float && P->A->nodes[P->A->nodes[r].a].type == MV_NUM;
+        if (r >= 0) P->A->nodes[r].is_float = P->A->nodes[P->A->nodes[r].a].is_float
+            && P->A->nodes[P->A->nodes[r].a].type == MV_NUM;
     }
     P->depth--;
     return r;
@@ -1271,8 +1317,10 @@ static inline int mv__parse_additive(MvParser *P) {
 static inline int mv__relop(MvParser *P) {
     int c = mv__peek(P);
     if (c == '=') { P->pos++; return MV_R_EQ; }
-    if (c == '<') { P->pos++; if (P->pos < P->len && P->s[P->pos] == '=') { P->pos++; return MV_R_LE; } return MV_R_LT; }
-    if (c == '>') { P->pos++; if (P->pos < P->len && P->s[P->pos] == '=') { P->pos++; return MV_R_GE; } return MV_R_GT; }
+    if (c == '<') { P->pos++; if (P->pos < P->len
+                                  && P->s[P->pos] == '=') { P->pos++; return MV_R_LE; } return MV_R_LT; }
+    if (c == '>') { P->pos++; if (P->pos < P->len
+                                  && P->s[P->pos] == '=') { P->pos++; return MV_R_GE; } return MV_R_GT; }
     if (c == ':' && P->pos + 1 < P->len && P->s[P->pos + 1] == '=') { P->pos += 2; return MV_R_EQ; }
     if (mv__eat_cmd(P, "le")) return MV_R_LE;
     if (mv__eat_cmd(P, "ge")) return MV_R_GE;
@@ -1452,7 +1500,8 @@ static inline void math_parse(const char *s, MathAnswer *A) {
         if (A->buf[i] != ',') continue;
         commas++;
         const char *t = A->buf;
-        P.thousands = i > 0 && i + 3 < len && mv__isdigit((unsigned char)t[i - 1]) && mv__isdigit((unsigned char)t[i + 1]) &&
+        P.thousands = i > 0 && i + 3 < len && mv__isdigit((unsigned char)t[i - 1])
+            && mv__isdigit((unsigned char)t[i + 1]) &&
                       mv__isdigit((unsigned char)t[i + 2]) && mv__isdigit((unsigned char)t[i + 3]) &&
                       !(i + 4 < len && mv__isdigit((unsigned char)t[i + 4]));
     }
@@ -1477,7 +1526,8 @@ static inline int mv__close(double a, double b) {
 static inline int mv__round6_eq(double a, double b) {
     if (isinf(a) || isinf(b) || isnan(a) || isnan(b)) return a == b;
     // non-zero values that both round to 0 (4.6e-24 vs 5.6e-24) compare to 6 significant digits instead
-    if (fabs(a) < 5e-7 && fabs(b) < 5e-7 && a != 0 && b != 0) return fabs(a - b) <= 5e-6 * (fabs(a) > fabs(b) ? fabs(a) : fabs(b));
+    if (fabs(a) < 5e-7 && fabs(b) < 5e-7 && a != 0 && b != 0) return fabs(a - b) <= 5e-6 * (fabs(a) > fabs(b)
+        ? fabs(a) : fabs(b));
     if (fabs(a) < 1e9 && fabs(b) < 1e9) return llround(a * 1e6) == llround(b * 1e6);
     return fabs(a - b) <= 1e-14 * (fabs(a) > fabs(b) ? fabs(a) : fabs(b));
 }
@@ -1538,7 +1588,10 @@ static inline int mv__expr_eq(MvCtx *C, const MathAnswer *A, int ia, int sa, con
             C->why = "exact rationals";
             return x->q.n == y->q.n && x->q.d == y->q.d;
         }
-        if (isnan(va) || isnan(vb)) { C->why = "not evaluable: compared as text"; return isnan(va) && isnan(vb) && mv__span_eq(A, x, B, y); }
+        if (isnan(va) || isnan(vb)) {
+            C->why = "not evaluable: compared as text";
+            return isnan(va) && isnan(vb) && mv__span_eq(A, x, B, y);
+        }
         if ((isinf(va) || isinf(vb)) && !(x->has_inf && y->has_inf)) {   // 2^{2009}: overflow, not infinity
             C->why = "too large to evaluate: compared as text";
             return mv__span_eq(A, x, B, y);
@@ -1640,7 +1693,8 @@ static inline double mv__rel_diff(const MathAnswer *A, int l, int r, int s, int 
     return A->nodes[l].v[s][k] - A->nodes[r].v[s][k];
 }
 // Are (l1 - r1) and (l2 - r2) proportional with a constant ratio (positive if need_pos)?
-static inline int mv__proportional(const MathAnswer *A, int l1, int r1, const MathAnswer *B, int l2, int r2, int need_pos) {
+static inline int mv__proportional(const MathAnswer *A, int l1, int r1, const MathAnswer *B, int l2, int r2,
+                                   int need_pos) {
     if (!mv__is_expr(A, l1) || !mv__is_expr(A, r1) || !mv__is_expr(B, l2) || !mv__is_expr(B, r2)) return 0;
     // a \pm stands for two values, and the test below sees one: x = 2 \pm 1 is not x = 3
     if (A->nodes[l1].has_pm || A->nodes[r1].has_pm || B->nodes[l2].has_pm || B->nodes[r2].has_pm) return 0;
@@ -1667,8 +1721,16 @@ static inline int mv__flip(int op) {
 // flipping (x > 3 == 3 < x) and chains term by term.
 static inline int mv__rel_eq(MvCtx *C, const MathAnswer *A, int a, const MathAnswer *B, int b) {
     int ta[16], tb[16], oa[16], ob[16], na = 0, nb = 0;
-    for (int c = A->nodes[a].a; c >= 0 && na < 16; c = A->nodes[c].next) { ta[na] = c; oa[na] = A->nodes[c].relop; na++; }
-    for (int c = B->nodes[b].a; c >= 0 && nb < 16; c = B->nodes[c].next) { tb[nb] = c; ob[nb] = B->nodes[c].relop; nb++; }
+    for (int c = A->nodes[a].a; c >= 0 && na < 16; c = A->nodes[c].next) {
+        ta[na] = c;
+        oa[na] = A->nodes[c].relop;
+        na++;
+    }
+    for (int c = B->nodes[b].a; c >= 0 && nb < 16; c = B->nodes[c].next) {
+        tb[nb] = c;
+        ob[nb] = B->nodes[c].relop;
+        nb++;
+    }
     int eqa = mv__is_equation(A, a), eqb = mv__is_equation(B, b);
     if (eqa != eqb) { C->why = "equation vs inequality"; return 0; }
     if (eqa) {   // first lhs vs last rhs, like Math-Verify's assignment chains
@@ -1693,8 +1755,14 @@ static inline int mv__rel_eq(MvCtx *C, const MathAnswer *A, int a, const MathAns
     if (na == 2) {
         if (mv__eq(C, A, xa[0], B, xb[0]) && mv__eq(C, A, xa[1], B, xb[1])) { C->why = "same relation"; return 1; }
         int ne = pa[1] == MV_R_NE;
-        if (ne && mv__eq(C, A, xa[0], B, xb[1]) && mv__eq(C, A, xa[1], B, xb[0])) { C->why = "same relation"; return 1; }
-        if (pa[1] != MV_R_IN && mv__proportional(A, xa[0], xa[1], B, xb[0], xb[1], !ne)) { C->why = "lhs - rhs proportional"; return 1; }
+        if (ne && mv__eq(C, A, xa[0], B, xb[1]) && mv__eq(C, A, xa[1], B, xb[0])) {
+            C->why = "same relation";
+            return 1;
+        }
+        if (pa[1] != MV_R_IN && mv__proportional(A, xa[0], xa[1], B, xb[0], xb[1], !ne)) {
+            C->why = "lhs - rhs proportional";
+            return 1;
+        }
         C->why = "different relations";
         return 0;
     }
@@ -1707,11 +1775,19 @@ static inline int mv__rel_eq(MvCtx *C, const MathAnswer *A, int a, const MathAns
 // lo/hi are node indices, or -1 for an infinite end.
 static inline int mv__rel_interval(const MathAnswer *A, int r, int *lo, int *hi, int *lopen, int *ropen) {
     int t[3], o[3], n = 0;
-    for (int c = A->nodes[r].a; c >= 0; c = A->nodes[c].next) { if (n == 3) return 0; t[n] = c; o[n] = A->nodes[c].relop; n++; }
+    for (int c = A->nodes[r].a; c >= 0; c = A->nodes[c].next) {
+        if (n == 3) return 0;
+        t[n] = c;
+        o[n] = A->nodes[c].relop;
+        n++;
+    }
     if (n < 2) return 0;
     int dir = (o[1] == MV_R_GT || o[1] == MV_R_GE);
     int x[3], p[3];
-    for (int i = 0; i < n; i++) { x[i] = dir ? t[n - 1 - i] : t[i]; p[i] = i == 0 ? -1 : dir ? mv__flip(o[n - i]) : o[i]; }
+    for (int i = 0; i < n; i++) {
+        x[i] = dir ? t[n - 1 - i] : t[i];
+        p[i] = i == 0 ? -1 : dir ? mv__flip(o[n - i]) : o[i];
+    }
     for (int i = 1; i < n; i++) if (p[i] != MV_R_LT && p[i] != MV_R_LE) return 0;
     int var = -1;
     for (int i = 0; i < n; i++) if (A->nodes[x[i]].type == MV_SYM) { if (var >= 0) return 0; var = i; }
@@ -1907,7 +1983,8 @@ static inline int mv__eq_core(MvCtx *C, const MathAnswer *A, int a, const MathAn
         const MathAnswer *T = tx == MV_TEXT ? A : B, *O = tx == MV_TEXT ? B : A;
         const MvNode *t = tx == MV_TEXT ? x : y, *o = tx == MV_TEXT ? y : x;
         C->why = "text";
-        if (o->type == MV_TEXT) return t->slen == o->slen && memcmp(T->pool + t->str, O->pool + o->str, (size_t)t->slen) == 0;
+        if (o->type == MV_TEXT) return t->slen == o->slen && memcmp(T->pool + t->str, O->pool + o->str,
+                                                                    (size_t)t->slen) == 0;
         int k = 0;
         for (int i = o->s0; i < o->s1; i++) {
             unsigned char c = (unsigned char)O->buf[i];
@@ -1981,7 +2058,8 @@ static inline int math_parsed_equal_why(const MathAnswer *A, const MathAnswer *B
         size_t la = A->raw ? A->raw_len : (size_t)A->canon_len, lb = B->raw ? B->raw_len : (size_t)B->canon_len;
         r = la == lb && la > 0 && memcmp(sa, sb, la) == 0;
         C.why = "too long to parse: compared as raw text";
-    } else if (A->canon_len > 0 && A->canon_len == B->canon_len && memcmp(A->canon, B->canon, (size_t)A->canon_len) == 0) {
+    } else if (A->canon_len > 0 && A->canon_len == B->canon_len && memcmp(A->canon, B->canon,
+                                                                          (size_t)A->canon_len) == 0) {
         r = 1; C.why = "same normalized text";
     } else if (A->ok && B->ok) {
         r = mv__eq(&C, A, A->root, B, B->root);
@@ -1991,7 +2069,9 @@ static inline int math_parsed_equal_why(const MathAnswer *A, const MathAnswer *B
     if (why) *why = C.why;
     return r;
 }
-static inline int math_parsed_equal(const MathAnswer *A, const MathAnswer *B) { return math_parsed_equal_why(A, B, NULL); }
+static inline int math_parsed_equal(const MathAnswer *A, const MathAnswer *B) {
+    return math_parsed_equal_why(A, B, NULL);
+}
 
 // 1 if the two extracted answers are mathematically equivalent, else 0. Symmetric.
 // why (optional) receives a short static string explaining the decision.

@@ -51,7 +51,10 @@ static void test_fixture(const char *name) {
         model_update(&m, s.lr, s.beta1, s.beta2, s.eps, s.wd, s.clip);
         float d = fabsf(m.mean_loss - s.losses[step]), r = d / fmaxf(fabsf(s.losses[step]), 0.1f);
         if (r > worst) worst = r;
-        if (!(r < 1e-4f || d < 1e-5f)) { ok = 0; printf("  step %d: loss %.7f vs torch %.7f\n", step, m.mean_loss, s.losses[step]); }
+        if (!(r < 1e-4f || d < 1e-5f)) {
+            ok = 0;
+            printf("  step %d: loss %.7f vs torch %.7f\n", step, m.mean_loss, s.losses[step]);
+        }
     }
     check(ok, "%s: %d AdamW steps, losses %.5f -> %.5f (torch %.5f -> %.5f), worst rel err %.2e", name, s.steps,
           s.losses[0], m.mean_loss, s.losses[0], s.losses[s.steps - 1], worst);
@@ -98,7 +101,8 @@ static void test_checkpoint_errors(void) {
     Model m; char err[512];
     if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
     const char *p32 = "/tmp/empo_test_rt32.bin", *p16 = "/tmp/empo_test_rt16.bin";
-    int ok = model_save(&m, p32, CKPT_DTYPE_FP32, err, sizeof err) == 0 && model_save(&m, p16, CKPT_DTYPE_BF16, err, sizeof err) == 0;
+    int ok = model_save(&m, p32, CKPT_DTYPE_FP32, err, sizeof err) == 0 && model_save(&m, p16, CKPT_DTYPE_BF16, err,
+            sizeof err) == 0;
     Checkpoint a, b;
     ok = ok && ckpt_load(p32, &a, err, sizeof err) == 0;
     ok = ok && ckpt_load(p16, &b, err, sizeof err) == 0;
@@ -141,7 +145,10 @@ static void test_kv_cache(void) {
     int P = 5;
     for (int t = 0; t < P; t++) { tok[t] = s.inputs[t]; seq[t] = 0; pos[t] = t; rows[t] = t; }
     model_step(&m, &kv, tok, seq, pos, P, rows, P, logits);
-    for (int t = 0; t < P; t++) { float e = rel_err(logits + (size_t)t * V, full + (size_t)t * V, V, NULL); if (e > worst) worst = e; }
+    for (int t = 0; t < P; t++) {
+        float e = rel_err(logits + (size_t)t * V, full + (size_t)t * V, V, NULL);
+        if (e > worst) worst = e;
+    }
     for (int t = 0; t < T; t++) {   // sequence 1 from its first token; sequence 0 from position P
         int n = 0;
         tok[n] = s.inputs[T + t]; seq[n] = 1; pos[n] = t; rows[n] = n; n++;
@@ -151,7 +158,8 @@ static void test_kv_cache(void) {
         if (e > worst) worst = e;
         if (n == 2) { e = rel_err(logits + V, full + (size_t)(P + t) * V, V, NULL); if (e > worst) worst = e; }
     }
-    check(worst < 1e-5f, "KV-cache decoding equals the full forward at all %d positions of 2 sequences (rel err %.2e)", T, worst);
+    check(worst < 1e-5f, "KV-cache decoding equals the full forward at all %d positions of 2 sequences (rel err %.2e)",
+          T, worst);
     free(full); free(logits); kv_free(&kv); state_free(&s); model_free(&m);
 }
 
@@ -162,7 +170,12 @@ static void test_greedy_vs_hf(void) {
     size_t len;
     char *text = read_whole_file("dev/fixtures/qwen2_tied_greedy.json", &len);
     JDoc d;
-    if (!text || json_parse(&d, text, len) != 0) { check(0, "greedy fixture: cannot read/parse"); free(text); model_free(&m); return; }
+    if (!text || json_parse(&d, text, len) != 0) {
+        check(0, "greedy fixture: cannot read/parse");
+        free(text);
+        model_free(&m);
+        return;
+    }
     m.n_eos = 1; m.eos[0] = (int)json_num(&d, json_get(&d, 0, "eos"), -1);
     int n = json_len(&d, json_get(&d, 0, "prompts"));
     int *plen = (int *)xmalloc((size_t)n * sizeof(int));
@@ -180,11 +193,14 @@ static void test_greedy_vs_hf(void) {
     for (int i = 0; i < n; i++) {
         int arr = json_at(&d, json_get(&d, 0, "outputs"), i);
         int same = gen.len[i] == json_len(&d, arr);
-        for (int t = 0; same && t < gen.len[i]; t++) same = gen.tokens[i][t] == (int)json_num(&d, json_at(&d, arr, t), -1);
+        for (int t = 0; same && t < gen.len[i]; t++) same = gen.tokens[i][t] == (int)json_num(&d, json_at(&d, arr, t),
+                -1);
         if (!same) { ok = 0; printf("  prompt %d: %d tokens vs HF %d\n", i, gen.len[i], json_len(&d, arr)); }
         stopped += gen.eos[i];
     }
-    check(ok && stopped >= 1, "greedy generation of %d prompts (lengths %d..%d) equals transformers generate() token for token (%d stopped at EOS)",
+    check(ok && stopped >= 1,
+          "greedy generation of %d prompts (lengths %d..%d) equals transformers generate() token for token (%d "
+          "stopped at EOS)",
           n, plen[0], plen[2], stopped);
     generation_free(&gen);
     for (int i = 0; i < n; i++) free(prompts[i]);
@@ -204,7 +220,16 @@ static void sampling_case(const char *what, const float *logits, int V, SamplerC
     int n = sc.top_k > 0 && sc.top_k < V ? sc.top_k : V;
     double kz = 0.0;
     for (int i = 0; i < n; i++) kz += e[i].p;
-    if (sc.top_p < 1.0f) { double acc = 0.0; for (int i = 0; i < n; i++) { acc += e[i].p; if (acc >= sc.top_p * kz) { n = i + 1; break; } } }
+    if (sc.top_p < 1.0f) {
+        double acc = 0.0;
+        for (int i = 0; i < n; i++) {
+            acc += e[i].p;
+            if (acc >= sc.top_p * kz) {
+                n = i + 1;
+                break;
+            }
+        }
+    }
     double nz = 0.0;
     for (int i = 0; i < n; i++) nz += e[i].p;
     double *expect = (double *)xcalloc((size_t)V, sizeof(double));
@@ -236,7 +261,10 @@ static void test_sampling(void) {
     sc.temperature = 0.7f; sampling_case("T=0.7", logits, V, sc, 200000);
     sc.temperature = 1.0f; sc.top_p = 0.9f; sampling_case("T=1 top_p=0.9", logits, V, sc, 200000);
     sc.top_p = 1.0f; sc.top_k = 5; sampling_case("T=1 top_k=5", logits, V, sc, 200000);
-    sc.temperature = 1.3f; sc.top_k = 10; sc.top_p = 0.8f; sampling_case("T=1.3 top_k=10 top_p=0.8", logits, V, sc, 200000);
+    sc.temperature = 1.3f;
+    sc.top_k = 10;
+    sc.top_p = 0.8f;
+    sampling_case("T=1.3 top_k=10 top_p=0.8", logits, V, sc, 200000);
     // edge cases
     int best = 0;
     for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
@@ -250,9 +278,16 @@ static void test_sampling(void) {
     float tie[4] = {1.0f, 3.0f, 3.0f, 0.0f};
     SamplerConfig k2 = {1.0f, 1.0f, 2, 1, 0, 0};
     int c1 = 0, c2 = 0, other = 0;
-    for (int i = 0; i < 10000; i++) { int t = sample_token(tie, 4, &k2, &rng, scratch); c1 += t == 1; c2 += t == 2; other += t != 1 && t != 2; }
-    check(sample_token(tie, 4, &greedy, &rng, scratch) == 1 && sample_token(tie, 4, &k1, &rng, scratch) == 1 && other == 0 &&
-          abs(c1 - c2) < 400, "sampling ties: argmax takes the lower id; top_k=2 keeps both tied tokens (%d/%d), nothing else", c1, c2);
+    for (int i = 0; i < 10000; i++) {
+        int t = sample_token(tie, 4, &k2, &rng, scratch);
+        c1 += t == 1;
+        c2 += t == 2;
+        other += t != 1 && t != 2;
+    }
+    check(sample_token(tie, 4, &greedy, &rng, scratch) == 1 && sample_token(tie, 4, &k1, &rng,
+                                                                            scratch) == 1 && other == 0 &&
+          abs(c1 - c2) < 400,
+          "sampling ties: argmax takes the lower id; top_k=2 keeps both tied tokens (%d/%d), nothing else", c1, c2);
 }
 
 // The log-probs returned with each sampled token equal a teacher-forced forward's.
@@ -279,7 +314,8 @@ static void test_logprobs(void) {
         }
         free(in); free(tg);
     }
-    check(worst < 1e-4f, "sampled-token log-probs equal teacher-forced log-probs (%d responses, max abs diff %.2e)", gen.n, worst);
+    check(worst < 1e-4f, "sampled-token log-probs equal teacher-forced log-probs (%d responses, max abs diff %.2e)",
+          gen.n, worst);
     // determinism: same seed, same tokens
     Generation again;
     generate(&m, prompts, plen, 2, G, &sc, &again, 0);
@@ -301,7 +337,12 @@ static void test_policy_loss(void) {
     if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
     FILE *f = fopen(path, "rb");
     int32_t h[16];
-    if (!f || fread(h, sizeof h, 1, f) != 1 || h[0] != 0x4C4F504D) { check(0, "cannot read %s", path); if (f) fclose(f); model_free(&m); return; }
+    if (!f || fread(h, sizeof h, 1, f) != 1 || h[0] != 0x4C4F504D) {
+        check(0, "cannot read %s", path);
+        if (f) fclose(f);
+        model_free(&m);
+        return;
+    }
     int B = h[2], T = h[3], BT = B * T;
     int *inputs = (int *)read_exact(f, (size_t)BT * 4, path), *targets = (int *)read_exact(f, (size_t)BT * 4, path);
     float *mask = (float *)read_exact(f, (size_t)BT * 4, path), *adv = (float *)read_exact(f, (size_t)B * 4, path);
@@ -364,8 +405,10 @@ static void test_eval_accuracy(void) {
     int lines = 0;
     char *txt = read_whole_file(records, NULL);
     for (char *c = txt; c && *c; c++) lines += *c == '\n';
-    check(e.n == N && fabsf(e.greedy - (float)expect / N) < 1e-6f && lines == N && txt && strstr(txt, "\"correct\": true"),
-          "eval on a made-up JSONL: greedy accuracy %.3f, expected %d/%d; %d records written", e.greedy, expect, N, lines);
+    check(e.n == N && fabsf(e.greedy - (float)expect / N) < 1e-6f && lines == N && txt && strstr(txt,
+            "\"correct\": true"),
+          "eval on a made-up JSONL: greedy accuracy %.3f, expected %d/%d; %d records written", e.greedy, expect, N,
+          lines);
     free(txt);
     rollouts_free(&r); problems_free(&ps); problems_free(&test); tokenizer_free(&tok); model_free(&m);
     remove(path); remove(records);
@@ -377,7 +420,13 @@ static void test_resume(void) {
     RunConfig rc;
     run_config_defaults(&rc, 1);
     rc.model_path = STARTER; rc.eval_path = NULL; rc.quiet = 1;
-    rc.prompts_per_step = 4; rc.G = 6; rc.max_new = 60; rc.steps = 4; rc.ckpt_every = 2; rc.tc.micro = 7; rc.tc.lr = 1e-3f;
+    rc.prompts_per_step = 4;
+    rc.G = 6;
+    rc.max_new = 60;
+    rc.steps = 4;
+    rc.ckpt_every = 2;
+    rc.tc.micro = 7;
+    rc.tc.lr = 1e-3f;
     float la[4], na[4], lb[4], nb[4];
     rc.out_dir = "/tmp/empo_test_run_a";
     run_training(&rc, la, na);
@@ -387,15 +436,19 @@ static void test_resume(void) {
     run_training(&rc, lb, nb);
     int same = 1;
     for (int i = 0; i < 4; i++) same &= memcmp(&na[i], &nb[i], 4) == 0 && memcmp(&la[i], &lb[i], 4) == 0;
-    int trained_before = na[0] > 0 || na[1] > 0, trained_after = na[2] > 0 || na[3] > 0;   // so the resume carries real optimizer state
+    // so the resume carries real optimizer state
+    int trained_before = na[0] > 0 || na[1] > 0, trained_after = na[2] > 0 || na[3] > 0;
     Checkpoint a, b; char err[512];
-    int ok = ckpt_load("/tmp/empo_test_run_a/model.bin", &a, err, sizeof err) == 0 && ckpt_load("/tmp/empo_test_run_b/model.bin", &b, err, sizeof err) == 0;
+    int ok = ckpt_load("/tmp/empo_test_run_a/model.bin", &a, err,
+                       sizeof err) == 0 && ckpt_load("/tmp/empo_test_run_b/model.bin", &b, err, sizeof err) == 0;
     int wsame = ok && a.num_params == b.num_params && memcmp(a.params, b.params, a.num_params * 4) == 0;
     if (ok) { ckpt_free(&a); ckpt_free(&b); }
     RunState rs;   // the one-file checkpoint (doc/formats.md): model + optimizer + run state, committed together
     int st_ok = run_state_read("/tmp/empo_test_run_b", &rs, err, sizeof err) == 0 && rs.step == 4 && rs.cursor == 16;
     if (st_ok || rs.config) free(rs.config);
-    check(same && wsame && trained_before && trained_after && st_ok, "EMPO run resumed after step 2 repeats the straight run bit for bit: grad norms %.4f %.4f %.4f %.4f, weights %s, run state %s",
+    check(same && wsame && trained_before && trained_after && st_ok,
+          "EMPO run resumed after step 2 repeats the straight run bit for bit: grad norms %.4f %.4f %.4f %.4f, "
+          "weights %s, run state %s",
           na[0], na[1], na[2], na[3], wsame ? "identical" : "DIFFER", st_ok ? "at step 4" : err);
     char buf[4096];
     int rc1 = run_cmd("rm -rf /tmp/empo_test_run_a /tmp/empo_test_run_b", buf, sizeof buf);
@@ -411,30 +464,41 @@ static void test_sft(void) {
     rc.out_dir = "/tmp/empo_test_sft";
     float loss[30];
     run_training(&rc, loss, NULL);
-    check(loss[29] < 0.6f * loss[0], "SFT on a new tiny model: response loss %.3f -> %.3f in 30 steps", loss[0], loss[29]);
+    check(loss[29] < 0.6f * loss[0], "SFT on a new tiny model: response loss %.3f -> %.3f in 30 steps", loss[0],
+          loss[29]);
     char buf[256];
     run_cmd("rm -rf /tmp/empo_test_sft", buf, sizeof buf);
 }
 
 // The command line: bad input gives one clear error and a non-zero exit; --tokenize; --prompt.
 static void test_cli(void) {
-    write_text("/tmp/empo_bad.jsonl", "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n{\"problem\": oops}\n\n{\"answer\": \"3\"}\n{\"problem\": \"What is 1/3 * 3/4?\", \"answer\": \"1/4\"}\n");
+    write_text("/tmp/empo_bad.jsonl",
+               "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n{\"problem\": oops}\n\n{\"answer\": "
+               "\"3\"}\n{\"problem\": \"What is 1/3 * 3/4?\", \"answer\": \"1/4\"}\n");
     write_text("/tmp/empo_empty.jsonl", "");
-    expect_cmd("malformed JSONL lines are reported by line number, then an error", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "empo_bad.jsonl:2: malformed JSON");
-    expect_cmd("a line without a problem is reported by line number", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "empo_bad.jsonl:4: no \"problem\"");
-    expect_cmd("... and the error counts them", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "2 bad lines (the first is line 2)");
-    expect_cmd("--skip-bad-lines skips them and says how many", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli --skip-bad-lines", 0, "skipped 2 bad lines");
+    expect_cmd("malformed JSONL lines are reported by line number, then an error",
+               "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "empo_bad.jsonl:2: malformed JSON");
+    expect_cmd("a line without a problem is reported by line number",
+               "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1, "empo_bad.jsonl:4: no \"problem\"");
+    expect_cmd("... and the error counts them", "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli", 1,
+               "2 bad lines (the first is line 2)");
+    expect_cmd("--skip-bad-lines skips them and says how many",
+               "./train_empo --eval /tmp/empo_bad.jsonl -o /tmp/empo_cli --skip-bad-lines", 0, "skipped 2 bad lines");
     expect_cmd("an empty data file", "./train_empo --eval /tmp/empo_empty.jsonl -o /tmp/empo_cli", 1, "no usable");
-    expect_cmd("a missing data file", "./train_empo -m " STARTER " -d /tmp/empo_nope.jsonl -o /tmp/empo_cli", 1, "cannot read /tmp/empo_nope.jsonl: No such file or directory");
+    expect_cmd("a missing data file", "./train_empo -m " STARTER " -d /tmp/empo_nope.jsonl -o /tmp/empo_cli", 1,
+               "cannot read /tmp/empo_nope.jsonl: No such file or directory");
     char cmd[1024], longp[400];
     memset(longp, 'x', sizeof longp - 1); longp[sizeof longp - 1] = 0;
     snprintf(cmd, sizeof cmd, "./train_empo --prompt '%s'", longp);
     expect_cmd("a prompt longer than the context", cmd, 1, "beyond the model's context");
-    expect_cmd("a missing checkpoint", "./train_empo -m /tmp/empo_nope.bin --eval /tmp/empo_bad.jsonl", 1, "/tmp/empo_nope.bin");
+    expect_cmd("a missing checkpoint", "./train_empo -m /tmp/empo_nope.bin --eval /tmp/empo_bad.jsonl", 1,
+               "/tmp/empo_nope.bin");
     expect_cmd("an unknown flag", "./train_empo --frobnicate 3", 1, "unknown flag --frobnicate");
     expect_cmd("a bad number", "./train_empo -T hot", 1, "flag -T: 'hot'");
-    expect_cmd("--tokenize (special tokens recognised)", "printf '<|im_start|>hi' | ./train_empo -m " STARTER " --tokenize", 0, "257 104 105\n");
-    expect_cmd("--prompt shows answers, clusters, entropy and rewards", "./train_empo --prompt 'What is 1/2 + 1/4?' -G 6", 0, "semantic entropy H =");
+    expect_cmd("--tokenize (special tokens recognised)",
+               "printf '<|im_start|>hi' | ./train_empo -m " STARTER " --tokenize", 0, "257 104 105\n");
+    expect_cmd("--prompt shows answers, clusters, entropy and rewards",
+               "./train_empo --prompt 'What is 1/2 + 1/4?' -G 6", 0, "semantic entropy H =");
     expect_cmd("-h documents the flags", "./train_empo -h", 0, "--eval FILE");
     char buf[256];
     run_cmd("rm -rf /tmp/empo_cli /tmp/empo_bad.jsonl /tmp/empo_empty.jsonl", buf, sizeof buf);
@@ -485,7 +549,8 @@ static void test_flags(void) {
         }
     check(listed == n, "-h lists every flag of the table (%d of %d)", listed, n);
     write_text("/tmp/empo_flags.jsonl", "{\"problem\": \"What is 1/2 + 1/2?\", \"answer\": \"1\"}\n");
-    expect_cmd("a flag the mode ignores is refused, naming the mode", "./train_empo --eval /tmp/empo_flags.jsonl -n 5", 1,
+    expect_cmd("a flag the mode ignores is refused, naming the mode", "./train_empo --eval /tmp/empo_flags.jsonl -n 5",
+               1,
                "flag -n has no effect in --eval");
     expect_cmd("--sft takes its own file: a -d as well is refused", "./train_empo --sft /tmp/empo_flags.jsonl -d x", 1,
                "flag -d has no effect in --sft");

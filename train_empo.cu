@@ -52,7 +52,10 @@ static void cuda_check(cudaError_t e, const char *file, int line) {
     if (e != cudaSuccess) { fprintf(stderr, "error: CUDA: %s at %s:%d\n", cudaGetErrorString(e), file, line); exit(1); }
 }
 static void cublas_check(cublasStatus_t s, const char *file, int line) {
-    if (s != CUBLAS_STATUS_SUCCESS) { fprintf(stderr, "error: cuBLAS status %d at %s:%d\n", (int)s, file, line); exit(1); }
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "error: cuBLAS status %d at %s:%d\n", (int)s, file, line);
+        exit(1);
+    }
 }
 #define cudaCheck(x) cuda_check((x), __FILE__, __LINE__)
 #define cublasCheck(x) cublas_check((x), __FILE__, __LINE__)
@@ -185,7 +188,8 @@ static void rmsnorm_forward(floatX *out, float *rstd, const floatX *resid, const
     LAUNCH_CHECK();
 }
 // resid_out = resid + add;  out = rmsnorm(resid_out) * w.  All (N, C).
-static void residual_rmsnorm_forward(floatX *resid_out, floatX *out, float *rstd, const floatX *resid, const floatX *add,
+static void residual_rmsnorm_forward(floatX *resid_out, floatX *out, float *rstd, const floatX *resid,
+                                     const floatX *add,
                                      const floatX *w, int N, int C, float eps) {
     rmsnorm_forward_kernel<<<ceil_div(N, 8), 256>>>(resid_out, out, rstd, resid, add, w, N, C, eps);
     LAUNCH_CHECK();
@@ -216,7 +220,8 @@ __global__ void rmsnorm_backward_kernel(floatX *dx, float *dw, const floatX *dou
     for (int c = threadIdx.x; c < C; c += blockDim.x) atomicAdd(&dw[c], dw_sh[c]);
 }
 // dx (N, C) += ..., dw (C) += ...; dout, x (N, C); rstd (N)
-static void rmsnorm_backward(floatX *dx, float *dw, const floatX *dout, const floatX *x, const floatX *w, const float *rstd,
+static void rmsnorm_backward(floatX *dx, float *dw, const floatX *dout, const floatX *x, const floatX *w,
+                             const float *rstd,
                              int N, int C) {
     int blocks = ceil_div(N, 8);
     if (blocks > 2 * g_num_sms) blocks = 2 * g_num_sms;
@@ -292,7 +297,8 @@ __device__ __forceinline__ void att_dots(float s[ATT_R], const float *a, const f
 }
 // Copies rows [t0, t0 + 32) of one head (column offset col in rows of length rowlen) into
 // dst (32, SR) as fp32, zero beyond T and beyond HD. All threads of the block take part.
-__device__ __forceinline__ void att_load_tile(float *dst, const floatX *src, int t0, int T, size_t rowlen, int col, int HD, int SR) {
+__device__ __forceinline__ void att_load_tile(float *dst, const floatX *src, int t0, int T, size_t rowlen, int col,
+                                              int HD, int SR) {
     for (int idx = threadIdx.x; idx < ATT_TILE * SR; idx += blockDim.x) {
         int r = idx / SR, d = idx % SR, t = t0 + r;
         dst[idx] = (t < T && d < HD) ? tof(src[(size_t)t * rowlen + col + d]) : 0.0f;
@@ -303,7 +309,8 @@ __device__ __forceinline__ void att_load_tile(float *dst, const floatX *src, int
 // grid (T/32 query tiles, NH, B); the tile with the most keys (the last) starts first.
 template <int DPL>
 __global__ void __launch_bounds__(ATT_WARPS * 32) attention_forward_kernel(floatX *out, float *lse, const floatX *qkv,
-                                                                           int T, int NH, int NKV, int HD, float scale) {
+                                                                           int T, int NH, int NKV, int HD,
+                                                                           float scale) {
     extern __shared__ float4 att_smem4[];
     float *smem = (float *)att_smem4;
     const int SR = att_stride(HD), HDP = SR - 4, QKV = (NH + 2 * NKV) * HD;
@@ -385,13 +392,16 @@ __global__ void attention_rowdot_kernel(float *D, const floatX *dout, const floa
 // dQ of one query tile: per key chunk, p = exp(s - lse), dp = dout_i . v_j, ds = p (dp - D_i),
 // dq_i += scale * ds_j k_j. grid (T/32, NH, B), heaviest tile first.
 template <int DPL>
-__global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dq_kernel(floatX *dqkv, const floatX *dout, const floatX *qkv,
-                                                                               const float *lse, const float *D, int T, int NH,
+__global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dq_kernel(floatX *dqkv, const floatX *dout,
+                                                                               const floatX *qkv,
+                                                                               const float *lse, const float *D, int T,
+                                                                               int NH,
                                                                                int NKV, int HD, float scale) {
     extern __shared__ float4 att_smem4[];
     float *smem = (float *)att_smem4;
     const int SR = att_stride(HD), HDP = SR - 4, QKV = (NH + 2 * NKV) * HD;
-    float *sQ = smem, *sG = sQ + ATT_TILE * SR, *sK = sG + ATT_TILE * SR, *sV = sK + ATT_TILE * SR, *sS = sV + ATT_TILE * SR;
+    float *sQ = smem, *sG = sQ + ATT_TILE * SR, *sK = sG + ATT_TILE * SR, *sV = sK + ATT_TILE * SR,
+          *sS = sV + ATT_TILE * SR;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int q0 = (gridDim.x - 1 - blockIdx.x) * ATT_TILE, hq = blockIdx.y, b = blockIdx.z, hk = hq / (NH / NKV);
     const floatX *base = qkv + (size_t)b * T * QKV;
@@ -452,14 +462,17 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dq_kernel(f
 // Each block owns its keys, so no atomics. grid (T/32 key tiles, NKV, B): tile 0 has the most work
 // and starts first.
 template <int DPL>
-__global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dkv_kernel(floatX *dqkv, const floatX *dout, const floatX *qkv,
-                                                                                const float *lse, const float *D, int T, int NH,
+__global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dkv_kernel(floatX *dqkv, const floatX *dout,
+                                                                                const floatX *qkv,
+                                                                                const float *lse, const float *D,
+                                                                                int T, int NH,
                                                                                 int NKV, int HD, float scale) {
     extern __shared__ float4 att_smem4[];
     float *smem = (float *)att_smem4;
     const int SR = att_stride(HD), HDP = SR - 4, QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
     float *sK = smem, *sV = sK + ATT_TILE * SR, *sQ = sV + ATT_TILE * SR, *sG = sQ + ATT_TILE * SR;
-    float *sP = sG + ATT_TILE * SR, *sS = sP + ATT_WARPS * ATT_R * 32, *sL = sS + ATT_WARPS * ATT_R * 32, *sD = sL + ATT_TILE;
+    float *sP = sG + ATT_TILE * SR, *sS = sP + ATT_WARPS * ATT_R * 32, *sL = sS + ATT_WARPS * ATT_R * 32,
+          *sD = sL + ATT_TILE;
     int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
     int j0 = blockIdx.x * ATT_TILE, hk = blockIdx.y, b = blockIdx.z;
     const floatX *base = qkv + (size_t)b * T * QKV, *gbase = dout + (size_t)b * T * NH * HD;
@@ -524,9 +537,15 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dkv_kernel(
     }
 }
 
-static size_t att_smem_forward(int HD) { return (size_t)(3 * ATT_TILE * att_stride(HD) + ATT_WARPS * ATT_R * 32) * sizeof(float); }
-static size_t att_smem_dq(int HD) { return (size_t)(4 * ATT_TILE * att_stride(HD) + ATT_WARPS * ATT_R * 32) * sizeof(float); }
-static size_t att_smem_dkv(int HD) { return (size_t)(4 * ATT_TILE * att_stride(HD) + 2 * ATT_WARPS * ATT_R * 32 + 2 * ATT_TILE) * sizeof(float); }
+static size_t att_smem_forward(int HD) {
+    return (size_t)(3 * ATT_TILE * att_stride(HD) + ATT_WARPS * ATT_R * 32) * sizeof(float);
+}
+static size_t att_smem_dq(int HD) {
+    return (size_t)(4 * ATT_TILE * att_stride(HD) + ATT_WARPS * ATT_R * 32) * sizeof(float);
+}
+static size_t att_smem_dkv(int HD) {
+    return (size_t)(4 * ATT_TILE * att_stride(HD) + 2 * ATT_WARPS * ATT_R * 32 + 2 * ATT_TILE) * sizeof(float);
+}
 static int att_dpl(int HD) { return HD <= 32 ? 1 : HD <= 64 ? 2 : HD <= 128 ? 4 : 8; }
 
 // The dynamic shared memory the kernels of one DPL instance may use: enough for the largest head
@@ -584,7 +603,8 @@ static void attention_forward(floatX *out, float *lse, const floatX *qkv, int B,
 }
 // dqkv (B, T, QKV) = gradient of the above (overwritten, every entry); dout, out (B, T, NH*HD);
 // lse from the forward; D (B, NH, T) fp32 scratch
-static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const floatX *out, const floatX *qkv, const float *lse,
+static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const floatX *out, const floatX *qkv,
+                               const float *lse,
                                int B, int T, int NH, int NKV, int HD) {
     attention_rowdot_kernel<<<ceil_div((long)B * T * NH, 8), 256>>>(D, dout, out, B, T, NH, HD);
     LAUNCH_CHECK();
@@ -646,7 +666,8 @@ static void swiglu_backward(floatX *dfch, const floatX *dout, const floatX *fch,
 // One block per row. Forward: lse (one pass, online max and sum in fp32), and logp = x[target] - lse
 // (0 without a target). Backward (grad != 0): overwrites the row with dLoss/dlogits =
 // g * (onehot(target) - softmax), g = dlogp, in floatX, ready for the LM head's backward matmuls.
-__global__ void logsoftmax_kernel(floatX *logits, float *lse, float *logp, const int *targets, const float *dlogp, int V, int backward) {
+__global__ void logsoftmax_kernel(floatX *logits, float *lse, float *logp, const int *targets, const float *dlogp,
+                                  int V, int backward) {
     __shared__ float sh[32];
     __shared__ float sh_m[32];
     int n = blockIdx.x;
@@ -691,7 +712,8 @@ __global__ void logsoftmax_kernel(floatX *logits, float *lse, float *logp, const
 __global__ void sumsq_kernel(float *partial, const float *g, size_t n) {
     __shared__ float sh[32];
     float s = 0.0f;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) s += g[i] * g[i];
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        s += g[i] * g[i];
     s = block_sum(s, sh);
     if (threadIdx.x == 0) partial[blockIdx.x] = s;
 }
@@ -720,8 +742,10 @@ __device__ __forceinline__ floatX round_param(float w, uint32_t rnd) {
     return __ushort_as_bfloat16((unsigned short)(u >> 16));
 #endif
 }
-__global__ void adamw_kernel(floatX *params, float *master, const float *grads, float *m, float *v, size_t n, float lr, float beta1,
-                             float beta2, float eps, float wd, float step_size, float bc2_sqrt, const float *norm, float grad_clip,
+__global__ void adamw_kernel(floatX *params, float *master, const float *grads, float *m, float *v, size_t n, float lr,
+                             float beta1,
+                             float beta2, float eps, float wd, float step_size, float bc2_sqrt, const float *norm,
+                             float grad_clip,
                              uint64_t seed) {
     float scale = 1.0f;
     if (grad_clip > 0.0f) { float coef = grad_clip / (norm[0] + 1e-6f); if (coef < 1.0f) scale = coef; }
@@ -739,10 +763,12 @@ __global__ void adamw_kernel(floatX *params, float *master, const float *grads, 
 }
 
 __global__ void convert_kernel(floatX *dst, const float *src, size_t n) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = fx(src[i]);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = fx(src[i]);
 }
 __global__ void to_float_kernel(float *dst, const floatX *src, size_t n) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = tof(src[i]);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = tof(src[i]);
 }
 // N(0, std) from a hash of (seed, i): Box-Muller on two hashed uniforms.
 __global__ void init_normal_kernel(float *dst, size_t n, float std, uint64_t seed) {
@@ -752,9 +778,13 @@ __global__ void init_normal_kernel(float *dst, size_t n, float std, uint64_t see
     }
 }
 __global__ void fill_kernel(float *dst, size_t n, float value) {
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) dst[i] = value;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
+        dst[i] = value;
 }
-static int grid_for(size_t n) { size_t b = (n + 255) / 256; return (int)(b < (size_t)g_num_sms * 16 ? (b ? b : 1) : (size_t)g_num_sms * 16); }
+static int grid_for(size_t n) {
+    size_t b = (n + 255) / 256;
+    return (int)(b < (size_t)g_num_sms * 16 ? (b ? b : 1) : (size_t)g_num_sms * 16);
+}
 
 // dbias (OC) += column sums of dout (N, OC). Block (32 columns x 32 row slices), one block owns its
 // columns: no atomics, the same result every run.
@@ -831,7 +861,8 @@ __global__ void kv_copy_pages_kernel(floatX *pool, const int *src, const int *ds
 // contiguous in its page, so where HD is a multiple of 16 bytes' worth, lanes load 16 bytes each
 // (8 bf16): a warp reads 512 contiguous bytes per instruction instead of 64 (decoding is bound by
 // these reads and the weights'); other head dims go one value per lane.
-__device__ __forceinline__ void dec_stage(float *dst, const floatX *pool, const int *tab, int c0, int jn, int l, int w, int hk,
+__device__ __forceinline__ void dec_stage(float *dst, const floatX *pool, const int *tab, int c0, int jn, int l, int w,
+                                          int hk,
                                           int L, int NKV, int HD, int SR, int lane) {
     const int VEC = 16 / (int)sizeof(floatX);
     if (HD % VEC == 0) {
@@ -849,7 +880,8 @@ __device__ __forceinline__ void dec_stage(float *dst, const floatX *pool, const 
 #endif
             for (int e = 0; e < VEC; e++) o[e] = tof(v[e]);
         }
-        for (int i = lane; i < 32 * (SR - HD); i += 32) dst[(i / (SR - HD)) * SR + HD + i % (SR - HD)] = 0.0f;   // padding
+        // padding
+        for (int i = lane; i < 32 * (SR - HD); i += 32) dst[(i / (SR - HD)) * SR + HD + i % (SR - HD)] = 0.0f;
         return;
     }
     for (int jj = 0; jj < 32; jj++) {   // one row per step, lanes along the head dim
@@ -1256,7 +1288,8 @@ static LtAlgo *lt_cache_add(const LtKey *k, int found, const cublasLtMatmulAlgo_
 
 // Column-major D (m, n) = op(A) (m, k) @ op(B) (k, n) + beta * D [+ bias (m) broadcast over n].
 // A, B floatX; D floatX or fp32 (d_type). Row-major callers swap roles, see below.
-static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int transA, int lda, const floatX *Bm, int transB, int ldb,
+static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int transA, int lda, const floatX *Bm,
+                 int transB, int ldb,
                  int m, int n, int k, float beta, const floatX *bias) {
     float alpha = 1.0f;
     // the bias epilogue wants an aligned vector; otherwise the fallback adds it
@@ -1279,13 +1312,18 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
         cublasLtMatmulPreference_t pref;
         cublasCheck(cublasLtMatmulPreferenceCreate(&pref));
         size_t ws = LT_WORKSPACE;
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws, sizeof ws));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &ws,
+                                                         sizeof ws));
         // tell the heuristic how aligned the pointers really are (layer slices of odd-sized models aren't)
         uint32_t al_a = ptr_alignment(A), al_b = ptr_alignment(Bm), al_d = ptr_alignment(D);
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof al_a));
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof al_b));
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof al_d));
-        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof al_d));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a,
+                                                         sizeof al_a));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b,
+                                                         sizeof al_b));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d,
+                                                         sizeof al_d));
+        cublasCheck(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d,
+                                                         sizeof al_d));
         // the heuristic's choice, cached per shape (a training step makes the same few hundred calls)
         LtKey key = {transA,      transB,       m,    n,    k,   lda, ldb, ldd,
                      (int)d_type, bias != NULL, al_a, al_b, al_d};   // 13 ints: no padding
@@ -1298,7 +1336,8 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
         }
         lt_ok = cached->found;
         if (lt_ok)
-            lt_ok = cublasLtMatmul(g_cublaslt, op, &alpha, A, la, Bm, lb, &beta, D, ld, D, ld, &cached->algo, g_lt_workspace, LT_WORKSPACE, 0) ==
+            lt_ok = cublasLtMatmul(g_cublaslt, op, &alpha, A, la, Bm, lb, &beta, D, ld, D, ld, &cached->algo,
+                                   g_lt_workspace, LT_WORKSPACE, 0) ==
                     CUBLAS_STATUS_SUCCESS;
         cublasLtMatmulPreferenceDestroy(pref);
         cublasLtMatrixLayoutDestroy(la); cublasLtMatrixLayoutDestroy(lb); cublasLtMatrixLayoutDestroy(ld);
@@ -1306,7 +1345,8 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
         if (lt_ok) return;
     }
     g_lt_fallbacks++;
-    cublasCheck(cublasGemmEx(g_cublas, transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k, &alpha, A, CUDA_X,
+    cublasCheck(cublasGemmEx(g_cublas, transA ? CUBLAS_OP_T : CUBLAS_OP_N, transB ? CUBLAS_OP_T : CUBLAS_OP_N, m, n, k,
+                             &alpha, A, CUDA_X,
                              lda, Bm, CUDA_X, ldb, &beta, D, d_type, ldd, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     if (bias) {   // D is floatX (m, n) column-major = row-major (n rows of m): bias per column of the rows
         add_bias_kernel<<<ceil_div((long)m * n, 256), 256>>>((floatX *)D, bias, n, m);
@@ -1322,7 +1362,8 @@ static void matmul_forward(floatX *out, const floatX *inp, const floatX *w, cons
 }
 // dinp (N, C) = dout (N, OC) @ w (OC, C)  (overwritten);  dw (OC, C) += dout^T @ inp  (fp32);
 // dbias (OC) += column sums of dout. Any of dinp, dw, dbias may be NULL.
-static void matmul_backward(floatX *dinp, float *dw, float *dbias, const floatX *dout, const floatX *inp, const floatX *w, int N, int C,
+static void matmul_backward(floatX *dinp, float *dw, float *dbias, const floatX *dout, const floatX *inp,
+                            const floatX *w, int N, int C,
                             int OC) {
     if (dinp) gemm(dinp, CUDA_X, C, w, 0, C, dout, 0, OC, C, N, OC, 0.0f, NULL);
     if (dw) gemm(dw, CUDA_R_32F, C, inp, 0, C, dout, 1, OC, C, OC, N, 1.0f, NULL);
@@ -1348,8 +1389,10 @@ template <typename F> struct Tensors {   // pointers into one block, in checkpoi
     F *lmw;      // (V, C); points at wte when tied
 };
 // Where each tensor starts is model.h's param_offsets, shared with train_empo.c.
-template <typename F> static void point_tensors(Tensors<F> *p, const size_t sizes[NUM_PARAM_TENSORS], F *mem, int tied) {
-    F **ptrs[NUM_PARAM_TENSORS] = {&p->wte, &p->ln1w, &p->qkvw, &p->qkvb, &p->attprojw, &p->ln2w, &p->fcw, &p->fcprojw, &p->lnfw, &p->lmw};
+template <typename F> static void point_tensors(Tensors<F> *p, const size_t sizes[NUM_PARAM_TENSORS], F *mem,
+                                                int tied) {
+    F **ptrs[NUM_PARAM_TENSORS] = {&p->wte, &p->ln1w, &p->qkvw, &p->qkvb, &p->attprojw, &p->ln2w, &p->fcw, &p->fcprojw,
+                                   &p->lnfw, &p->lmw};
     size_t off[NUM_PARAM_TENSORS];
     param_offsets(off, sizes, tied);
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) *ptrs[i] = mem + off[i];
@@ -1687,11 +1730,16 @@ static void model_ensure_acts(Model *m, size_t N) {
     int hr = head_rows_for(m, N);
     size_t X = sizeof(floatX), F = sizeof(float);
     Activations *a = &m->acts;
-    void **ptrs[NUM_ACTS] = {(void **)&a->encoded, (void **)&a->ln1, (void **)&a->ln1_rstd, (void **)&a->qkv, (void **)&a->atty,
-                             (void **)&a->att_lse, (void **)&a->resid2, (void **)&a->ln2, (void **)&a->ln2_rstd, (void **)&a->fch,
-                             (void **)&a->swiglu, (void **)&a->resid3, (void **)&a->lnf, (void **)&a->lnf_rstd, (void **)&a->lse,
-                             (void **)&a->logp, (void **)&a->dlogp, (void **)&a->inputs, (void **)&a->targets, (void **)&a->head,
-                             (void **)&a->proj, (void **)&a->dresidual, (void **)&a->dln, (void **)&a->dqkv, (void **)&a->datty,
+    void **ptrs[NUM_ACTS] = {(void **)&a->encoded, (void **)&a->ln1, (void **)&a->ln1_rstd, (void **)&a->qkv,
+                             (void **)&a->atty,
+                             (void **)&a->att_lse, (void **)&a->resid2, (void **)&a->ln2, (void **)&a->ln2_rstd,
+                             (void **)&a->fch,
+                             (void **)&a->swiglu, (void **)&a->resid3, (void **)&a->lnf, (void **)&a->lnf_rstd,
+                             (void **)&a->lse,
+                             (void **)&a->logp, (void **)&a->dlogp, (void **)&a->inputs, (void **)&a->targets,
+                             (void **)&a->head,
+                             (void **)&a->proj, (void **)&a->dresidual, (void **)&a->dln, (void **)&a->dqkv,
+                             (void **)&a->datty,
                              (void **)&a->dfch, (void **)&a->dswiglu, (void **)&a->att_D};
     size_t bytes[NUM_ACTS] = {N * C * X, Lln * N * C * X, L * N * F, L * N * QKV * X, L * N * NHD * X,
                               L * N * c->NH * F, L * N * C * X, Lln * N * C * X, L * N * F, L * N * 2 * I * X,
@@ -1722,7 +1770,8 @@ static void model_reserve(Model *m, int B, int T) {
 
 // Pointers of layer l's saved activations (the shared buffer where recomputation applies), for
 // the current forward's N = B * Tp tokens.
-typedef struct { floatX *resid, *ln1, *qkv, *atty, *resid2, *ln2, *fch, *swiglu, *resid3; float *ln1_rstd, *ln2_rstd, *att_lse; } LayerActs;
+typedef struct { floatX *resid, *ln1, *qkv, *atty, *resid2, *ln2, *fch, *swiglu, *resid3; float *ln1_rstd, *ln2_rstd,
+                *att_lse; } LayerActs;
 static LayerActs layer_acts(const Model *m, int l) {
     const ModelConfig *c = &m->config;
     const Activations *a = &m->acts;
@@ -1753,7 +1802,8 @@ static void lm_head_chunk(Model *m, int r0, int rows, int backward) {
     matmul_forward(a->head, a->lnf + (size_t)r0 * C, m->params.lmw, NULL, rows, C, V);
     logsoftmax_kernel<<<rows, 512>>>(a->head, a->lse + r0, a->logp + r0, a->targets + r0, a->dlogp + r0, V, backward);
     LAUNCH_CHECK();
-    if (backward) matmul_backward(a->dln + (size_t)r0 * C, m->grads.lmw, NULL, a->head, a->lnf + (size_t)r0 * C, m->params.lmw, rows, C, V);
+    if (backward) matmul_backward(a->dln + (size_t)r0 * C, m->grads.lmw, NULL, a->head, a->lnf + (size_t)r0 * C,
+                                  m->params.lmw, rows, C, V);
 }
 // logits (n, V) fp32 = x (n, C) @ lmw^T: the LM head for sampling and judging, whose log-probs
 // must not come from bf16 logits (cuBLAS accumulates in fp32 and writes fp32 here).
@@ -1778,7 +1828,8 @@ static void forward_layers(Model *m, int B, int Tp, const KVWrite *kw) {
     for (int l = 0; l < L; l++) {
         LayerActs la = layer_acts(m, l);
         if (l == 0) rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w, N, C, eps);   // later layers: fused below
-        matmul_forward(la.qkv, la.ln1, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N, C, QKV);
+        matmul_forward(la.qkv, la.ln1, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL,
+                       N, C, QKV);
         rope_forward(la.qkv, m->rope_cos, m->rope_sin, NULL, N, Tp, NH, NKV, HD);
         if (kw) kv_write(kw->pool, la.qkv, kw->slot, kw->pos, kw->table, kw->max_pages, N, l, c);
         attention_forward(la.atty, la.att_lse, la.qkv, B, Tp, NH, NKV, HD);
@@ -1790,7 +1841,8 @@ static void forward_layers(Model *m, int B, int Tp, const KVWrite *kw) {
         // the residual add, fused with the next RMSNorm: the next layer's ln1, or the final norm
         if (l + 1 < L) {
             LayerActs nx = layer_acts(m, l + 1);
-            residual_rmsnorm_forward(la.resid3, nx.ln1, nx.ln1_rstd, la.resid2, a->proj, p->ln1w + (size_t)(l + 1) * C, N, C, eps);
+            residual_rmsnorm_forward(la.resid3, nx.ln1, nx.ln1_rstd, la.resid2, a->proj, p->ln1w + (size_t)(l + 1) * C,
+                                     N, C, eps);
         } else {
             residual_rmsnorm_forward(la.resid3, a->lnf, a->lnf_rstd, la.resid2, a->proj, p->lnfw, N, C, eps);
         }
@@ -1807,10 +1859,12 @@ static void model_forward(Model *m, const int *inputs, const int *targets, const
     if (B < 1 || T < 1) FATAL("model_forward: empty batch (%d x %d)", B, T);
     if (T > c->maxT) FATAL("sequence length %d exceeds the model's max_seq_len %d", T, c->maxT);
     for (int i = 0; i < B * T; i++)
-        if (inputs[i] < 0 || inputs[i] >= c->V) FATAL("input token %d at position %d is outside the vocab (%d)", inputs[i], i, c->V);
+        if (inputs[i] < 0 || inputs[i] >= c->V) FATAL("input token %d at position %d is outside the vocab (%d)",
+                                                      inputs[i], i, c->V);
     if (targets)
         for (int i = 0; i < B * T; i++)
-            if (targets[i] < -1 || targets[i] >= c->V) FATAL("target %d at position %d is outside the vocab (%d)", targets[i], i, c->V);
+            if (targets[i] < -1 || targets[i] >= c->V) FATAL("target %d at position %d is outside the vocab (%d)",
+                                                             targets[i], i, c->V);
     int Tp = round_up(T, T_ALIGN), N = B * Tp;
     model_ensure_acts(m, (size_t)N);
     Activations *a = &m->acts;
@@ -1894,19 +1948,25 @@ static void model_backward(Model *m) {
         // dresidual holds dLoss/d(resid3); the residual adds pass it through unchanged
         if (m->recompute_used >= 2) rmsnorm_forward(la.ln2, la.ln2_rstd, la.resid2, p->ln2w + (size_t)l * C, N, C, eps);
         if (m->recompute_used >= 1) swiglu_forward(la.swiglu, la.fch, N, I);
-        matmul_backward(a->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, a->dresidual, la.swiglu, p->fcprojw + (size_t)l * C * I, N, I, C);
+        matmul_backward(a->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, a->dresidual, la.swiglu,
+                        p->fcprojw + (size_t)l * C * I, N, I, C);
         swiglu_backward(a->dfch, a->dswiglu, la.fch, N, I);
-        matmul_backward(a->dln, g->fcw + (size_t)l * 2 * I * C, NULL, a->dfch, la.ln2, p->fcw + (size_t)l * 2 * I * C, N, C, 2 * I);
-        rmsnorm_backward(a->dresidual, g->ln2w + (size_t)l * C, a->dln, la.resid2, p->ln2w + (size_t)l * C, la.ln2_rstd, N, C);
+        matmul_backward(a->dln, g->fcw + (size_t)l * 2 * I * C, NULL, a->dfch, la.ln2, p->fcw + (size_t)l * 2 * I * C,
+                        N, C, 2 * I);
+        rmsnorm_backward(a->dresidual, g->ln2w + (size_t)l * C, a->dln, la.resid2, p->ln2w + (size_t)l * C,
+                         la.ln2_rstd, N, C);
         // now dresidual = dLoss/d(resid2)
-        matmul_backward(a->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, a->dresidual, la.atty, p->attprojw + (size_t)l * C * NH * HD,
+        matmul_backward(a->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, a->dresidual, la.atty,
+                        p->attprojw + (size_t)l * C * NH * HD,
                         N, NH * HD, C);
         attention_backward(a->dqkv, a->att_D, a->datty, la.atty, la.qkv, la.att_lse, B, T, NH, NKV, HD);
         rope_backward(a->dqkv, m->rope_cos, m->rope_sin, N, T, NH, NKV, HD);
         if (m->recompute_used >= 2) rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w + (size_t)l * C, N, C, eps);
-        matmul_backward(a->dln, g->qkvw + (size_t)l * QKV * C, c->qkv_bias ? g->qkvb + (size_t)l * QKV : NULL, a->dqkv, la.ln1,
+        matmul_backward(a->dln, g->qkvw + (size_t)l * QKV * C, c->qkv_bias ? g->qkvb + (size_t)l * QKV : NULL, a->dqkv,
+                        la.ln1,
                         p->qkvw + (size_t)l * QKV * C, N, C, QKV);
-        rmsnorm_backward(a->dresidual, g->ln1w + (size_t)l * C, a->dln, la.resid, p->ln1w + (size_t)l * C, la.ln1_rstd, N, C);
+        rmsnorm_backward(a->dresidual, g->ln1w + (size_t)l * C, a->dln, la.resid, p->ln1w + (size_t)l * C, la.ln1_rstd,
+                         N, C);
         // now dresidual = dLoss/d(layer input)
     }
     embedding_backward(g->wte, a->dresidual, a->inputs, N, C);
@@ -1914,7 +1974,8 @@ static void model_backward(Model *m) {
 
 // Global L2 norm of all gradients (device), then clipping to grad_clip (<= 0: none) and one AdamW
 // step as torch.optim.AdamW computes it. Returns the norm before clipping.
-static float model_update(Model *m, float lr, float beta1, float beta2, float eps, float weight_decay, float grad_clip) {
+static float model_update(Model *m, float lr, float beta1, float beta2, float eps, float weight_decay,
+                          float grad_clip) {
     size_t n = m->num_parameters;
     if (!m->grads_memory) model_zero_grad(m);
     if (!m->m_memory) model_alloc_moments(m);
@@ -1936,8 +1997,10 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
     double bc1 = 1.0 - pow(beta1, m->adam_step), bc2 = 1.0 - pow(beta2, m->adam_step);   // in double, as torch does
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     uint64_t seed = 0x5EEDull + (uint64_t)m->adam_step * 0x2545F4914F6CDD1Dull;
-    adamw_kernel<<<grid_for(n), 256>>>(m->params_memory, m->master_memory, m->grads_memory, m->m_memory, m->v_memory, n, lr, beta1, beta2,
-                                       eps, weight_decay, step_size, bc2_sqrt, m->norm_scratch + NORM_BLOCKS, grad_clip, seed);
+    adamw_kernel<<<grid_for(n), 256>>>(m->params_memory, m->master_memory, m->grads_memory, m->m_memory, m->v_memory,
+                                       n, lr, beta1, beta2,
+                                       eps, weight_decay, step_size, bc2_sqrt, m->norm_scratch + NORM_BLOCKS,
+                                       grad_clip, seed);
     LAUNCH_CHECK();
     return norm;
 }
@@ -2327,7 +2390,8 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
     int C = c->C, V = c->V;
     if (n <= 0) return;
     for (int s = 0; s < n; s++) {
-        if (lens[s] < 1 || lens[s] > c->maxT) FATAL("model_next_logprobs: sequence %d has %d tokens (context %d)", s, lens[s], c->maxT);
+        if (lens[s] < 1 || lens[s] > c->maxT) FATAL("model_next_logprobs: sequence %d has %d tokens (context %d)", s,
+                                                    lens[s], c->maxT);
         for (int t = 0; t < lens[s]; t++)
             if (ids[s][t] < 0 || ids[s][t] >= V) FATAL("model_next_logprobs: token %d outside the vocab", ids[s][t]);
     }
@@ -2361,7 +2425,10 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
         for (int s = 0; s < nw; s++) {   // leaders: pages of their own; followers: the shared full ones, then their own
             int *pg = pages + (size_t)s * max_pages, np = ceil_div(lens[w0 + s], KV_PAGE);
             for (int i = 0; i < np; i++) {
-                if (lead[s] != s && i < start[s] / KV_PAGE) { pg[i] = pages[(size_t)lead[s] * max_pages + i]; kv.refs[pg[i]]++; }
+                if (lead[s] != s && i < start[s] / KV_PAGE) {
+                    pg[i] = pages[(size_t)lead[s] * max_pages + i];
+                    kv.refs[pg[i]]++;
+                }
                 else pg[i] = page_take(&kv);
             }
         }
@@ -2386,7 +2453,8 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
                     m->h_tg[b * Tp + t] = t < L ? b : -1;
                     posv[b * Tp + t] = t;
                 }
-                memcpy(h_table + (size_t)b * max_pages, pages + (size_t)s * max_pages, (size_t)ceil_div(L, KV_PAGE) * sizeof(int));
+                memcpy(h_table + (size_t)b * max_pages, pages + (size_t)s * max_pages,
+                       (size_t)ceil_div(L, KV_PAGE) * sizeof(int));
                 h_rows[b] = b * Tp + L - 1;
                 if (n_computed) *n_computed += L;
             }
@@ -2408,7 +2476,8 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
             rows_logprobs_kernel<<<k, 256>>>(d_out, d.logits, V, d_cand, n_cand);
             LAUNCH_CHECK();
             cudaCheck(cudaMemcpy(h_out, d_out, (size_t)k * n_cand * sizeof(float), cudaMemcpyDeviceToHost));
-            for (int b = 0; b < k; b++) memcpy(out + (size_t)(w0 + owner[b]) * n_cand, h_out + (size_t)b * n_cand, n_cand * sizeof(float));
+            for (int b = 0; b < k; b++) memcpy(out + (size_t)(w0 + owner[b]) * n_cand, h_out + (size_t)b * n_cand,
+                                               n_cand * sizeof(float));
             s0 = s1;
         }
         // the followers: their own copy of the leader's partly filled page, then their own tokens
@@ -2426,7 +2495,8 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
         if (np > 0) {   // (d.tok, d.pos as scratch for the page pairs: np <= W)
             cudaCheck(cudaMemcpy(d.tok, h_tok, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
             cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)np * sizeof(int), cudaMemcpyHostToDevice));
-            kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np, kv.page_elems);
+            kv_copy_pages_kernel<<<grid_for((size_t)np * kv.page_elems), 256>>>(kv.pool, d.tok, d.pos, np,
+                                                                                kv.page_elems);
             LAUNCH_CHECK();
         }
         for (int t = 0; nf > 0; t++) {   // step t: each follower's own token start + t, while it has one
@@ -2435,7 +2505,8 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
                 int s = foll[f], pos = start[s] + t;
                 if (pos >= lens[w0 + s]) continue;
                 h_tok[S] = ids[w0 + s][pos]; h_pos[S] = pos; h_lens[S] = pos + 1;
-                memcpy(h_table + (size_t)S * max_pages, pages + (size_t)s * max_pages, (size_t)ceil_div(pos + 1, KV_PAGE) * sizeof(int));
+                memcpy(h_table + (size_t)S * max_pages, pages + (size_t)s * max_pages,
+                       (size_t)ceil_div(pos + 1, KV_PAGE) * sizeof(int));
                 if (pos == lens[w0 + s] - 1) { h_rows[n_out] = S; owner[n_out] = s; n_out++; }
                 S++;
             }
@@ -2444,20 +2515,30 @@ static void model_next_logprobs(Model *m, const int *const *ids, const int *lens
             cudaCheck(cudaMemcpy(d.pos, h_pos, (size_t)S * sizeof(int), cudaMemcpyHostToDevice));
             cudaCheck(cudaMemcpy(d.lens, h_lens, (size_t)S * sizeof(int), cudaMemcpyHostToDevice));
             cudaCheck(cudaMemcpy(d.table, h_table, (size_t)S * max_pages * sizeof(int), cudaMemcpyHostToDevice));
-            cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)(n_out > 0 ? n_out : 1) * sizeof(int), cudaMemcpyHostToDevice));
+            cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)(n_out > 0 ? n_out : 1) * sizeof(int),
+                                 cudaMemcpyHostToDevice));
             decode_forward(m, &d, &kv, S, n_out);
             if (n_out == 0) continue;
             rows_logprobs_kernel<<<n_out, 256>>>(d_out, d.logits, V, d_cand, n_cand);
             LAUNCH_CHECK();
             cudaCheck(cudaMemcpy(h_out, d_out, (size_t)n_out * n_cand * sizeof(float), cudaMemcpyDeviceToHost));
-            for (int o = 0; o < n_out; o++) memcpy(out + (size_t)(w0 + owner[o]) * n_cand, h_out + (size_t)o * n_cand, n_cand * sizeof(float));
+            for (int o = 0; o < n_out; o++) memcpy(out + (size_t)(w0 + owner[o]) * n_cand, h_out + (size_t)o * n_cand,
+                                                   n_cand * sizeof(float));
         }
         paged_free(&kv);
     }
     decode_bufs_free(&d);
     device_free(d_out, (size_t)W * n_cand * sizeof(float));
     device_free(d_cand, (size_t)n_cand * sizeof(int));
-    free(lead); free(start); free(pages); free(owner); free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table);
+    free(lead);
+    free(start);
+    free(pages);
+    free(owner);
+    free(h_tok);
+    free(h_pos);
+    free(h_lens);
+    free(h_rows);
+    free(h_table);
     free(foll); free(h_out);
 }
 
@@ -2638,7 +2719,8 @@ static int bench_main(int argc, char **argv) {
     printf("device: %s (%d SMs), precision %s, %s\n", prop.name, g_num_sms, PRECISION_NAME,
            m.use_master ? "fp32 master weights"
                         : (sizeof(floatX) == 2 ? "bf16 weights + stochastic rounding" : "fp32 weights"));
-    printf("model: %.1fM params, V=%d C=%d L=%d NH=%d NKV=%d HD=%d I=%d, %s; B=%d T=%d, recompute %d\n", m.num_parameters / 1e6, c->V,
+    printf("model: %.1fM params, V=%d C=%d L=%d NH=%d NKV=%d HD=%d I=%d, %s; B=%d T=%d, recompute %d\n",
+           m.num_parameters / 1e6, c->V,
            c->C, c->L, c->NH, c->NKV, c->HD, c->I, c->tied ? "tied" : "untied", B, T, recompute);
     if (gen) {
         bench_gen(&m, gen_prompts, gen_G, gen_plen, gen_new, gen_temp, bw_gbs, json_path, prop.name, seed);
@@ -2649,7 +2731,12 @@ static int bench_main(int argc, char **argv) {
     int N = B * T;
     int *inputs = (int *)xmalloc((size_t)N * sizeof(int)), *targets = (int *)xmalloc((size_t)N * sizeof(int));
     uint64_t rng = (uint64_t)seed * 0x9E3779B97F4A7C15ull + 7;
-    for (int i = 0; i < N; i++) { rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27; inputs[i] = (int)((rng * 0x2545F4914F6CDD1Dull >> 33) % c->V); }
+    for (int i = 0; i < N; i++) {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        inputs[i] = (int)((rng * 0x2545F4914F6CDD1Dull >> 33) % c->V);
+    }
     for (int i = 0; i < N; i++) targets[i] = (i % T) + 1 < T ? inputs[i + 1] : -1;
     size_t free0, total;
     cudaCheck(cudaMemGetInfo(&free0, &total));
@@ -2683,16 +2770,19 @@ static int bench_main(int argc, char **argv) {
     printf("model TFLOP/s: %.1f, MFU %.1f%% of 989 TFLOP/s\n", tflops, 100 * mfu);
     printf("GPU memory: %.2f GiB allocated by us, %.2f GiB in use on the device at peak (incl. the CUDA context)\n",
            g_device_bytes / 1073741824.0, peak_used / 1073741824.0);
-    printf("loss %.4f -> %.4f; %d matmul calls fell back from cuBLASLt to cublasGemmEx\n", first_loss, loss, g_lt_fallbacks);
+    printf("loss %.4f -> %.4f; %d matmul calls fell back from cuBLASLt to cublasGemmEx\n", first_loss, loss,
+           g_lt_fallbacks);
     if (json_path) {
         FILE *f = fopen(json_path, "a");
         if (!f) FATAL("cannot write %s", json_path);
         fprintf(f, "{\"impl\": \"train_empo_cu\", \"device\": ");
         json_write_str(f, prop.name, strlen(prop.name));
         fprintf(f, ", \"precision\": \"%s\", \"master\": %d, \"recompute\": %d, \"B\": %d, \"T\": %d, \"params\": %zu, "
-                   "\"tokens_per_s\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f, \"mem_allocated_gib\": %.3f, \"mem_device_peak_gib\": %.3f, "
+                   "\"tokens_per_s\": %.1f, \"tflops\": %.2f, \"mfu\": %.4f, \"mem_allocated_gib\": %.3f, "
+                   "\"mem_device_peak_gib\": %.3f, "
                    "\"loss_first\": %.5f, \"loss_last\": %.5f}\n",
-                PRECISION_NAME, m.use_master, recompute, B, T, m.num_parameters, tps, tflops, mfu, g_device_bytes / 1073741824.0,
+                PRECISION_NAME, m.use_master, recompute, B, T, m.num_parameters, tps, tflops, mfu,
+                g_device_bytes / 1073741824.0,
                 peak_used / 1073741824.0, first_loss, loss);
         fclose(f);
     }

@@ -15,7 +15,11 @@ static int cb(const JDoc *d, int root, int line, void *user) {
     p->a[p->n] = strdup(a); p->b[p->n] = strdup(b); p->n++;
     return 0;
 }
-static double now_s(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec; }
+static double now_s(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_MONOTONIC, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 int main(int argc, char **argv) {
     if (argc < 3) { fprintf(stderr, "usage: %s FIXTURE N\n", argv[0]); return 1; }

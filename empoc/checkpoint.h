@@ -69,7 +69,8 @@ static inline size_t count_params(const ModelConfig *c) {
 static inline const char *cfg_invalid(const ModelConfig *c) {
     if (c->V <= 0 || c->C <= 0 || c->L <= 0 || c->NH <= 0 || c->NKV <= 0 || c->HD <= 0 || c->I <= 0 || c->maxT <= 0)
         return "a size is zero or negative";
-    if (c->V > (1 << 22) || c->C > (1 << 16) || c->L > 1024 || c->NH > 1024 || c->HD > 1024 || c->I > (1 << 18) || c->maxT > (1 << 22))
+    if (c->V > (1 << 22) || c->C > (1 << 16) || c->L > 1024 || c->NH > 1024 || c->HD > 1024 || c->I > (1 << 18)
+        || c->maxT > (1 << 22))
         return "a size is implausibly large";
     if (c->NH % c->NKV != 0) return "n_heads is not a multiple of n_kv_heads";
     if (c->HD % 2 != 0) return "head_dim must be even (rotary embedding)";
@@ -170,28 +171,53 @@ static inline int ckpt_load(const char *path, Checkpoint *ck, char *err, size_t 
     long long fsize = ftell(f);
     rewind(f);
     if (fsize < (long long)sizeof h || fread(h, sizeof h, 1, f) != 1) {
-        fclose(f); util_err(err, errcap, path, "too short for a checkpoint header (truncated or not a checkpoint)"); return -1;
+        fclose(f);
+        util_err(err, errcap, path, "too short for a checkpoint header (truncated or not a checkpoint)");
+        return -1;
     }
-    if ((uint32_t)h[0] != CKPT_MAGIC) { fclose(f); util_err(err, errcap, path, "bad magic: not an empo.c checkpoint"); return -1; }
+    if ((uint32_t)h[0] != CKPT_MAGIC) {
+        fclose(f);
+        util_err(err, errcap, path, "bad magic: not an empo.c checkpoint");
+        return -1;
+    }
     if (h[1] != CKPT_VERSION) {
-        char m[96]; snprintf(m, sizeof m, "unsupported checkpoint version %d (this build reads %d)", h[1], CKPT_VERSION);
+        char m[96];
+        snprintf(m, sizeof m, "unsupported checkpoint version %d (this build reads %d)", h[1], CKPT_VERSION);
         fclose(f); util_err(err, errcap, path, m); return -1;
     }
-    if (h[2] != CKPT_DTYPE_FP32 && h[2] != CKPT_DTYPE_BF16) { fclose(f); util_err(err, errcap, path, "unknown weight dtype"); return -1; }
+    if (h[2] != CKPT_DTYPE_FP32 && h[2] != CKPT_DTYPE_BF16) {
+        fclose(f);
+        util_err(err, errcap, path, "unknown weight dtype");
+        return -1;
+    }
     ModelConfig *c = &ck->cfg;
     c->V = h[3]; c->C = h[4]; c->L = h[5]; c->NH = h[6]; c->NKV = h[7]; c->I = h[8]; c->maxT = h[9];
     c->tied = h[10]; c->qkv_bias = h[11];
     memcpy(&c->rope_theta, &h[12], 4); memcpy(&c->rms_eps, &h[13], 4);
     c->HD = h[14];
     const char *bad = cfg_invalid(c);
-    if (bad) { fclose(f); char m[128]; snprintf(m, sizeof m, "bad config in header: %s", bad); util_err(err, errcap, path, m); return -1; }
+    if (bad) {
+        fclose(f);
+        char m[128];
+        snprintf(m, sizeof m, "bad config in header: %s", bad);
+        util_err(err, errcap, path, m);
+        return -1;
+    }
     ck->dtype = h[2];
     ck->tok_bytes = (size_t)(uint32_t)h[15];
     ck->n_eos = h[16];
-    if (ck->n_eos < 0 || ck->n_eos > CKPT_MAX_EOS) { fclose(f); util_err(err, errcap, path, "bad EOS count in header"); return -1; }
+    if (ck->n_eos < 0 || ck->n_eos > CKPT_MAX_EOS) {
+        fclose(f);
+        util_err(err, errcap, path, "bad EOS count in header");
+        return -1;
+    }
     for (int i = 0; i < ck->n_eos; i++) {
         ck->eos[i] = h[17 + i];
-        if (ck->eos[i] < 0 || ck->eos[i] >= c->V) { fclose(f); util_err(err, errcap, path, "EOS id out of vocab range"); return -1; }
+        if (ck->eos[i] < 0 || ck->eos[i] >= c->V) {
+            fclose(f);
+            util_err(err, errcap, path, "EOS id out of vocab range");
+            return -1;
+        }
     }
     ck->num_params = count_params(c);
     size_t el = ck->dtype == CKPT_DTYPE_BF16 ? 2 : 4;

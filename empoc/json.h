@@ -229,10 +229,16 @@ static inline int json_type(const JDoc *d, int i) { return i < 0 ? -1 : d->nodes
 static inline int json_first(const JDoc *d, int i) { return i < 0 ? -1 : d->nodes[i].first; }
 static inline int json_next(const JDoc *d, int i) { return i < 0 ? -1 : d->nodes[i].next; }
 static inline int json_len(const JDoc *d, int i) { return i < 0 ? 0 : d->nodes[i].n; }
-static inline const char *json_key(const JDoc *d, int i) { return (i < 0 || d->nodes[i].key < 0) ? "" : d->strbuf + d->nodes[i].key; }
+static inline const char *json_key(const JDoc *d, int i) {
+    return (i < 0 || d->nodes[i].key < 0) ? "" : d->strbuf + d->nodes[i].key;
+}
 // String value (NUL-terminated; may hold NULs, see json_len) or NULL if i is not a string.
-static inline const char *json_str(const JDoc *d, int i) { return json_type(d, i) == J_STR ? d->strbuf + d->nodes[i].str : NULL; }
-static inline double json_num(const JDoc *d, int i, double dflt) { return json_type(d, i) == J_NUM ? d->nodes[i].num : dflt; }
+static inline const char *json_str(const JDoc *d, int i) {
+    return json_type(d, i) == J_STR ? d->strbuf + d->nodes[i].str : NULL;
+}
+static inline double json_num(const JDoc *d, int i, double dflt) {
+    return json_type(d, i) == J_NUM ? d->nodes[i].num : dflt;
+}
 static inline int json_bool(const JDoc *d, int i, int dflt) {
     int t = json_type(d, i); return t == J_TRUE ? 1 : t == J_FALSE ? 0 : dflt;
 }

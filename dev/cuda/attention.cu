@@ -15,7 +15,8 @@
 #include "common.h"
 
 // ---- v1
-__global__ void attention_forward_v1(floatX *out, float *lse, const floatX *qkv, int B, int T, int NH, int NKV, int HD, float scale) {
+__global__ void attention_forward_v1(floatX *out, float *lse, const floatX *qkv, int B, int T, int NH, int NKV, int HD,
+                                     float scale) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;   // (b, h, t)
     if (idx >= B * NH * T) return;
     int t = idx % T, h = (idx / T) % NH, b = idx / (T * NH), hk = h / (NH / NKV), QKV = (NH + 2 * NKV) * HD;
@@ -47,12 +48,14 @@ __global__ void attention_forward_v1(floatX *out, float *lse, const floatX *qkv,
     lse[((size_t)b * NH + h) * T + t] = L;
 }
 // dq directly; dk, dv (B, T, NKV, HD) fp32 by atomics, converted into dqkv afterwards
-__global__ void attention_backward_v1(floatX *dqkv, float *dk, float *dv, const floatX *dout, const floatX *qkv, const float *lse,
+__global__ void attention_backward_v1(floatX *dqkv, float *dk, float *dv, const floatX *dout, const floatX *qkv,
+                                      const float *lse,
                                       const float *D, int B, int T, int NH, int NKV, int HD, float scale) {
     int idx = blockIdx.x * blockDim.x + threadIdx.x;
     if (idx >= B * NH * T) return;
     int t = idx % T, h = (idx / T) % NH, b = idx / (T * NH), hk = h / (NH / NKV), QKV = (NH + 2 * NKV) * HD;
-    const floatX *q = qkv + ((size_t)b * T + t) * QKV + (size_t)h * HD, *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
+    const floatX *q = qkv + ((size_t)b * T + t) * QKV + (size_t)h * HD,
+    *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
     float L = lse[((size_t)b * NH + h) * T + t], Dt = D[((size_t)b * NH + h) * T + t];
     for (int d0 = 0; d0 < HD; d0 += 32) {
         float dq[32];
@@ -69,7 +72,8 @@ __global__ void attention_backward_v1(floatX *dqkv, float *dk, float *dv, const 
                 atomicAdd(&dvj[d0 + e], p * tof(g[d0 + e]));
             }
         }
-        for (int e = 0; e < 32 && d0 + e < HD; e++) dqkv[((size_t)b * T + t) * QKV + (size_t)h * HD + d0 + e] = fx(dq[e]);
+        for (int e = 0; e < 32
+             && d0 + e < HD; e++) dqkv[((size_t)b * T + t) * QKV + (size_t)h * HD + d0 + e] = fx(dq[e]);
     }
 }
 __global__ void kv_to_dqkv(floatX *dqkv, const float *dk, const float *dv, int N, int NH, int NKV, int HD) {
@@ -89,12 +93,18 @@ static void run(int version, int backward, Bufs *s) {
     float scale = 1.0f / sqrtf((float)s->HD);
     int rows = s->B * s->NH * s->T;
     if (version == 1) {
-        if (!backward) { attention_forward_v1<<<ceil_div(rows, 128), 128>>>(s->out, s->lse, s->qkv, s->B, s->T, s->NH, s->NKV, s->HD, scale); LAUNCH_CHECK(); return; }
+        if (!backward) {
+            attention_forward_v1<<<ceil_div(rows, 128), 128>>>(s->out, s->lse, s->qkv, s->B, s->T, s->NH, s->NKV,
+                                                               s->HD, scale);
+            LAUNCH_CHECK();
+            return;
+        }
         size_t nkv = (size_t)s->B * s->T * s->NKV * s->HD;
         cudaCheck(cudaMemset(s->dk, 0, nkv * sizeof(float)));
         cudaCheck(cudaMemset(s->dv, 0, nkv * sizeof(float)));
         attention_rowdot_kernel<<<ceil_div(rows, 8), 256>>>(s->D, s->dout, s->out, s->B, s->T, s->NH, s->HD);
-        attention_backward_v1<<<ceil_div(rows, 128), 128>>>(s->dqkv, s->dk, s->dv, s->dout, s->qkv, s->lse, s->D, s->B, s->T, s->NH, s->NKV, s->HD, scale);
+        attention_backward_v1<<<ceil_div(rows, 128), 128>>>(s->dqkv, s->dk, s->dv, s->dout, s->qkv, s->lse, s->D, s->B,
+                                                            s->T, s->NH, s->NKV, s->HD, scale);
         kv_to_dqkv<<<ceil_div((long)nkv, 256), 256>>>(s->dqkv, s->dk, s->dv, s->B * s->T, s->NH, s->NKV, s->HD);
         LAUNCH_CHECK();
         return;
@@ -122,15 +132,18 @@ static void free_bufs(Bufs *s) {
 }
 
 // CPU reference in double: out (B, T, NH*HD), dqkv (B, T, QKV)
-static void reference(float *out, float *dqkv, const float *qkv, const float *dout, int B, int T, int NH, int NKV, int HD) {
+static void reference(float *out, float *dqkv, const float *qkv, const float *dout, int B, int T, int NH, int NKV,
+                      int HD) {
     int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
-    double scale = 1.0 / sqrt((double)HD), *p = (double *)xmalloc(T * sizeof(double)), *dp = (double *)xmalloc(T * sizeof(double));
+    double scale = 1.0 / sqrt((double)HD), *p = (double *)xmalloc(T * sizeof(double)),
+    *dp = (double *)xmalloc(T * sizeof(double));
     double *acc = (double *)calloc((size_t)B * T * QKV, sizeof(double));
     for (int b = 0; b < B; b++)
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 int hk = h / rep;
-                const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)h * HD, *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
+                const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)h * HD,
+                *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
                 double mx = -1e300, sum = 0.0, Dt = 0.0;
                 for (int j = 0; j <= t; j++) {
                     const float *k = qkv + ((size_t)b * T + j) * QKV + (size_t)(NH + hk) * HD;
@@ -142,7 +155,8 @@ static void reference(float *out, float *dqkv, const float *qkv, const float *do
                 float *o = out + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
                 for (int d = 0; d < HD; d++) {
                     double a = 0.0;
-                    for (int j = 0; j <= t; j++) a += p[j] / sum * qkv[((size_t)b * T + j) * QKV + (size_t)(NH + NKV + hk) * HD + d];
+                    for (int j = 0; j <= t; j++)
+                        a += p[j] / sum * qkv[((size_t)b * T + j) * QKV + (size_t)(NH + NKV + hk) * HD + d];
                     o[d] = (float)a;
                 }
                 for (int j = 0; j <= t; j++) {
@@ -185,7 +199,8 @@ int main(int argc, char **argv) {
             cudaCheck(cudaDeviceSynchronize());
             dev_download_x(go, s.out, N * NHD);
             dev_download_x(gd, s.dqkv, N * QKV);
-            printf("v%d at B=%d T=%d: out rel err %.2e, dqkv rel err %.2e\n", v, s.B, s.T, dev_rel_err(go, ro, N * NHD), dev_rel_err(gd, rd, N * QKV));
+            printf("v%d at B=%d T=%d: out rel err %.2e, dqkv rel err %.2e\n", v, s.B, s.T,
+                   dev_rel_err(go, ro, N * NHD), dev_rel_err(gd, rd, N * QKV));
         }
         free_bufs(&s); free(qkv); free(dout); free(ro); free(rd); free(go); free(gd);
     }
@@ -202,7 +217,8 @@ int main(int argc, char **argv) {
         int reps = v == 1 ? 2 : 20;
         float f = dev_time_ms(reps, [&] { run(v, 0, &s); });
         float bw = dev_time_ms(reps, [&] { run(v, 1, &s); });
-        printf("v%d B=%d T=%d NH=%d NKV=%d HD=%d: forward %.3f ms (%.1f TFLOP/s), backward %.3f ms (%.1f TFLOP/s); x%d layers = %.1f ms per step\n", v, B, T, NH,
+        printf("v%d B=%d T=%d NH=%d NKV=%d HD=%d: forward %.3f ms (%.1f TFLOP/s), backward %.3f ms (%.1f TFLOP/s); "
+               "x%d layers = %.1f ms per step\n", v, B, T, NH,
                NKV, HD, f, fwd_flops / f / 1e9, bw, 2.5 * fwd_flops / bw / 1e9, 28, 28 * (f + bw));
     }
     free_bufs(&s); free(qkv); free(dout);

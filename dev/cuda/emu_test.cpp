@@ -1,5 +1,6 @@
 // emu_test.cpp: train_empo.cu and test_empo_cu.cu, run on the CPU by a small CUDA emulator,
-// in fp32 (or bf16 with -DEMU_BF16): first each kernel against plain reference code, then the whole of test_empo_cu (the
+// in fp32 (or bf16 with -DEMU_BF16): first each kernel against plain reference code, then the whole of test_empo_cu
+// (the
 // PyTorch fixtures: logits, loss, every gradient, 10 AdamW steps; recomputation; attention at
 // HD=128). See dev/cuda/emulate.py for how the sources get here: unchanged apart from the launch
 // syntax and the GEMM, which is a plain column-major loop written from the BLAS definition.
@@ -75,15 +76,31 @@ static const char *cudaGetErrorString(cudaError_t) { return "emulated error"; }
 static cudaError_t cudaGetLastError(void) { return cudaSuccess; }
 static cudaError_t cudaSetDevice(int) { return cudaSuccess; }
 static cudaError_t cudaGetDeviceCount(int *n) { *n = 1; return cudaSuccess; }
-static cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) { snprintf(p->name, sizeof p->name, "CPU emulator"); p->multiProcessorCount = 3; return cudaSuccess; }
-static cudaError_t cudaMalloc(void **p, size_t n) { *p = malloc(n); if (*p) memset(*p, 0xff, n); return *p ? cudaSuccess : 2; }
+static cudaError_t cudaGetDeviceProperties(cudaDeviceProp *p, int) {
+    snprintf(p->name, sizeof p->name, "CPU emulator");
+    p->multiProcessorCount = 3;
+    return cudaSuccess;
+}
+static cudaError_t cudaMalloc(void **p, size_t n) {
+    *p = malloc(n);
+    if (*p) memset(*p, 0xff, n);
+    return *p ? cudaSuccess : 2;
+}
 static cudaError_t cudaFree(void *p) { free(p); return cudaSuccess; }
-static cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) { memmove(d, s, n); return cudaSuccess; }
+static cudaError_t cudaMemcpy(void *d, const void *s, size_t n, cudaMemcpyKind) {
+    memmove(d, s, n);
+    return cudaSuccess;
+}
 static cudaError_t cudaMemset(void *d, int v, size_t n) { memset(d, v, n); return cudaSuccess; }
-static cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot) { *fr = (size_t)1 << 34; *tot = (size_t)1 << 35; return cudaSuccess; }
+static cudaError_t cudaMemGetInfo(size_t *fr, size_t *tot) {
+    *fr = (size_t)1 << 34;
+    *tot = (size_t)1 << 35;
+    return cudaSuccess;
+}
 static cudaError_t cudaDeviceSynchronize(void) { return cudaSuccess; }
 enum cudaDeviceAttr { cudaDevAttrMaxSharedMemoryPerBlockOptin };
-static cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr, int) { *v = 227 << 10; return cudaSuccess; }   // H100's
+static cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr,
+                                          int) { *v = 227 << 10; return cudaSuccess; }   // H100's
 template <typename F> static cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
 static cublasStatus_t cublasCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
 static cublasStatus_t cublasLtCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
@@ -92,7 +109,8 @@ static cublasStatus_t cublasLtCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
 // definition: op(A)[i, p] = transA ? A[p + i*lda] : A[i + p*lda], likewise B. Accumulates in
 // double, rounds once into D's type (fp32, or X: what cuBLAS does with an fp32 compute type).
 template <typename X>
-static void emu_gemm(void *Dv, cudaDataType_t d_type, int ldd, const X *A, int transA, int lda, const X *B, int transB, int ldb, int m,
+static void emu_gemm(void *Dv, cudaDataType_t d_type, int ldd, const X *A, int transA, int lda, const X *B, int transB,
+                     int ldb, int m,
                      int n, int k, float beta, const X *bias) {
     for (int j = 0; j < n; j++)
         for (int i = 0; i < m; i++) {
@@ -106,7 +124,8 @@ static void emu_gemm(void *Dv, cudaDataType_t d_type, int ldd, const X *A, int t
                 *d = (float)(s + (beta != 0.0f ? beta * *d : 0.0f) + (bias ? emu_tof(bias[i]) : 0.0f));
             } else {
                 X *d = (X *)Dv + at;
-                emu_store(d, (float)(s + (beta != 0.0f ? beta * emu_tof(*d) : 0.0f) + (bias ? emu_tof(bias[i]) : 0.0f)));
+                emu_store(d,
+                          (float)(s + (beta != 0.0f ? beta * emu_tof(*d) : 0.0f) + (bias ? emu_tof(bias[i]) : 0.0f)));
             }
         }
 }
@@ -209,7 +228,8 @@ static void emu_launch(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
     }
     for (size_t ib = 0; ib < nblocks; ib++) {
         size_t b = g_shuffle ? order[ib] : ib;
-        unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y), bz = (unsigned)(b / ((size_t)grid.x * grid.y));
+        unsigned bx = (unsigned)(b % grid.x), by = (unsigned)(b / grid.x % grid.y),
+        bz = (unsigned)(b / ((size_t)grid.x * grid.y));
         blockIdx = dim3(bx, by, bz);
         memset(emu_smem_buf, 0xff, smem);   // NaN
         g_blocks_run++;
@@ -301,8 +321,10 @@ static void emu_snapshot(EmuSnap &o) {
     for (auto &x : q) x = random_f32(&rng) * 4.0f - 2.0f;
     for (auto &x : g) x = random_f32(&rng) - 0.5f;
     floatX *dq = upload_x(q.data(), nq), *dg = upload_x(g.data(), no);
-    floatX *dout = (floatX *)device_alloc(no * sizeof(floatX), "emu"), *ddq = (floatX *)device_alloc(nq * sizeof(floatX), "emu");
-    float *lse = (float *)device_alloc((size_t)B * NH * T * 4, "emu"), *D = (float *)device_alloc((size_t)B * NH * T * 4, "emu");
+    floatX *dout = (floatX *)device_alloc(no * sizeof(floatX),
+                                          "emu"), *ddq = (floatX *)device_alloc(nq * sizeof(floatX), "emu");
+    float *lse = (float *)device_alloc((size_t)B * NH * T * 4,
+                                       "emu"), *D = (float *)device_alloc((size_t)B * NH * T * 4, "emu");
     attention_forward(dout, lse, dq, B, T, NH, NKV, HD);
     attention_backward(ddq, D, dg, dout, dq, lse, B, T, NH, NKV, HD);
     o.att_out.resize(no); o.att_dqkv.resize(nq);
@@ -319,7 +341,10 @@ static void emu_snapshot(EmuSnap &o) {
     generate(&m, prompts, plen, 2, 5, &sc, &gen, 0);
     for (int j = 0; j < gen.n; j++) {
         o.gen_tok.push_back(gen.len[j]);
-        for (int t = 0; t < gen.len[j]; t++) { o.gen_tok.push_back(gen.tokens[j][t]); o.gen_lp.push_back(gen.logprobs[j][t]); }
+        for (int t = 0; t < gen.len[j]; t++) {
+            o.gen_tok.push_back(gen.tokens[j][t]);
+            o.gen_lp.push_back(gen.logprobs[j][t]);
+        }
     }
     generation_free(&gen);
     int cand[2] = {3, 17};
@@ -346,14 +371,18 @@ static void emu_shuffle_checks(uint64_t seed) {
         if (!a.sizes[i]) continue;
         std::vector<float> x(a.grads.begin() + off[i], a.grads.begin() + off[i] + a.sizes[i]);
         std::vector<float> y(b.grads.begin() + off[i], b.grads.begin() + off[i] + a.sizes[i]);
-        if (i == P_WTE || i == P_LN1W || i == P_LN2W || i == P_LNFW) atomic_err = fmaxf(atomic_err, rel_err(y.data(), x.data(), x.size(), NULL));
+        if (i == P_WTE || i == P_LN1W || i == P_LN2W || i == P_LNFW) atomic_err = fmaxf(atomic_err,
+                rel_err(y.data(), x.data(), x.size(), NULL));
         else bitwise &= emu_same_bits(x, y);
     }
-    check(emu_same_bits(a.logp, b.logp) && bitwise && atomic_err < 1e-5f, "shuffled: model forward (log-probs) and backward "
+    check(emu_same_bits(a.logp, b.logp) && bitwise && atomic_err < 1e-5f,
+          "shuffled: model forward (log-probs) and backward "
           "(every gradient without atomics) bitwise; the atomics' gradients within %.1e", atomic_err);
-    check(emu_same_bits(a.att_out, b.att_out) && emu_same_bits(a.att_dqkv, b.att_dqkv), "shuffled: flash attention forward "
+    check(emu_same_bits(a.att_out, b.att_out) && emu_same_bits(a.att_dqkv, b.att_dqkv),
+          "shuffled: flash attention forward "
           "and backward bitwise");
-    check(a.gen_tok == b.gen_tok && emu_same_bits(a.gen_lp, b.gen_lp) && emu_same_bits(a.judge, b.judge), "shuffled: generation "
+    check(a.gen_tok == b.gen_tok && emu_same_bits(a.gen_lp, b.gen_lp) && emu_same_bits(a.judge, b.judge),
+          "shuffled: generation "
           "(prefill, paged decode, sampler) and the judge's scores bitwise (%zu tokens)", a.gen_lp.size());
     printf("(in order %.1f s, shuffled %.1f s)\n", a.seconds, b.seconds);
 }
@@ -394,7 +423,8 @@ static void emu_attention(int B, int T, int NH, int NKV, int HD) {
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 int hk = h / rep;
-                const float *q = &qkv[((size_t)b * T + t) * QKV + (size_t)h * HD], *g = &dout[((size_t)b * T + t) * NH * HD + (size_t)h * HD];
+                const float *q = &qkv[((size_t)b * T + t) * QKV + (size_t)h * HD],
+                            *g = &dout[((size_t)b * T + t) * NH * HD + (size_t)h * HD];
                 double mx = -1e300, sum = 0.0, Dt = 0.0;
                 for (int j = 0; j <= t; j++) {
                     const float *k = &qkv[((size_t)b * T + j) * QKV + (size_t)(NH + hk) * HD];
@@ -423,23 +453,33 @@ static void emu_attention(int B, int T, int NH, int NKV, int HD) {
                     for (int d = 0; d < HD; d++) { dq[d] += ds * k[d]; dk[d] += ds * q[d]; dv[d] += p[j] * g[d]; }
                 }
             }
-    double eo = rel_err_dd(out.data(), rout.data(), no), el = rel_err_dd(lse.data(), rlse.data(), nl), eg = rel_err_dd(dqkv.data(), rd.data(), nq);
-    check(eo < 1e-5 && el < 1e-5 && eg < 1e-5, "attention B=%d T=%d NH=%d NKV=%d HD=%d (DPL %d): out %.1e, lse %.1e, dqkv %.1e", B, T, NH, NKV, HD,
+    double eo = rel_err_dd(out.data(), rout.data(), no), el = rel_err_dd(lse.data(), rlse.data(),
+                                                                         nl), eg = rel_err_dd(dqkv.data(), rd.data(),
+                                                                                 nq);
+    check(eo < 1e-5 && el < 1e-5 && eg < 1e-5,
+          "attention B=%d T=%d NH=%d NKV=%d HD=%d (DPL %d): out %.1e, lse %.1e, dqkv %.1e", B, T, NH, NKV, HD,
           att_dpl(HD), eo, el, eg);
 }
 
 static void test_rmsnorm(int N, int C) {
     float eps = 1e-6f;
-    std::vector<float> x = rand_vec((size_t)N * C, 1.0f), add = rand_vec((size_t)N * C, 1.0f), w = rand_vec(C, 1.0f), g = rand_vec((size_t)N * C, 1.0f);
+    std::vector<float> x = rand_vec((size_t)N * C, 1.0f), add = rand_vec((size_t)N * C, 1.0f), w = rand_vec(C,
+            1.0f), g = rand_vec((size_t)N * C, 1.0f);
     std::vector<float> out((size_t)N * C), rsum((size_t)N * C), rstd(N), dx((size_t)N * C, 0.5f), dw(C, 0.25f);
     residual_rmsnorm_forward(rsum.data(), out.data(), rstd.data(), x.data(), add.data(), w.data(), N, C, eps);
     rmsnorm_backward(dx.data(), dw.data(), g.data(), rsum.data(), w.data(), rstd.data(), N, C);
     std::vector<double> ro((size_t)N * C), rs((size_t)N * C), rdx((size_t)N * C), rdw(C, 0.25);
     for (int n = 0; n < N; n++) {
         double ss = 0.0;
-        for (int c = 0; c < C; c++) { rs[(size_t)n * C + c] = (double)x[(size_t)n * C + c] + add[(size_t)n * C + c]; ss += rs[(size_t)n * C + c] * rs[(size_t)n * C + c]; }
+        for (int c = 0; c < C; c++) {
+            rs[(size_t)n * C + c] = (double)x[(size_t)n * C + c] + add[(size_t)n * C + c];
+            ss += rs[(size_t)n * C + c] * rs[(size_t)n * C + c];
+        }
         double r = 1.0 / sqrt(ss / C + eps), dot = 0.0;
-        for (int c = 0; c < C; c++) { ro[(size_t)n * C + c] = rs[(size_t)n * C + c] * r * w[c]; dot += w[c] * g[(size_t)n * C + c] * rs[(size_t)n * C + c] * r; }
+        for (int c = 0; c < C; c++) {
+            ro[(size_t)n * C + c] = rs[(size_t)n * C + c] * r * w[c];
+            dot += w[c] * g[(size_t)n * C + c] * rs[(size_t)n * C + c] * r;
+        }
         dot /= C;
         for (int c = 0; c < C; c++) {
             double xh = rs[(size_t)n * C + c] * r;
@@ -449,7 +489,8 @@ static void test_rmsnorm(int N, int C) {
     }
     double e1 = rel_err_dd(out.data(), ro.data(), out.size()), e2 = rel_err_dd(rsum.data(), rs.data(), rs.size());
     double e3 = rel_err_dd(dx.data(), rdx.data(), dx.size()), e4 = rel_err_dd(dw.data(), rdw.data(), C);
-    check(e1 < 1e-5 && e2 < 1e-6 && e3 < 1e-5 && e4 < 1e-5, "residual + rmsnorm N=%d C=%d: out %.1e, resid %.1e, dx %.1e, dw %.1e", N, C, e1, e2, e3, e4);
+    check(e1 < 1e-5 && e2 < 1e-6 && e3 < 1e-5 && e4 < 1e-5,
+          "residual + rmsnorm N=%d C=%d: out %.1e, resid %.1e, dx %.1e, dw %.1e", N, C, e1, e2, e3, e4);
 }
 
 static void test_logsoftmax(int N, int V) {
@@ -467,17 +508,25 @@ static void test_logsoftmax(int N, int V) {
         rl[n] = mx + log(s);
         rp[n] = tg[n] >= 0 ? x0[(size_t)n * V + tg[n]] - rl[n] : 0.0;
         double gg = tg[n] >= 0 ? dlogp[n] : 0.0;
-        for (int v = 0; v < V; v++) rg[(size_t)n * V + v] = -gg * exp(x0[(size_t)n * V + v] - rl[n]) + (v == tg[n] ? gg : 0.0);
+        for (int v = 0; v < V; v++) rg[(size_t)n * V + v] = -gg * exp(x0[(size_t)n * V + v] - rl[n]) + (v == tg[n]
+            ? gg : 0.0);
     }
-    double e1 = rel_err_dd(lse.data(), rl.data(), N), e2 = rel_err_dd(logp.data(), rp.data(), N), e3 = rel_err_dd(x.data(), rg.data(), rg.size());
-    check(e1 < 1e-6 && e2 < 1e-5 && e3 < 1e-5, "log-softmax N=%d V=%d: lse %.1e, logp %.1e, dlogits %.1e", N, V, e1, e2, e3);
+    double e1 = rel_err_dd(lse.data(), rl.data(), N), e2 = rel_err_dd(logp.data(), rp.data(),
+                                                                      N), e3 = rel_err_dd(x.data(), rg.data(),
+                                                                              rg.size());
+    check(e1 < 1e-6 && e2 < 1e-5 && e3 < 1e-5, "log-softmax N=%d V=%d: lse %.1e, logp %.1e, dlogits %.1e", N, V, e1,
+          e2, e3);
 }
 
 static void test_rope_swiglu_bias(void) {
     int B = 2, T = 9, NH = 3, NKV = 1, HD = 8, N = B * T, QKV = (NH + 2 * NKV) * HD, h = HD / 2;
     std::vector<float> cs((size_t)T * h), sn((size_t)T * h);
     for (int t = 0; t < T; t++)
-        for (int i = 0; i < h; i++) { float a = t * powf(10000.0f, -2.0f * i / HD); cs[(size_t)t * h + i] = cosf(a); sn[(size_t)t * h + i] = sinf(a); }
+        for (int i = 0; i < h; i++) {
+            float a = t * powf(10000.0f, -2.0f * i / HD);
+            cs[(size_t)t * h + i] = cosf(a);
+            sn[(size_t)t * h + i] = sinf(a);
+        }
     std::vector<float> x = rand_vec((size_t)N * QKV, 1.0f), y = x;
     rope_forward(y.data(), cs.data(), sn.data(), NULL, N, T, NH, NKV, HD);
     std::vector<double> r((size_t)N * QKV);
@@ -486,7 +535,8 @@ static void test_rope_swiglu_bias(void) {
             int head = j / HD, i = j % HD, t = n % T;
             const float *v = &x[(size_t)n * QKV + (size_t)head * HD];
             double c = cs[(size_t)t * h + i % h], s = sn[(size_t)t * h + i % h];
-            r[(size_t)n * QKV + j] = head >= NH + NKV ? v[i] : i < h ? v[i] * c - v[i + h] * s : v[i] * c + v[i - h] * s;
+            r[(size_t)n * QKV + j] = head >= NH + NKV ? v[i] : i < h ? v[i] * c - v[i + h] * s
+                : v[i] * c + v[i - h] * s;
         }
     double e1 = rel_err_dd(y.data(), r.data(), r.size());
     rope_backward(y.data(), cs.data(), sn.data(), N, T, NH, NKV, HD);
@@ -495,7 +545,8 @@ static void test_rope_swiglu_bias(void) {
     check(e1 < 1e-6 && e2 < 1e-6, "rope: forward %.1e, backward undoes it %.1e (v untouched)", e1, e2);
 
     int I = 37;
-    std::vector<float> fch = rand_vec((size_t)N * 2 * I, 3.0f), o((size_t)N * I), d = rand_vec((size_t)N * I, 1.0f), dfch((size_t)N * 2 * I);
+    std::vector<float> fch = rand_vec((size_t)N * 2 * I, 3.0f), o((size_t)N * I), d = rand_vec((size_t)N * I,
+            1.0f), dfch((size_t)N * 2 * I);
     swiglu_forward(o.data(), fch.data(), N, I);
     swiglu_backward(dfch.data(), d.data(), fch.data(), N, I);
     std::vector<double> ro((size_t)N * I), rd((size_t)N * 2 * I);
@@ -520,12 +571,17 @@ static void test_rope_swiglu_bias(void) {
     int V = 11, C = 13;
     std::vector<int> tok(N);
     for (int n = 0; n < N; n++) tok[n] = (n * 5) % V;
-    std::vector<float> wte = rand_vec((size_t)V * C, 1.0f), e((size_t)N * C), de = rand_vec((size_t)N * C, 1.0f), dwte((size_t)V * C, 0.0f);
+    std::vector<float> wte = rand_vec((size_t)V * C, 1.0f), e((size_t)N * C), de = rand_vec((size_t)N * C,
+            1.0f), dwte((size_t)V * C, 0.0f);
     embedding_forward(e.data(), tok.data(), wte.data(), N, C);
     embedding_backward(dwte.data(), de.data(), tok.data(), N, C);
     std::vector<double> re((size_t)N * C), rdw((size_t)V * C, 0.0);
-    for (int n = 0; n < N; n++) for (int c = 0; c < C; c++) { re[(size_t)n * C + c] = wte[(size_t)tok[n] * C + c]; rdw[(size_t)tok[n] * C + c] += de[(size_t)n * C + c]; }
-    check(rel_err_dd(e.data(), re.data(), re.size()) == 0 && rel_err_dd(dwte.data(), rdw.data(), rdw.size()) < 1e-6, "embedding forward and backward (repeated tokens)");
+    for (int n = 0; n < N; n++) for (int c = 0; c < C; c++) {
+        re[(size_t)n * C + c] = wte[(size_t)tok[n] * C + c];
+        rdw[(size_t)tok[n] * C + c] += de[(size_t)n * C + c];
+    }
+    check(rel_err_dd(e.data(), re.data(), re.size()) == 0 && rel_err_dd(dwte.data(), rdw.data(), rdw.size()) < 1e-6,
+          "embedding forward and backward (repeated tokens)");
 }
 
 static void test_adamw(void) {
@@ -540,7 +596,8 @@ static void test_adamw(void) {
     float lr = 1e-2f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 1.0f;
     for (int step = 1; step <= 3; step++) {
         double bc1 = 1.0 - pow(b1, step), bc2 = 1.0 - pow(b2, step);
-        emu_launch(adamw_kernel, 4, 256, 0, p.data(), (float *)NULL, g.data(), m.data(), v.data(), n, lr, b1, b2, eps, wd, (float)(lr / bc1),
+        emu_launch(adamw_kernel, 4, 256, 0, p.data(), (float *)NULL, g.data(), m.data(), v.data(), n, lr, b1, b2, eps,
+                   wd, (float)(lr / bc1),
                    (float)sqrt(bc2), part.data() + NORM_BLOCKS, clip, (uint64_t)step);
         double sc = std::min(1.0, clip / (norm + 1e-6));
         for (size_t i = 0; i < n; i++) {
@@ -551,7 +608,8 @@ static void test_adamw(void) {
         }
     }
     double en = fabs(part[NORM_BLOCKS] - norm) / norm, ep = rel_err_dd(p.data(), rp.data(), n);
-    check(en < 1e-6 && ep < 1e-5, "grad norm %.1e and 3 clipped AdamW steps %.1e against torch's formula in double", en, ep);
+    check(en < 1e-6 && ep < 1e-5, "grad norm %.1e and 3 clipped AdamW steps %.1e against torch's formula in double",
+          en, ep);
 }
 
 #endif

@@ -22,7 +22,10 @@ int main(void) {
     model_zero_grad(&m);   // the head's backward accumulates into dlmw (gradients are allocated on first use)
     int B = 8, T = 1024, N = B * T, V = c.V, C = c.C;
     int *in = (int *)xmalloc((size_t)N * sizeof(int)), *tg = (int *)xmalloc((size_t)N * sizeof(int));
-    for (int i = 0; i < N; i++) { in[i] = (int)((i * 2654435761u) % V); tg[i] = (i % T) + 1 < T ? (int)(((i + 1) * 2654435761u) % V) : -1; }
+    for (int i = 0; i < N; i++) {
+        in[i] = (int)((i * 2654435761u) % V);
+        tg[i] = (i % T) + 1 < T ? (int)(((i + 1) * 2654435761u) % V) : -1;
+    }
     int sizes[] = {128, 512, 883, 2048, 8192};
     for (int si = 0; si < 5; si++) {
         m.head_rows = sizes[si];
@@ -30,16 +33,23 @@ int main(void) {
         int hr = m.head_rows_used;
         size_t fr0, tot;
         cudaCheck(cudaMemGetInfo(&fr0, &tot));
-        float fwd = dev_time_ms(3, [&] { for (int r0 = 0; r0 < N; r0 += hr) lm_head_chunk(&m, r0, N - r0 < hr ? N - r0 : hr, 0); });
-        float bwd = dev_time_ms(3, [&] { for (int r0 = 0; r0 < N; r0 += hr) lm_head_chunk(&m, r0, N - r0 < hr ? N - r0 : hr, 1); });
+        float fwd = dev_time_ms(3,
+                                [&] { for (int r0 = 0; r0 < N; r0 += hr) lm_head_chunk(&m, r0,
+                                        N - r0 < hr ? N - r0 : hr, 0); });
+        float bwd = dev_time_ms(3,
+                                [&] { for (int r0 = 0; r0 < N; r0 += hr) lm_head_chunk(&m, r0,
+                                        N - r0 < hr ? N - r0 : hr, 1); });
         double flops = 2.0 * N * V * C;   // one GEMM
-        printf("rows per chunk %5d: head buffer %7.1f MiB, forward %.2f ms (%.0f TFLOP/s), backward %.2f ms (3 GEMMs, %.0f TFLOP/s)\n", hr,
+        printf("rows per chunk %5d: head buffer %7.1f MiB, forward %.2f ms (%.0f TFLOP/s), backward %.2f ms (3 GEMMs, "
+               "%.0f TFLOP/s)\n", hr,
                (double)hr * V * sizeof(floatX) / 1048576.0, fwd, flops / fwd / 1e9, bwd, 3 * flops / bwd / 1e9);
     }
     // check a few rows against the CPU: lse, logp and dlnf (after the backward of the last size)
     model_forward(&m, in, tg, NULL, B, T);
     cudaCheck(cudaMemcpy(m.acts.dlogp, m.dlogp, (size_t)N * sizeof(float), cudaMemcpyHostToDevice));
-    for (int r0 = 0; r0 < N; r0 += m.head_rows_used) lm_head_chunk(&m, r0, N - r0 < m.head_rows_used ? N - r0 : m.head_rows_used, 1);
+    for (int r0 = 0; r0 < N; r0 += m.head_rows_used) lm_head_chunk(&m, r0,
+                                                                   N - r0 < m.head_rows_used ? N - r0
+                                                                       : m.head_rows_used, 1);
     float *W = (float *)xmalloc((size_t)V * C * sizeof(float)), *lnf = (float *)xmalloc((size_t)N * C * sizeof(float));
     float *dln = (float *)xmalloc((size_t)N * C * sizeof(float)), *lse = (float *)xmalloc((size_t)N * sizeof(float));
     dev_download_x(W, m.params.lmw, (size_t)V * C);

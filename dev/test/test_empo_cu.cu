@@ -30,9 +30,11 @@
 // a missing term gives (tens of percent or more), above what cuBLAS's different summation order
 // may add. Re-check them on the first GPU run (the test prints every error).
 #ifdef ENABLE_FP32
-static const float TOL_LOGITS = 2e-5f, TOL_LOSS = 2e-5f, TOL_GRAD = 2e-4f, TOL_STEPS = 2e-4f, TOL_STEPS_SR = 2e-4f, TOL_ATT = 1e-5f;
+static const float TOL_LOGITS = 2e-5f, TOL_LOSS = 2e-5f, TOL_GRAD = 2e-4f, TOL_STEPS = 2e-4f, TOL_STEPS_SR = 2e-4f,
+TOL_ATT = 1e-5f;
 #else
-static const float TOL_LOGITS = 6e-2f, TOL_LOSS = 1e-2f, TOL_GRAD = 8e-2f, TOL_STEPS = 5e-2f, TOL_STEPS_SR = 8e-2f, TOL_ATT = 1e-2f;
+static const float TOL_LOGITS = 6e-2f, TOL_LOSS = 1e-2f, TOL_GRAD = 8e-2f, TOL_STEPS = 5e-2f, TOL_STEPS_SR = 8e-2f,
+TOL_ATT = 1e-2f;
 #endif
 
 
@@ -63,7 +65,8 @@ static void test_fixture(const char *name, int head_rows, int use_master) {
         float *logits = (float *)xmalloc((size_t)N * V * sizeof(float));
         model_logits_rows(&m, 0, N, logits);
         float abs_err, e = rel_err(logits, s.logits, (size_t)N * V, &abs_err);
-        check(e < TOL_LOGITS, "%s: logits (%d,%d,%d) rel err %.2e (max abs %.2e), LM head in chunks of %d rows", name, B, T, V, e, abs_err,
+        check(e < TOL_LOGITS, "%s: logits (%d,%d,%d) rel err %.2e (max abs %.2e), LM head in chunks of %d rows", name,
+              B, T, V, e, abs_err,
               m.head_rows_used);
         free(logits);
         float le = fabsf(m.mean_loss - s.loss) / fabsf(s.loss);
@@ -75,7 +78,8 @@ static void test_fixture(const char *name, int head_rows, int use_master) {
             size_t n = m.param_sizes[i];
             if (n == 0) continue;
             e = rel_err(ours, ref, n, &abs_err);
-            check(e < TOL_GRAD, "%s: grad %-8s (%7zu) rel err %.2e (max abs %.2e)", name, PARAM_NAMES[i], n, e, abs_err);
+            check(e < TOL_GRAD, "%s: grad %-8s (%7zu) rel err %.2e (max abs %.2e)", name, PARAM_NAMES[i], n, e,
+                  abs_err);
             ours += n; ref += n;
         }
         free(g);
@@ -90,9 +94,13 @@ static void test_fixture(const char *name, int head_rows, int use_master) {
         model_update(&m, s.lr, s.beta1, s.beta2, s.eps, s.wd, s.clip);
         float d = fabsf(m.mean_loss - s.losses[step]), r = d / fmaxf(fabsf(s.losses[step]), 0.1f);
         if (r > worst) worst = r;
-        if (!(r < tol || d < 1e-5f)) { ok = 0; printf("  step %d: loss %.7f vs torch %.7f\n", step, m.mean_loss, s.losses[step]); }
+        if (!(r < tol || d < 1e-5f)) {
+            ok = 0;
+            printf("  step %d: loss %.7f vs torch %.7f\n", step, m.mean_loss, s.losses[step]);
+        }
     }
-    check(ok, "%s: %d AdamW steps%s, losses %.5f -> %.5f (torch %.5f -> %.5f), worst rel err %.2e", name, s.steps, mode, s.losses[0],
+    check(ok, "%s: %d AdamW steps%s, losses %.5f -> %.5f (torch %.5f -> %.5f), worst rel err %.2e", name, s.steps,
+          mode, s.losses[0],
           m.mean_loss, s.losses[0], s.losses[s.steps - 1], worst);
     state_free(&s);
     model_free(&m);
@@ -116,7 +124,8 @@ static void test_recompute(void) {
         float *g = grads_to_host(&m);
         if (r == 0) { ref = g; loss0 = m.mean_loss; continue; }
         float e = rel_err(g, ref, m.num_parameters, NULL);
-        check(e < 1e-5f && m.mean_loss == loss0, "recompute %d gives the gradients of recompute 0 (rel err %.2e) and the same loss", r, e);
+        check(e < 1e-5f && m.mean_loss == loss0,
+              "recompute %d gives the gradients of recompute 0 (rel err %.2e) and the same loss", r, e);
         free(g);
     }
     free(ref);
@@ -162,7 +171,8 @@ static void att_ref_backward(double *dqkv, const float *dout, const float *qkv, 
         for (int h = 0; h < NH; h++)
             for (int t = 0; t < T; t++) {
                 int hk = h / rep;
-                const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)h * HD, *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
+                const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)h * HD,
+                            *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)h * HD;
                 double mx = -1e300, sum = 0.0, Dt = 0.0;
                 for (int j = 0; j <= t; j++) {
                     const float *k = qkv + ((size_t)b * T + j) * QKV + (size_t)(NH + hk) * HD;
@@ -227,11 +237,24 @@ static void test_attention(int B, int T, int NH, int NKV, int HD) {
     size_t nqkv = (size_t)B * T * QKV, nout = (size_t)B * T * NH * HD;
     float *qkv = (float *)xmalloc(nqkv * sizeof(float)), *dout = (float *)xmalloc(nout * sizeof(float));
     uint64_t rng = 42;
-    for (size_t i = 0; i < nqkv; i++) { rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27; qkv[i] = ((rng * 0x2545F4914F6CDD1Dull >> 40) / 16777216.0f - 0.5f) * 4.0f; }
-    for (size_t i = 0; i < nout; i++) { rng ^= rng >> 12; rng ^= rng << 25; rng ^= rng >> 27; dout[i] = (rng * 0x2545F4914F6CDD1Dull >> 40) / 16777216.0f - 0.5f; }
+    for (size_t i = 0; i < nqkv; i++) {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        qkv[i] = ((rng * 0x2545F4914F6CDD1Dull >> 40) / 16777216.0f - 0.5f) * 4.0f;
+    }
+    for (size_t i = 0; i < nout; i++) {
+        rng ^= rng >> 12;
+        rng ^= rng << 25;
+        rng ^= rng >> 27;
+        dout[i] = (rng * 0x2545F4914F6CDD1Dull >> 40) / 16777216.0f - 0.5f;
+    }
     floatX *d_qkv = upload_x(qkv, nqkv), *d_dout = upload_x(dout, nout);
-    floatX *d_out = (floatX *)device_alloc(nout * sizeof(floatX), "test"), *d_dqkv = (floatX *)device_alloc(nqkv * sizeof(floatX), "test");
-    float *d_lse = (float *)device_alloc((size_t)B * NH * T * sizeof(float), "test"), *d_D = (float *)device_alloc((size_t)B * NH * T * sizeof(float), "test");
+    floatX *d_out = (floatX *)device_alloc(nout * sizeof(floatX),
+                                           "test"), *d_dqkv = (floatX *)device_alloc(nqkv * sizeof(floatX), "test");
+    float *d_lse = (float *)device_alloc((size_t)B * NH * T * sizeof(float),
+                                         "test"), *d_D = (float *)device_alloc((size_t)B * NH * T * sizeof(float),
+                                                                               "test");
     attention_forward(d_out, d_lse, d_qkv, B, T, NH, NKV, HD);
     attention_backward(d_dqkv, d_D, d_dout, d_out, d_qkv, d_lse, B, T, NH, NKV, HD);
     cudaCheck(cudaDeviceSynchronize());
@@ -240,16 +263,23 @@ static void test_attention(int B, int T, int NH, int NKV, int HD) {
     download_x(out, d_out, nout);
     download_x(dqkv, d_dqkv, nqkv);
     cudaCheck(cudaMemcpy(lse, d_lse, (size_t)B * NH * T * sizeof(float), cudaMemcpyDeviceToHost));
-    double *rout = (double *)xmalloc(nout * sizeof(double)), *rlse = (double *)xmalloc((size_t)B * NH * T * sizeof(double));
+    double *rout = (double *)xmalloc(nout * sizeof(double)),
+           *rlse = (double *)xmalloc((size_t)B * NH * T * sizeof(double));
     double *rdqkv = (double *)xmalloc(nqkv * sizeof(double));
     att_ref_forward(rout, rlse, qkv, B, T, NH, NKV, HD);
     att_ref_backward(rdqkv, dout, qkv, B, T, NH, NKV, HD);
-    float eo = rel_err_d(out, rout, nout), el = rel_err_d(lse, rlse, (size_t)B * NH * T), eg = rel_err_d(dqkv, rdqkv, nqkv);
+    float eo = rel_err_d(out, rout, nout), el = rel_err_d(lse, rlse, (size_t)B * NH * T), eg = rel_err_d(dqkv, rdqkv,
+            nqkv);
     // lse is fp32 in both builds and sees no rounded intermediate: 1e-5 either way
     check(eo < TOL_ATT && el < 1e-5f && eg < 2 * TOL_ATT,
-          "flash attention B=%d T=%d NH=%d NKV=%d HD=%d vs CPU: out rel err %.2e, lse %.2e, dqkv %.2e", B, T, NH, NKV, HD, eo, el, eg);
-    device_free(d_qkv, nqkv * sizeof(floatX)); device_free(d_dout, nout * sizeof(floatX)); device_free(d_out, nout * sizeof(floatX));
-    device_free(d_dqkv, nqkv * sizeof(floatX)); device_free(d_lse, (size_t)B * NH * T * sizeof(float)); device_free(d_D, (size_t)B * NH * T * sizeof(float));
+          "flash attention B=%d T=%d NH=%d NKV=%d HD=%d vs CPU: out rel err %.2e, lse %.2e, dqkv %.2e", B, T, NH, NKV,
+          HD, eo, el, eg);
+    device_free(d_qkv, nqkv * sizeof(floatX));
+    device_free(d_dout, nout * sizeof(floatX));
+    device_free(d_out, nout * sizeof(floatX));
+    device_free(d_dqkv, nqkv * sizeof(floatX));
+    device_free(d_lse, (size_t)B * NH * T * sizeof(float));
+    device_free(d_D, (size_t)B * NH * T * sizeof(float));
     free(qkv); free(dout); free(out); free(dqkv); free(lse); free(rout); free(rlse); free(rdqkv);
 }
 
@@ -293,7 +323,8 @@ static void test_decode_attention(int NH, int NKV, int HD, const int *lens, int 
     // tables: page ids in a scrambled order (a stride coprime with the pool size)
     int *table = (int *)xcalloc((size_t)S * max_pages, sizeof(int)), k = 0;
     for (int s = 0; s < S; s++)
-        for (int i = 0; i < ceil_div(lens[s], KV_PAGE); i++, k++) table[s * max_pages + i] = (int)(((long)k * 7 + 3) % n_pages);
+        for (int i = 0; i < ceil_div(lens[s], KV_PAGE); i++,
+             k++) table[s * max_pages + i] = (int)(((long)k * 7 + 3) % n_pages);
     float *qkv = (float *)xmalloc((size_t)total * QKV * sizeof(float));
     int *slot = (int *)xmalloc((size_t)total * sizeof(int)), *pos = (int *)xmalloc((size_t)total * sizeof(int));
     uint64_t rng = 77;
@@ -302,7 +333,8 @@ static void test_decode_attention(int NH, int NKV, int HD, const int *lens, int 
     for (int s = 0, r = 0; s < S; s++)
         for (int t = 0; t < lens[s]; t++, r++) { slot[r] = s; pos[r] = t; if (t == lens[s] - 1) last[s] = r; }
     floatX *d_qkv = upload_x(qkv, (size_t)total * QKV);   // rounds qkv to floatX in place, for the reference
-    int *d_slot = upload_ints(slot, total), *d_pos = upload_ints(pos, total), *d_table = upload_ints(table, (size_t)S * max_pages);
+    int *d_slot = upload_ints(slot, total), *d_pos = upload_ints(pos, total), *d_table = upload_ints(table,
+            (size_t)S * max_pages);
     int *d_lens = upload_ints(lens, S);
     size_t pe = kv_page_elems(&c);
     floatX *pool = (floatX *)device_alloc((size_t)n_pages * pe * sizeof(floatX), "test");
@@ -319,7 +351,8 @@ static void test_decode_attention(int NH, int NKV, int HD, const int *lens, int 
     cudaCheck(cudaDeviceSynchronize());
     float *out = (float *)xmalloc((size_t)S * NH * HD * sizeof(float));
     download_x(out, d_out, (size_t)S * NH * HD);
-    double *ref = (double *)xmalloc((size_t)S * NH * HD * sizeof(double)), *p = (double *)xmalloc((size_t)maxlen * sizeof(double));
+    double *ref = (double *)xmalloc((size_t)S * NH * HD * sizeof(double)),
+           *p = (double *)xmalloc((size_t)maxlen * sizeof(double));
     double scale = 1.0 / sqrt((double)HD);
     for (int s = 0, r0 = 0; s < S; r0 += lens[s], s++)
         for (int h = 0; h < NH; h++) {
@@ -342,10 +375,15 @@ static void test_decode_attention(int NH, int NKV, int HD, const int *lens, int 
             }
         }
     float e = rel_err_d(out, ref, (size_t)S * NH * HD);
-    check(e < TOL_DEC_ATT, "decode attention over scattered KV pages, %d sequences up to %d keys (%d splits), NH=%d NKV=%d HD=%d: "
+    check(e < TOL_DEC_ATT,
+          "decode attention over scattered KV pages, %d sequences up to %d keys (%d splits), NH=%d NKV=%d HD=%d: "
           "rel err %.2e", S, maxlen, n_split, NH, NKV, HD, e);
     device_free(d_qkv, 0); device_free(d_q, 0); device_free(d_slot, 0); device_free(d_pos, 0); device_free(d_table, 0);
-    device_free(d_lens, 0); device_free(pool, 0); device_free(part_o, 0); device_free(part_ml, 0); device_free(d_out, 0);
+    device_free(d_lens, 0);
+    device_free(pool, 0);
+    device_free(part_o, 0);
+    device_free(part_ml, 0);
+    device_free(d_out, 0);
     free(table); free(qkv); free(slot); free(pos); free(last); free(q); free(out); free(ref); free(p);
 }
 
@@ -379,7 +417,8 @@ static int ref_kept(const float *x, int V, const SamplerConfig *sc, unsigned cha
     return n;
 }
 // n draws from one row of logits on the device: tokens, log-probs and kept keys to the host
-static void gpu_draws(const float *x, int V, const SamplerConfig *sc, int n, uint64_t seed, int *tok, float *lp, uint64_t *key) {
+static void gpu_draws(const float *x, int V, const SamplerConfig *sc, int n, uint64_t seed, int *tok, float *lp,
+                      uint64_t *key) {
     float *u = (float *)xmalloc((size_t)n * sizeof(float));
     uint64_t rng = seed;
     for (int i = 0; i < n; i++) u[i] = random_f32(&rng);
@@ -463,7 +502,8 @@ static void test_sampler(void) {
         for (int v = 0; v < V; v++) { acc += expf((x[v] - x[best]) / 0.9f); if (acc > u * sum) { t = v; break; } }
         same += t == tok[i];
     }
-    check(same >= n - 2, "GPU sampler without truncation draws the CPU's token for the same uniform: %d of %d", same, n);
+    check(same >= n - 2, "GPU sampler without truncation draws the CPU's token for the same uniform: %d of %d", same,
+          n);
     // ties: greedy takes the lower id; top_k=2 keeps exactly the two tied tokens
     float tie[4] = {1.0f, 3.0f, 3.0f, 0.0f};
     SamplerConfig greedy = {0.0f, 1.0f, 0, 1, 0, 0}, k2 = {1.0f, 1.0f, 2, 1, 0, 0};
@@ -475,7 +515,8 @@ static void test_sampler(void) {
     gpu_draws(tie, 4, &k2, 2000, 5, tk, lk, NULL);
     int c1 = 0, c2 = 0, other = 0;
     for (int i = 0; i < 2000; i++) { c1 += tk[i] == 1; c2 += tk[i] == 2; other += tk[i] != 1 && tk[i] != 2; }
-    check(t1[0] == 1 && other == 0 && abs(c1 - c2) < 300, "GPU sampler ties: argmax takes the lower id (%d); top_k=2 keeps both "
+    check(t1[0] == 1 && other == 0 && abs(c1 - c2) < 300,
+          "GPU sampler ties: argmax takes the lower id (%d); top_k=2 keeps both "
           "tied tokens (%d/%d), nothing else (%d)", t1[0], c1, c2, other);
     free(tok); free(lp); free(tk); free(lk);
 }
@@ -504,7 +545,8 @@ static void test_kv_decode_logits(const char *path, int T) {
     DecodeBufs d;
     decode_bufs_init(&d, c, 2, ceil_div(T, DEC_SPLIT), max_pages);
     int *h_table = (int *)xmalloc((size_t)2 * max_pages * sizeof(int)), h_tok[2], h_pos[2], h_lens[2];
-    for (int s = 0; s < 2; s++) for (int i = 0; i < max_pages; i++) h_table[s * max_pages + i] = 2 * i + s;   // interleaved pages
+    // interleaved pages
+    for (int s = 0; s < 2; s++) for (int i = 0; i < max_pages; i++) h_table[s * max_pages + i] = 2 * i + s;
     float *logits = (float *)xmalloc((size_t)2 * V * sizeof(float)), worst = 0.0f;
     for (int t = 0; t < T; t++) {
         int n = 0, which[2];   // seq 0 (the longer) is row 0 throughout, so the table rows stay put
@@ -524,7 +566,8 @@ static void test_kv_decode_logits(const char *path, int T) {
             if (!(e <= worst)) worst = e;
         }
     }
-    check(worst < TOL_KV_LOGITS, "KV-cache decoding (paged, %d and %d positions, %d splits) gives the full forward's logits "
+    check(worst < TOL_KV_LOGITS,
+          "KV-cache decoding (paged, %d and %d positions, %d splits) gives the full forward's logits "
           "(worst rel err %.2e)", lens[0], lens[1], ceil_div(T, DEC_SPLIT), worst);
     paged_free(&kv);
     decode_bufs_free(&d);
@@ -545,7 +588,12 @@ static void test_greedy_fixture(void) {
     size_t len;
     char *text = read_whole_file("dev/fixtures/qwen2_tied_greedy.json", &len);
     JDoc d;
-    if (!text || json_parse(&d, text, len) != 0) { check(0, "greedy fixture: cannot read/parse"); free(text); model_free(&m); return; }
+    if (!text || json_parse(&d, text, len) != 0) {
+        check(0, "greedy fixture: cannot read/parse");
+        free(text);
+        model_free(&m);
+        return;
+    }
     m.n_eos = 1; m.eos[0] = (int)json_num(&d, json_get(&d, 0, "eos"), -1);
     int n = json_len(&d, json_get(&d, 0, "prompts")), max_new = (int)json_num(&d, json_get(&d, 0, "max_new"), 0);
     int *plen = (int *)xmalloc((size_t)n * sizeof(int));
@@ -562,16 +610,21 @@ static void test_greedy_fixture(void) {
     int ok = 1, stopped = 0, rules = 1;
     for (int i = 0; i < n; i++) {
         int arr = json_at(&d, json_get(&d, 0, "outputs"), i), rl = json_len(&d, arr), first = -1;
-        for (int t = 0; t < gen.len[i] && t < rl && first < 0; t++) if (gen.tokens[i][t] != (int)json_num(&d, json_at(&d, arr, t), -1)) first = t;
+        for (int t = 0; t < gen.len[i] && t < rl && first < 0; t++) if (gen.tokens[i][t] != (int)json_num(&d,
+                json_at(&d, arr, t), -1)) first = t;
         if (first < 0 && gen.len[i] != rl) first = gen.len[i] < rl ? gen.len[i] : rl;
-        if (first >= 0) { ok = 0; printf("  prompt %d: first differs from HF at token %d (of %d, HF %d)\n", i, first, gen.len[i], rl); }
+        if (first >= 0) {
+            ok = 0;
+            printf("  prompt %d: first differs from HF at token %d (of %d, HF %d)\n", i, first, gen.len[i], rl);
+        }
         stopped += gen.eos[i];
         int L = gen.len[i], last = L > 0 ? gen.tokens[i][L - 1] : -1;
         rules &= gen.eos[i] ? last == m.eos[0] : L == max_new;
         for (int t = 0; t + 1 < L; t++) rules &= gen.tokens[i][t] != m.eos[0];
     }
 #ifdef ENABLE_FP32
-    check(ok && stopped >= 1, "GPU greedy generation of %d prompts equals transformers generate() (and the CPU engine) token for "
+    check(ok && stopped >= 1,
+          "GPU greedy generation of %d prompts equals transformers generate() (and the CPU engine) token for "
           "token (%d stopped at EOS)", n, stopped);
 #else
     check(rules, "GPU greedy generation, bf16: stopping rules hold (%d stopped at EOS); %s", stopped,
@@ -611,14 +664,16 @@ static void test_generate_logprobs(void) {
         }
         free(in); free(tg);
     }
-    check(worst < TOL_GEN_LOGP, "GPU sampled-token log-probs equal teacher-forced log-probs (%d responses, max abs diff %.2e)",
+    check(worst < TOL_GEN_LOGP,
+          "GPU sampled-token log-probs equal teacher-forced log-probs (%d responses, max abs diff %.2e)",
           gen.n, worst);
     generate(&m, prompts, plen, 2, G, &sc, &again, 0);
     int saved_batch = g_gen_batch;
     double saved_kv = g_kv_gib;
     g_gen_batch = G;   // one prompt's responses at a time
     int P0 = plen[0], full0 = (P0 + sc.max_new - 2) / KV_PAGE + 1, pages = P0 / KV_PAGE + G * (full0 - P0 / KV_PAGE);
-    g_kv_gib = (pages + 0.5) * kv_page_elems(&m.config) * sizeof(floatX) / 1073741824.0;   // room for the larger prompt only
+    // room for the larger prompt only
+    g_kv_gib = (pages + 0.5) * kv_page_elems(&m.config) * sizeof(floatX) / 1073741824.0;
     generate(&m, prompts, plen, 2, G, &sc, &tight, 0);
     g_gen_batch = saved_batch; g_kv_gib = saved_kv;
     int same = 1, same_tight = 1;
@@ -635,7 +690,8 @@ static void test_generate_logprobs(void) {
         }
     }
     check(same, "GPU sampling is deterministic for a given seed");
-    check(same_tight && dl < 1e-5f, "continuous batching (batch of %d, a KV pool of %d pages: prompt 2 waits) gives the same "
+    check(same_tight && dl < 1e-5f,
+          "continuous batching (batch of %d, a KV pool of %d pages: prompt 2 waits) gives the same "
           "tokens and log-probs (max diff %.1e)", G, pages, dl);
     generation_free(&gen); generation_free(&again); generation_free(&tight);
     model_free(&m);
@@ -661,12 +717,14 @@ static void test_generate_stops(void) {
     int ok2 = 1;
     for (int j = 0; j < b.n; j++) {
         int first = -1;
-        for (int t = 3; t < a.len[j] && first < 0; t++) if (a.tokens[j][t] == m.eos[0] || a.tokens[j][t] == m.eos[1]) first = t;
+        for (int t = 3; t < a.len[j] && first < 0; t++) if (a.tokens[j][t] == m.eos[0]
+                                                            || a.tokens[j][t] == m.eos[1]) first = t;
         ok2 &= first < 0 ? b.len[j] == maxT - 3 && !b.eos[j] : b.len[j] == first + 1 && b.eos[j];
     }
     SamplerConfig zero = {1.0f, 1.0f, 0, 0, 0, 3};
     generate(&m, prompts, plen, 1, 2, &zero, &z, 0);
-    check(ok && ok2 && z.n == 2 && z.len[0] == 0 && z.len[1] == 0, "GPU stopping rules: the context (%d new tokens), EOS only "
+    check(ok && ok2 && z.n == 2 && z.len[0] == 0 && z.len[1] == 0,
+          "GPU stopping rules: the context (%d new tokens), EOS only "
           "from min_new on (lengths %d, %d, %d), max_new = 0", maxT - 3, b.len[0], b.len[1], b.len[2]);
     generation_free(&a); generation_free(&b); generation_free(&z);
     model_free(&m);
@@ -708,7 +766,8 @@ static void test_next_logprobs(void) {
     for (int s = 0; s < n; s++) total += lens[s];
     check(worst < TOL_JUDGE && computed + shared == total && shared > 0,
           "judge scoring (model_next_logprobs, %d sequences in waves of 4, batches of <= 128 tokens): log-probs equal "
-          "the full forward's (max abs diff %.2e); %ld tokens computed, %ld from a shared prefix", n, worst, computed, shared);
+          "the full forward's (max abs diff %.2e); %ld tokens computed, %ld from a shared prefix", n, worst, computed,
+          shared);
     for (int s = 0; s < n; s++) free(ids[s]);
     free(row);
     model_free(&m);
@@ -855,7 +914,8 @@ static void test_bad_input(void) {
     if (f) { fwrite(good, 1, n - 8, f); fclose(f); }
     size_t before = g_device_bytes;
     rc = model_load(&m, "/tmp/empo_cu_trunc.bin", err, sizeof err);
-    check(rc != 0 && strstr(err, "truncated") && g_device_bytes == before, "a truncated checkpoint is rejected: \"%s\"", err);
+    check(rc != 0 && strstr(err, "truncated") && g_device_bytes == before,
+          "a truncated checkpoint is rejected: \"%s\"", err);
     remove("/tmp/empo_cu_trunc.bin");
     free(good);
 }

@@ -65,7 +65,8 @@ static const Case CASES[] = {
     {"\\text{5}", "5", 1}, {"\\boxed{5}", "5", 1}, {"5.", "5", 1}, {"\\;5\\;", "5", 1},
     // units and words after the number
     {"10\\text{ cm}", "10", 1}, {"10 \\text{cm}^2", "10", 1}, {"\\$10", "10", 1}, {"10\\text{ dollars}", "10", 1},
-    {"2\\sqrt{17} \\text{ inches}", "2\\sqrt{17}", 1}, {"36 \\text{ minutes}", "36", 1}, {"60 \\ \\mathrm{cm}^2", "60", 1},
+    {"2\\sqrt{17} \\text{ inches}", "2\\sqrt{17}", 1}, {"36 \\text{ minutes}", "36", 1}, {"60 \\ \\mathrm{cm}^2", "60",
+            1},
     {"5 \\mathrm{~m}", "5", 1}, {"12 cm", "12", 1}, {"\\textdollar 22.5", "22.5", 1}, {"10\\text{ cm}", "11", 0},
     // degrees and percent
     {"90^\\circ", "90", 1}, {"90^{\\circ}", "90", 1}, {"45\\degree", "45", 1}, {"30°", "30", 1},
@@ -91,21 +92,27 @@ static const Case CASES[] = {
     {"(1,2)", "(2,1)", 0}, {"(1,2,3)", "(1,2,3)", 1}, {"(1,2,3)", "(3,2,1)", 0}, {"(1,2)", "1,2", 0},
     {"x=1,x=2", "1,2", 1}, {"x=1 \\text{ or } x=2", "2,1", 1}, {"a=1,b=2", "b=2,a=1", 1}, {"a=1,b=2", "a=2,b=1", 0},
     {"\\{5\\}", "5", 1}, {"\\emptyset", "\\varnothing", 1}, {"\\{\\}", "\\emptyset", 1}, {"\\emptyset", "0", 0},
-    {"(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", 1}, {"\\langle 1, 2 \\rangle", "\\langle 1, 2 \\rangle", 1},
+    {"(3, \\frac{\\pi}{2})", "\\left( 3, \\frac{\\pi}{2} \\right)", 1}, {"\\langle 1, 2 \\rangle",
+                                                                         "\\langle 1, 2 \\rangle", 1},
     {"(1, 2, 3)", "(1, 2, 4)", 0}, {"1, 2, 3", "3, 1, 2", 1}, {"(x, y) = (1, 2)", "(1, 2)", 1},
     // \pm
     {"\\pm 2", "2,-2", 1}, {"\\pm 2", "-2,2", 1}, {"1\\pm\\sqrt2", "1+\\sqrt2, 1-\\sqrt2", 1}, {"\\pm 2", "2", 0},
     {"x=\\pm 3", "3,-3", 1}, {"1\\pm\\sqrt2", "1+\\sqrt2", 0}, {"\\pm\\frac{1}{2}", "\\frac12, -\\frac12", 1},
     // intervals and unions
     {"(1,2]", "[1,2]", 0}, {"[1,2)", "[1,2)", 1}, {"[1,2]", "[1,2]", 1}, {"(1,2)", "[1,2)", 0},
-    {"(-\\infty,2)\\cup(3,\\infty)", "(3,\\infty)\\cup(-\\infty,2)", 1}, {"(-\\infty,2)\\cup(3,\\infty)", "(-\\infty,2]\\cup(3,\\infty)", 0},
+    {"(-\\infty,2)\\cup(3,\\infty)", "(3,\\infty)\\cup(-\\infty,2)", 1}, {"(-\\infty,2)\\cup(3,\\infty)",
+                                                                          "(-\\infty,2]\\cup(3,\\infty)", 0},
     {"[-\\infty,1)", "(-\\infty,1)", 1}, {"(2,0)", "[2,0]", 1}, {"[1,100]", "1100", 0}, {"[1,100]", "[1,100]", 1},
-    {"(-\\infty, 4]", "(-\\infty,4]", 1}, {"\\left[3,+\\infty \\right)", "[3,\\infty)", 1}, {"x \\in [2,3]", "[2,3]", 1},
+    {"(-\\infty, 4]", "(-\\infty,4]", 1}, {"\\left[3,+\\infty \\right)", "[3,\\infty)", 1}, {"x \\in [2,3]", "[2,3]",
+            1},
     {"t \\in (-\\infty, -4) \\cup (1, \\infty)", "(-\\infty,-4)\\cup(1,\\infty)", 1},
     // inequalities
-    {"x>3", "3<x", 1}, {"x>3", "x<3", 0}, {"x<3", "x\\le3", 0}, {"a\\leq1", "1 \\geq a", 1}, {"a \\le 1", "a\\leqslant 1", 1},
-    {"x \\ne 1", "x\\neq 1", 1}, {"x>3", "(3,\\infty)", 1}, {"20 \\leq x \\leq 45", "[20,45]", 1}, {"x\\le1", "(-\\infty,1]", 1},
-    {"x \\ge 2", "[2, \\infty)", 1}, {"x>3", "[3,\\infty)", 0}, {"1 < x < 2", "2 > x > 1", 1}, {"1 < x < 2", "1 < x \\le 2", 0},
+    {"x>3", "3<x", 1}, {"x>3", "x<3", 0}, {"x<3", "x\\le3", 0}, {"a\\leq1", "1 \\geq a", 1}, {"a \\le 1",
+            "a\\leqslant 1", 1},
+    {"x \\ne 1", "x\\neq 1", 1}, {"x>3", "(3,\\infty)", 1}, {"20 \\leq x \\leq 45", "[20,45]", 1}, {"x\\le1",
+            "(-\\infty,1]", 1},
+    {"x \\ge 2", "[2, \\infty)", 1}, {"x>3", "[3,\\infty)", 0}, {"1 < x < 2", "2 > x > 1", 1}, {"1 < x < 2",
+            "1 < x \\le 2", 0},
     {"x > 3", "2x > 6", 1}, {"x > 3", "-x < -3", 1},
     // matrices
     {"\\begin{pmatrix}1&2\\\\3&4\\end{pmatrix}", "\\begin{bmatrix}1&2\\\\3&4\\end{bmatrix}", 1},
@@ -160,7 +167,8 @@ static void test_table(void) {
         int ok = r1 == CASES[i].eq && r2 == CASES[i].eq;
         if (!ok) {
             fails++;
-            printf("FAIL equal(\"%s\", \"%s\") = %d/%d, want %d (%s)\n", CASES[i].a, CASES[i].b, r1, r2, CASES[i].eq, why1);
+            printf("FAIL equal(\"%s\", \"%s\") = %d/%d, want %d (%s)\n", CASES[i].a, CASES[i].b, r1, r2, CASES[i].eq,
+                   why1);
             g_fail++;
         } else g_pass++;
     }
@@ -222,7 +230,12 @@ static void test_extract(void) {
     for (int i = 0; i < n; i++) {
         int f = math_extract_answer(XCASES[i].response, out, sizeof out);
         int ok = f == XCASES[i].found && strcmp(out, XCASES[i].answer) == 0;
-        if (!ok) { fails++; g_fail++; printf("FAIL extract(\"%s\") = %d \"%s\", want %d \"%s\"\n", XCASES[i].response, f, out, XCASES[i].found, XCASES[i].answer); }
+        if (!ok) {
+            fails++;
+            g_fail++;
+            printf("FAIL extract(\"%s\") = %d \"%s\", want %d \"%s\"\n", XCASES[i].response, f, out, XCASES[i].found,
+                   XCASES[i].answer);
+        }
         else g_pass++;
     }
     // a small cap truncates and stays NUL-terminated; a 1-byte buffer holds no answer
@@ -278,9 +291,11 @@ static void test_agreement(void) {
     int n = jsonl_foreach(path, 1, agree_cb, &s);
     if (n <= 0) { check(0, "agreement fixture %s missing or empty%s", path, ""); return; }
     double pct = 100.0 * s.agree / s.n;
-    printf("agreement with Math-Verify: %d of %d labels (both directions of %d pairs) = %.2f%%\n", s.agree, s.n, n, pct);
+    printf("agreement with Math-Verify: %d of %d labels (both directions of %d pairs) = %.2f%%\n", s.agree, s.n, n,
+           pct);
     for (int k = 0; k < s.nk; k++)
-        if (s.by_kind_bad[k]) printf("  %-18s %4d of %5d labels differ\n", s.kinds[k], s.by_kind_bad[k], s.by_kind_n[k]);
+        if (s.by_kind_bad[k]) printf("  %-18s %4d of %5d labels differ\n", s.kinds[k], s.by_kind_bad[k],
+                                     s.by_kind_n[k]);
     char msg[64];
     snprintf(msg, sizeof msg, "%.2f%%", pct);
     check(pct >= 97.0, "agreement %s%s below 97%%", msg, "");
@@ -365,7 +380,8 @@ static void test_gold(void) {
     }
     if (!any) printf("SKIP gold answers: ../shared/data not found\n");
     else {
-        printf("gold answers: %d, %d parse into a tree (%.1f%%), the rest compare as normalized text; %d not equal to themselves\n",
+        printf("gold answers: %d, %d parse into a tree (%.1f%%), the rest compare as normalized text; %d not equal to "
+               "themselves\n",
                g.n, g.tree, 100.0 * g.tree / (g.n ? g.n : 1), g.self_bad);
         check(g.self_bad == 0, "gold answers not equal to themselves%s%s", "", "");
         check(g.tree >= g.n * 8 / 10, "fewer than 80%% of gold answers parse into a tree%s%s", "", "");
@@ -424,12 +440,14 @@ static void test_cluster(void) {
     SemanticGroup g;
     const char *none[4] = {NULL, "", NULL, ""};
     semantic_cluster(none, 4, &g);
-    check(g.n_clusters == 0 && g.majority == -1 && close_f(g.entropy, log(4.0)) && g.reward[0] == 0 && g.advantage[0] == 0,
+    check(g.n_clusters == 0 && g.majority == -1 && close_f(g.entropy,
+                                                           log(4.0)) && g.reward[0] == 0 && g.advantage[0] == 0,
           "all missing: no clusters, H = log G, zero rewards%s%s", "", "");
     check(!entropy_in_band(g.entropy, 0.0f, (float)log(4.0)), "all missing is filtered out%s%s", "", "");
     const char *same[3] = {"1/2", "0.5", "\\frac12"};
     semantic_cluster(same, 3, &g);
-    check(g.n_clusters == 1 && g.entropy == 0 && g.reward[1] == 1.0f && g.advantage[2] == 0 && g.majority == 0 && g.majority_share == 1.0f,
+    check(g.n_clusters == 1 && g.entropy == 0 && g.reward[1] == 1.0f && g.advantage[2] == 0 && g.majority == 0
+          && g.majority_share == 1.0f,
           "all equal: one cluster, H = 0, zero advantages%s%s", "", "");
     const char *one[1] = {"5"};
     semantic_cluster(one, 1, &g);
@@ -441,7 +459,8 @@ static void test_cluster(void) {
           "answers that normalize to nothing count as missing%s%s", "", "");
     float r[4] = {1, 0, 0, 0}, adv[4];
     group_advantages(r, 4, adv);     // mean 0.25, unbiased std 0.5
-    check(close_f(adv[0], 0.75 / 0.5001) && close_f(adv[1], -0.25 / 0.5001), "group_advantages unbiased std%s%s", "", "");
+    check(close_f(adv[0], 0.75 / 0.5001) && close_f(adv[1], -0.25 / 0.5001), "group_advantages unbiased std%s%s", "",
+          "");
     check(entropy_in_band(0.5f, 0.0f, 1.0f) && !entropy_in_band(1.0f, 0.0f, 1.0f) && !entropy_in_band(0.1f, 0.2f, 1.0f),
           "entropy band is [lo, hi)%s%s", "", "");
 }
@@ -526,7 +545,12 @@ static void test_permutations(void) {
 #define HOSTILE_LIMIT_S 0.1
 #endif
 static uint64_t rng_state = 88172645463325252ull;
-static uint64_t xorshift(void) { rng_state ^= rng_state << 13; rng_state ^= rng_state >> 7; rng_state ^= rng_state << 17; return rng_state; }
+static uint64_t xorshift(void) {
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
 
 static double worst = 0;
 static const char *worst_name = "";
@@ -567,29 +591,46 @@ static void test_robust(void) {
     timed_pair("nested %", big, big + 1);
     timed_pair("nested %", ".56%%%%%%%%%%%%%%%", "8%%%%%%%%%%%%%%");
     // random binary garbage and random LaTeX-ish token soup
-    const char *toks[] = {"\\frac", "{", "}", "1", "x", "+", "-", "^", "_", "(", ")", "[", "]", ",", "=", "<", "\\le", "\\pm",
-                          "\\sqrt", "\\text{", "\\{", "\\}", "|", "\\cup", "&", "\\\\", "\\begin{pmatrix}", "\\end{pmatrix}",
-                          "\\sin", "!", "%", ".", "e", "\\pi", "\\infty", "0", "9", " ", "\\left(", "\\right)", "\\boxed{"};
+    const char *toks[] = {"\\frac", "{", "}", "1", "x", "+", "-", "^", "_", "(", ")", "[", "]", ",", "=", "<", "\\le",
+                          "\\pm",
+                          "\\sqrt", "\\text{", "\\{", "\\}", "|", "\\cup", "&", "\\\\", "\\begin{pmatrix}",
+                          "\\end{pmatrix}",
+                          "\\sin", "!", "%", ".", "e", "\\pi", "\\infty", "0", "9", " ", "\\left(", "\\right)",
+                          "\\boxed{"};
     int nt = (int)(sizeof toks / sizeof toks[0]);
     for (int it = 0; it < 3000; it++) {
         size_t len = (size_t)(xorshift() % 3000), n = 0;
         if (it % 2 == 0) { for (size_t i = 0; i < len; i++) big[i] = (char)(1 + xorshift() % 255); n = len; }
-        else while (n < len) { const char *t = toks[xorshift() % (uint64_t)nt]; size_t l = strlen(t); if (n + l > len) break; memcpy(big + n, t, l); n += l; }
+        else while (n < len) {
+            const char *t = toks[xorshift() % (uint64_t)nt];
+            size_t l = strlen(t);
+            if (n + l > len) break;
+            memcpy(big + n, t, l);
+            n += l;
+        }
         big[n] = 0;
         size_t n2 = 0, len2 = (size_t)(xorshift() % 200);
-        while (n2 < len2) { const char *t = toks[xorshift() % (uint64_t)nt]; size_t l = strlen(t); if (n2 + l > len2) break; memcpy(big2 + n2, t, l); n2 += l; }
+        while (n2 < len2) {
+            const char *t = toks[xorshift() % (uint64_t)nt];
+            size_t l = strlen(t);
+            if (n2 + l > len2) break;
+            memcpy(big2 + n2, t, l);
+            n2 += l;
+        }
         big2[n2] = 0;
         timed_pair("random", big, big2);
         timed_pair("random-self", big2, big2);
     }
     // clustering 256 hostile answers
     const char *answers[SC_MAX_G];
-    for (int i = 0; i < SC_MAX_G; i++) answers[i] = (i % 3 == 0) ? "((((((((((((((((x" : (i % 3 == 1) ? "\\frac{1}{2}" : "0.5";
+    for (int i = 0; i < SC_MAX_G; i++) answers[i] = (i % 3 == 0) ? "((((((((((((((((x" : (i % 3 == 1)
+        ? "\\frac{1}{2}" : "0.5";
     SemanticGroup g;
     double t0 = now_s();
     semantic_cluster(answers, SC_MAX_G, &g);
     double tc = now_s() - t0;
-    printf("robustness: worst single call %.3f ms (%s); 256-answer clustering %.3f ms\n", worst * 1e3, worst_name, tc * 1e3);
+    printf("robustness: worst single call %.3f ms (%s); 256-answer clustering %.3f ms\n", worst * 1e3, worst_name,
+           tc * 1e3);
     check(worst < HOSTILE_LIMIT_S, "a hostile call took over the limit%s%s", "", "");
     check(g.n_clusters == 2, "hostile clustering clusters%s%s", "", "");
     free(big);
