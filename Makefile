@@ -47,7 +47,8 @@ $(FLAGS_STAMP): FORCE
 DEPS = $(HEADERS) $(FLAGS_STAMP)
 
 .PHONY: all test emu-cuda bench bench_math bench_tokenizer bench_verifier_run fixtures fixtures_math \
-        fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter reproduce compare-rewards FORCE
+        fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter reproduce \
+        compare-rewards FORCE
 
 # ----------------------------------------------------------------------------
 # build
@@ -144,7 +145,8 @@ emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16 train_empo
 	./train_empo $(EMU_SFT) -o dev/cache/emu_run_cpu/sft
 	./dev/cache/emu_cuda --run $(EMU_SFT) -o dev/cache/emu_run_gpu/sft
 	python3 dev/cuda/compare_runs.py dev/cache/emu_run_cpu/sft/log.jsonl dev/cache/emu_run_gpu/sft/log.jsonl
-	./train_empo $(EMU_RESUME) -o dev/cache/emu_run_cpu/resume && ./train_empo --resume dev/cache/emu_run_cpu/resume -x 3 -q
+	./train_empo $(EMU_RESUME) -o dev/cache/emu_run_cpu/resume && \
+	  ./train_empo --resume dev/cache/emu_run_cpu/resume -x 3 -q
 	./dev/cache/emu_cuda --run $(EMU_RESUME) -o dev/cache/emu_run_gpu/resume && \
 	  ./dev/cache/emu_cuda --run --resume dev/cache/emu_run_gpu/resume -x 3 -q
 	python3 dev/cuda/compare_runs.py dev/cache/emu_run_cpu/resume/log.jsonl dev/cache/emu_run_gpu/resume/log.jsonl

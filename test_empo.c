@@ -335,24 +335,19 @@ static void test_policy_loss(void) {
     const char *path = "dev/fixtures/qwen2_untied_policy.bin";
     Model m; char err[512];
     if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
-    FILE *f = fopen(path, "rb");
-    int32_t h[16];
-    if (!f || fread(h, sizeof h, 1, f) != 1 || h[0] != 0x4C4F504D) {
+    PolicyFixture pf;
+    if (policy_fixture_open(&pf, path) != 0) {
         check(0, "cannot read %s", path);
-        if (f) fclose(f);
         model_free(&m);
         return;
     }
-    int B = h[2], T = h[3], BT = B * T;
-    int *inputs = (int *)read_exact(f, (size_t)BT * 4, path), *targets = (int *)read_exact(f, (size_t)BT * 4, path);
-    float *mask = (float *)read_exact(f, (size_t)BT * 4, path), *adv = (float *)read_exact(f, (size_t)B * 4, path);
-    float *old = (float *)read_exact(f, (size_t)BT * 4, path), *ref = (float *)read_exact(f, (size_t)BT * 4, path);
+    int B = pf.B, T = pf.T;
     const char *names[3] = {"default", "ppo-clip 0.2", "kl 0.05"};
     for (int v = 0; v < 3; v++) {
-        float *hdr = (float *)read_exact(f, 12, path);
-        float *grads = (float *)read_exact(f, m.num_parameters * 4, path);
-        model_forward(&m, inputs, targets, NULL, B, T);
-        float loss = policy_objective(&m, B, T, mask, adv, old, ref, hdr[0], hdr[1], 1.0f / B);
+        float *hdr, *grads;
+        policy_fixture_next(&pf, m.num_parameters, &hdr, &grads);
+        model_forward(&m, pf.inputs, pf.targets, NULL, B, T);
+        float loss = policy_objective(&m, B, T, pf.mask, pf.adv, pf.old, pf.ref, hdr[0], hdr[1], 1.0f / B);
         model_zero_grad(&m);
         model_backward(&m);
         float e = rel_err(m.grads_memory, grads, m.num_parameters, NULL);
@@ -360,8 +355,7 @@ static void test_policy_loss(void) {
               "EMPO policy loss (%s): loss %.6f vs torch %.6f, all gradients rel err %.2e", names[v], loss, hdr[2], e);
         free(hdr); free(grads);
     }
-    fclose(f);
-    free(inputs); free(targets); free(mask); free(adv); free(old); free(ref);
+    policy_fixture_close(&pf);
     model_free(&m);
 }
 

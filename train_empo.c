@@ -1547,6 +1547,15 @@ static void verifier_load(Verifier *v, const char *path, const char *template_pa
     }
     if (v->yes_id < 0 || v->no_id < 0 || v->yes_id == v->no_id)
         FATAL("-R %s: the tokenizer cannot tell \" Yes\" from \" No\" by their first token", path);
+    // a context too short for the template itself would judge no pair at all: every answer would
+    // then be its own cluster, silently. Refuse that up front.
+    char *bare = ff_render_judge_prompt(v->tmpl, "", "", "");
+    int *ids, n = bare ? tokenizer_encode(&v->tok, bare, strlen(bare), 1, &ids) : -1;
+    free(bare);
+    if (n >= 0) free(ids);
+    if (n < 0 || n >= v->m.config.maxT)
+        FATAL("-R %s: its context of %d tokens cannot hold the judge's prompt (%d tokens with empty answers); "
+              "use a shorter --judge-template or a verifier with a longer context", path, v->m.config.maxT, n);
     v->max_seqs = max_seqs > 0 ? max_seqs : 256;
     v->max_tokens = 2048;
 }

@@ -1152,8 +1152,10 @@ __device__ uint64_t sample_bisect(const float *x, int V, float M, float inv_t, u
     }
     return llo;
 }
-__global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows,
-                              const float *u, int V, float inv_t, int top_k, float top_p, int greedy) {
+// stats (n, 2), if not NULL: the row's token entropy H(p) and self-certainty KL(U || p) at T = 1,
+// the per-token terms of -r entropy and -r certainty (engine.h), from the logits already here.
+__global__ void sample_kernel(int *tok, float *logp, float *stats, uint64_t *keep_key, const float *logits,
+                              const int *rows, const float *u, int V, float inv_t, int top_k, float top_p, int greedy) {
     __shared__ float t_m[SAMPLE_THREADS + 1], t_s[SAMPLE_THREADS + 1];
     __shared__ int t_best[SAMPLE_THREADS];
     __shared__ float s_M, s_lse, s_r;
@@ -1179,6 +1181,28 @@ __global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const f
     }
     __syncthreads();
     float M = s_M;
+    if (stats) {   // with x = logit - M, Z = sum e^x: H = log Z - sum e^x x / Z; KL(U || p) = log Z - mean x - log V
+        float ex = 0.0f, xs = 0.0f;
+        for (int v = tid; v < V; v += nt) {
+            float xv = x[v] - M;
+            ex += expf(xv) * xv;
+            xs += xv;
+        }
+        t_m[tid] = ex;
+        t_s[tid] = xs;
+        __syncthreads();
+        if (tid == 0) {
+            double E = 0.0, X = 0.0;
+            for (int t = 0; t < nt; t++) {
+                E += t_m[t];
+                X += t_s[t];
+            }
+            double logZ = (double)s_lse - M, Z = exp(logZ);
+            stats[2 * i] = (float)(logZ - E / Z);
+            stats[2 * i + 1] = (float)(logZ - X / V - log((double)V));
+        }
+        __syncthreads();
+    }
     uint64_t K = 0;
     if (!greedy) {
         if (top_k > 0 && top_k < V)
@@ -1224,13 +1248,13 @@ __global__ void sample_kernel(int *tok, float *logp, uint64_t *keep_key, const f
     }
 }
 // tok, logp (n) for rows of logits (.., V) fp32; u (n) uniforms (unused when greedy)
-static void sample_rows(int *tok, float *logp, uint64_t *keep_key, const float *logits, const int *rows, const float *u,
-                        int n, int V, const SamplerConfig *sc) {
+static void sample_rows(int *tok, float *logp, float *stats, uint64_t *keep_key, const float *logits, const int *rows,
+                        const float *u, int n, int V, const SamplerConfig *sc) {
     int greedy = sc->temperature <= 0.0f || sc->top_k == 1;
     float inv_t = greedy ? 1.0f : 1.0f / sc->temperature;
     // few threads for a small vocabulary (tests): all the work is per token, the barriers per block
     int nt = V >= 4 * SAMPLE_THREADS ? SAMPLE_THREADS : ((V + 3) / 4 + 31) / 32 * 32;
-    sample_kernel<<<n, nt>>>(tok, logp, keep_key, logits, rows, u, V, inv_t, sc->top_k, sc->top_p, greedy);
+    sample_kernel<<<n, nt>>>(tok, logp, stats, keep_key, logits, rows, u, V, inv_t, sc->top_k, sc->top_p, greedy);
     LAUNCH_CHECK();
 }
 
@@ -2054,6 +2078,7 @@ typedef struct {
     float *part_o, *part_ml;                         // (S, NH, n_split, HD), (S, NH, n_split, 2)
     int *tok, *pos, *lens, *table, *rows, *out_tok;  // (S) each; table (S, max_pages)
     float *u, *out_logp;                             // (S)
+    float *out_stats;                                // (S, 2) token entropy and self-certainty
     size_t bytes;
 } DecodeBufs;
 static void *dec_alloc(DecodeBufs *d, size_t bytes, const char *what) {
@@ -2078,10 +2103,11 @@ static void decode_bufs_init(DecodeBufs *d, const ModelConfig *c, int S, int n_s
         *ints[i] = (int *)dec_alloc(d, (size_t)S * (i == 5 ? max_pages : 1) * sizeof(int), "decode");
     d->u = (float *)dec_alloc(d, S * sizeof(float), "decode");
     d->out_logp = (float *)dec_alloc(d, S * sizeof(float), "decode");
+    d->out_stats = (float *)dec_alloc(d, S * 2 * sizeof(float), "decode");
 }
 static void decode_bufs_free(DecodeBufs *d) {
     void *ps[] = {d->x, d->ln, d->qkv, d->atty, d->proj, d->fch, d->sw, d->rstd, d->logits, d->part_o, d->part_ml,
-                  d->tok, d->pos, d->lens, d->rows, d->out_tok, d->table, d->u, d->out_logp};
+                  d->tok, d->pos, d->lens, d->rows, d->out_tok, d->table, d->u, d->out_logp, d->out_stats};
     for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaCheck(cudaFree(ps[i]));
     g_device_bytes -= d->bytes;
     memset(d, 0, sizeof *d);
@@ -2173,6 +2199,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     uint64_t *rng = (uint64_t *)xmalloc((size_t)n * sizeof(uint64_t));
     for (int j = 0; j < n; j++)
         rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
+    double *ent_sum = (double *)xcalloc((size_t)n, sizeof(double)), *cert_sum = (double *)xcalloc((size_t)n,
+            sizeof(double));
 
     // sizes: the decode batch, the pages each prompt needs at full length, the pool
     int S = n < g_gen_batch ? n : g_gen_batch;
@@ -2209,6 +2237,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     int *h_lens = (int *)xmalloc((size_t)S * sizeof(int)), *h_rows = (int *)xmalloc((size_t)S * sizeof(int));
     int *h_table = (int *)xmalloc((size_t)S * max_pages * sizeof(int));
     float *h_u = (float *)xmalloc((size_t)S * sizeof(float)), *h_lp = (float *)xmalloc((size_t)S * sizeof(float));
+    float *h_st = (float *)xmalloc((size_t)S * 2 * sizeof(float));
     long reserved = 0;
     int n_active = 0, next = 0, step = 0;
     double t_start = now_seconds();
@@ -2317,13 +2346,16 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             }
             cudaCheck(cudaMemcpy(d.rows, h_rows, (size_t)k * G * sizeof(int), cudaMemcpyHostToDevice));
             cudaCheck(cudaMemcpy(d.u, h_u, (size_t)k * G * sizeof(float), cudaMemcpyHostToDevice));
-            sample_rows(d.out_tok, d.out_logp, NULL, d.logits, d.rows, d.u, k * G, V, sc);
+            sample_rows(d.out_tok, d.out_logp, d.out_stats, NULL, d.logits, d.rows, d.u, k * G, V, sc);
             cudaCheck(cudaMemcpy(h_tok, d.out_tok, (size_t)k * G * sizeof(int), cudaMemcpyDeviceToHost));
             cudaCheck(cudaMemcpy(h_lp, d.out_logp, (size_t)k * G * sizeof(float), cudaMemcpyDeviceToHost));
+            cudaCheck(cudaMemcpy(h_st, d.out_stats, (size_t)k * G * 2 * sizeof(float), cudaMemcpyDeviceToHost));
             for (int o = 0; o < k * G; o++) {
                 int j = p0 * G + o;
                 out->tokens[j][0] = h_tok[o];
                 out->logprobs[j][0] = h_lp[o];
+                ent_sum[j] += h_st[2 * o];
+                cert_sum[j] += h_st[2 * o + 1];
                 out->len[j] = 1;
                 if (still_running(j)) active[n_active++] = j;
                 else finish(j);
@@ -2349,14 +2381,17 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
         cudaCheck(cudaMemcpy(d.table, h_table, (size_t)n_active * max_pages * sizeof(int), cudaMemcpyHostToDevice));
         cudaCheck(cudaMemcpy(d.u, h_u, (size_t)n_active * sizeof(float), cudaMemcpyHostToDevice));
         decode_forward(m, &d, &kv, n_active);
-        sample_rows(d.out_tok, d.out_logp, NULL, d.logits, NULL, d.u, n_active, V, sc);
+        sample_rows(d.out_tok, d.out_logp, d.out_stats, NULL, d.logits, NULL, d.u, n_active, V, sc);
         cudaCheck(cudaMemcpy(h_tok, d.out_tok, (size_t)n_active * sizeof(int), cudaMemcpyDeviceToHost));
         cudaCheck(cudaMemcpy(h_lp, d.out_logp, (size_t)n_active * sizeof(float), cudaMemcpyDeviceToHost));
+        cudaCheck(cudaMemcpy(h_st, d.out_stats, (size_t)n_active * 2 * sizeof(float), cudaMemcpyDeviceToHost));
         int w = 0;
         for (int a = 0; a < n_active; a++) {
             int j = active[a];
             out->tokens[j][out->len[j]] = h_tok[a];
             out->logprobs[j][out->len[j]] = h_lp[a];
+            ent_sum[j] += h_st[2 * a];
+            cert_sum[j] += h_st[2 * a + 1];
             out->len[j]++;
             if (still_running(j)) active[w++] = j;
             else finish(j);
@@ -2373,6 +2408,17 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     decode_bufs_free(&d);
     free(cap); free(rng); free(need); free(full); free(pages); free(npages); free(res); free(active);
     free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table); free(h_u); free(h_lp);
+    free(h_st);
+    // the token rewards' statistics (engine.h): means over each response's tokens
+    out->mean_entropy = (float *)xcalloc((size_t)n, sizeof(float));
+    out->mean_certainty = (float *)xcalloc((size_t)n, sizeof(float));
+    for (int j = 0; j < n; j++)
+        if (out->len[j] > 0) {
+            out->mean_entropy[j] = (float)(ent_sum[j] / out->len[j]);
+            out->mean_certainty[j] = (float)(cert_sum[j] / out->len[j]);
+        }
+    free(ent_sum);
+    free(cert_sum);
 }
 
 // model_next_logprobs (engine.h), as train_empo.c computes it: sequences that share a prefix with

@@ -30,7 +30,8 @@ def main():
     ap.add_argument("-T", type=int, default=1024)
     ap.add_argument("-x", "--steps", type=int, default=10, help="steps; the first 2 are warm-up")
     ap.add_argument("--json", default=None, help="append the result as one JSON line")
-    ap.add_argument("--compile", action="store_true", help="also torch.compile the model (off by default: HF eager is the baseline)")
+    ap.add_argument("--compile", action="store_true",
+                    help="also torch.compile the model (off by default: HF eager is the baseline)")
     args = ap.parse_args()
 
     import torch
@@ -53,7 +54,8 @@ def main():
     nparams = sum(p.numel() for p in model.parameters())
     B, T = args.B, args.T
     x = torch.randint(0, c["V"], (B, T), device=dev)
-    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, HF Qwen2ForCausalLM bf16 sdpa, fused AdamW")
+    print(f"device: {torch.cuda.get_device_name()}, torch {torch.__version__}, HF Qwen2ForCausalLM bf16 sdpa, fused "
+          f"AdamW")
     print(f"model: {nparams / 1e6:.1f}M params; B={B} T={T}")
     torch.cuda.reset_peak_memory_stats()
     warmup = 2 if args.steps > 2 else 0

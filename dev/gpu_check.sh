@@ -96,7 +96,7 @@ if [ -x train_empo_cu ]; then
   rm -rf "$STEP_DIR"
   step "one EMPO step, paper shape (112 x 7, 2048 new tokens, 1.5B random init)" 300 \
     ./train_empo_cu --init qwen1.5b,T=2560 -d dev/default/train.jsonl -r entropy -x 1 -B 112 -G 7 -n 2048 -b 4 \
-    -E 0 -C 0 --recompute 2 -o "$STEP_DIR"
+    -E 0 -C 0 -S bf16 --recompute 2 -o "$STEP_DIR"
   [ -f "$STEP_DIR/log.jsonl" ] && cp "$STEP_DIR/log.jsonl" "$OUT/empo_step_log.jsonl" && \
     $PY - "$STEP_DIR/log.jsonl" "$RES" <<'EOF2'
 import json, sys

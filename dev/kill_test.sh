@@ -40,7 +40,8 @@ same_as_ref() {   # dir
     [ "$ea" = "$eb" ] || { echo "model part sizes differ"; return 1; }
     cmp -s -n "$ea" "$1/model.bin" "$W/ref/model.bin" || { echo "the model differs"; return 1; }
     [ $((sa - oa)) = $((sb - ob)) ] || { echo "optimizer block sizes differ"; return 1; }
-    cmp -s -i "$oa:$ob" -n $((sa - oa - 32)) "$1/model.bin" "$W/ref/model.bin" || { echo "the optimizer state differs"; return 1; }
+    cmp -s -i "$oa:$ob" -n $((sa - oa - 32)) "$1/model.bin" "$W/ref/model.bin" ||
+      { echo "the optimizer state differs"; return 1; }
     diff -q <(lognums "$1") <(lognums "$W/ref") > /dev/null || { echo "the log differs"; return 1; }
     return 0
 }

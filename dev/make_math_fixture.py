@@ -79,7 +79,8 @@ def rewrites(g, rng):
             yield "decimal", "%.6f" % v
             yield "decimal_short", "%.2f" % v
             yield "slash", "%s%d/%d" % (sign, p, q)
-            yield "frac_short", ("%s\\frac%d%d" % (sign, p, q)) if p < 10 and q < 10 else "%s\\frac{%d}{%d}" % (sign, p, q)
+            yield "frac_short", ("%s\\frac%d%d" % (sign, p, q)) if p < 10 and q < 10 else "%s\\frac{%d}{%d}" % (sign,
+                    p, q)
     if INT.match(s):
         n = int(s)
         if abs(n) >= 1000:
@@ -221,7 +222,8 @@ def empo_stats(answers, P):
     live = [i for i, a in enumerate(answers) if a is not None and a != "" and any(not isinstance(x, str) for x in P(a))]
     for x in live:
         for y in live:
-            if x < y and find(x) != find(y) and (mv_equal(P(answers[x]), P(answers[y])) or mv_equal(P(answers[y]), P(answers[x]))):
+            if x < y and find(x) != find(y) and (mv_equal(P(answers[x]), P(answers[y])) or mv_equal(P(answers[y]),
+                    P(answers[x]))):
                 rx, ry = find(x), find(y)
                 parent[max(rx, ry)] = min(rx, ry)
     root_id, ids = {}, []
@@ -289,7 +291,8 @@ def response_templates(g, other, rng):
     """Yields (kind, response) for gold answer g; other is a different gold answer (a decoy)."""
     yield "boxed", "We compute step by step.\nSo the answer is $\\boxed{%s}$." % g
     yield "double_backslash", "Thus the result is \\\\boxed{%s}." % g
-    yield "decoy_then_box", "First I thought $\\boxed{%s}$, but that is wrong.\n\nThe answer is $\\boxed{%s}$." % (other, g)
+    yield "decoy_then_box",
+    "First I thought $\\boxed{%s}$, but that is wrong.\n\nThe answer is $\\boxed{%s}$." % (other, g)
     yield "answer_is_plain", "Adding these gives the total.\nThe answer is %s." % g
     yield "answer_is_dollar", "Adding these gives the total.\nThe answer is $%s$." % g
     yield "final_answer_colon", "Let me check: it works.\n\nFinal answer: $%s$" % g
@@ -348,7 +351,8 @@ def write_responses(golds, rng, n_gold=150):
                 pe = empo_parse(resp)
             except Exception:
                 pe = []
-            rec = {"kind": kind, "response": resp, "gold": gold, "mv_ref": mv_equal(pg, pr), "mv_empo": mv_equal(pg, pe),
+            rec = {"kind": kind, "response": resp, "gold": gold, "mv_ref": mv_equal(pg, pr),
+                   "mv_empo": mv_equal(pg, pe),
                    "found_ref": int(len(pr) > 0), "found_empo": int(len(pe) > 0)}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
             if i % 500 == 0:

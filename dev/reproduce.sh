@@ -50,7 +50,8 @@ block=$(mktemp)
   done <<< "$E"
   echo
   echo "Greedy accuracy goes from ${g0}% to ${g1}% with no labels (peak $(awk '{print $2}' <<< "$peak")% at step"
-  echo "$(awk '{print $1}' <<< "$peak")), maj@8 from ${m0}% to ${m1}%, pass@8 from ${p0}% to ${p1}%, and the semantic entropy"
+  echo "$(awk '{print $1}' <<< "$peak")), maj@8 from ${m0}% to ${m1}%, pass@8 from ${p0}% to ${p1}%,"
+  echo "and the semantic entropy"
   echo "from ${h0} to ${h1}. Wall time $(mmss "${WALL[empo]}") in all: $n_steps steps at $step_s s each on average"
   echo "(generate $gen_s s, score $score_ms ms, train $train_s s), plus the evaluations."
   echo

@@ -31,12 +31,16 @@
 
 // The flags of the free-form reward, with the EMPO reference's values as defaults.
 typedef struct {
-    int bidirectional;       // 1: a ~ b when the judge says Yes both ways (semantic-entropy rule); 0: earlier answer as ground truth only (EMPO reference)
-    float threshold;         // Yes when P(Yes) / (P(Yes) + P(No)) > threshold; 0.5 = "P(Yes) > P(No)", the reference's rule
+    // 1: a ~ b when the judge says Yes both ways (semantic-entropy rule); 0: earlier answer as ground truth only (EMPO
+    // reference)
+    int bidirectional;
+    // Yes when P(Yes) / (P(Yes) + P(No)) > threshold; 0.5 = "P(Yes) > P(No)", the reference's rule
+    float threshold;
     float copy_rouge;        // reward 0 when ROUGE-L precision against the question > this (0.8); >= 1 disables
     int copy_substring;      // reward 0 when the answer is a substring of the question (1 = on)
     float no_answer_reward;  // reward of a response with no answer (-0.5)
-    float min_share;         // low-confidence cutoff: largest cluster share < this with > 1 cluster -> all 0 (0.2); 0 disables
+    // low-confidence cutoff: largest cluster share < this with > 1 cluster -> all 0 (0.2); 0 disables
+    float min_share;
 } FreeformConfig;
 
 static inline void freeform_config_default(FreeformConfig *c) {
@@ -47,7 +51,8 @@ static inline void freeform_config_default(FreeformConfig *c) {
 // The judge. For each pair k: is student answer b[k] equivalent to ground-truth answer a[k], for
 // question q[k]? Writes P(Yes) normalized over {Yes, No} into p_yes[k]. Returns 0, or -1 on failure.
 // Pairs of one question come together, so an implementation can share the question's prefix.
-typedef int (*JudgeFn)(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n, float *p_yes);
+typedef int (*JudgeFn)(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n,
+                       float *p_yes);
 
 // A judge with its settings, as the training loop holds it.
 typedef struct {
@@ -67,7 +72,9 @@ static const char *const FF_WHY[4] = {"ok", "no answer", "copies the question", 
 
 static inline int ff__lower(int c) { return c >= 'A' && c <= 'Z' ? c + 32 : c; }
 static inline int ff__space(int c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
-static inline int ff__word(int c) { return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80; }
+static inline int ff__word(int c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c >= 0x80;
+}
 
 // Copies s[b..e) into out (cap bytes with the NUL), trimmed. Returns the length.
 static inline size_t ff__emit(const char *s, size_t b, size_t e, char *out, size_t cap) {
@@ -101,7 +108,8 @@ static inline void ff__unwrap_text(char *s) {
 }
 
 // The final answer of a free-form response: the last balanced \boxed{...} / \fbox{...} with
-// \text{} unwrapped (a response with a box but an empty one has no answer); else the last sentence (split at . ! ? followed by a space, and at line ends;
+// \text{} unwrapped (a response with a box but an empty one has no answer); else the last sentence (split at . ! ?
+// followed by a space, and at line ends;
 // its final punctuation dropped). Returns 1 and writes out, or 0 when there is no answer (empty
 // response, an empty box, only punctuation). Sentence splitting knows no abbreviations: "e.g. x"
 // ends a sentence at "e.g.". The reference has no sentence fallback at all (no box: no answer).
@@ -121,7 +129,9 @@ static inline int ff_extract_answer(const char *response, char *out, size_t cap)
     }
     size_t n = strlen(response), e = n;
     // drop trailing space and closing punctuation, then find where the last sentence starts
-    while (e > 0 && (ff__space((unsigned char)response[e - 1]) || response[e - 1] == '.' || response[e - 1] == '!' || response[e - 1] == '?')) e--;
+    while (e > 0
+           && (ff__space((unsigned char)response[e - 1]) || response[e - 1] == '.' || response[e - 1] == '!'
+               || response[e - 1] == '?')) e--;
     size_t b = e;
     while (b > 0) {
         char c = response[b - 1];
@@ -170,7 +180,8 @@ static inline int ff__words(const char *s, int *start, int *len, int max) {
 }
 static inline int ff__word_eq(const char *x, int xs, int xl, const char *y, int ys, int yl) {
     if (xl != yl) return 0;
-    for (int k = 0; k < xl; k++) if (ff__lower((unsigned char)x[xs + k]) != ff__lower((unsigned char)y[ys + k])) return 0;
+    for (int k = 0; k < xl; k++)
+        if (ff__lower((unsigned char)x[xs + k]) != ff__lower((unsigned char)y[ys + k])) return 0;
     return 1;
 }
 
@@ -223,7 +234,8 @@ static inline int ff_copies_question(const char *answer, const char *question, c
 #define FF_DEFAULT_JUDGE_TEMPLATE \
     "User: ### Question: {question}\n\n### Ground Truth Answer: {a}\n\n### Student Answer: {b}\n\n" \
     "For the above question, please verify if the student's answer is equivalent to the ground truth answer.\n" \
-    "Do not solve the question by yourself; just check if the student's answer is equivalent to the ground truth answer.\n" \
+    "Do not solve the question by yourself; just check if the student's answer is equivalent to the ground truth " \
+    "answer.\n" \
     "If the student's answer is correct, output \"Final Decision: Yes\". If the student's answer is incorrect, " \
     "output \"Final Decision: No\". Assistant: Final Decision:"
 
@@ -295,7 +307,12 @@ typedef struct {
     int *pa, *pb;
 } FreeformPlan;
 
-static inline void freeform_plan_free(FreeformPlan *pl) { free(pl->pa); free(pl->pb); pl->pa = pl->pb = NULL; pl->n_pairs = 0; }
+static inline void freeform_plan_free(FreeformPlan *pl) {
+    free(pl->pa);
+    free(pl->pb);
+    pl->pa = pl->pb = NULL;
+    pl->n_pairs = 0;
+}
 
 // Dedupes the answers (NULL or "" = no answer) and lists every pair of distinct answers the greedy
 // clustering may compare, the earlier answer as ground truth (and the reverse too when
@@ -344,7 +361,8 @@ typedef struct {
 //   otherwise                                       -> p(cluster of i)
 // in that order, as the reference. Guarded answers still count in the clusters and the entropy.
 // out->reward holds the guarded rewards and out->advantage their group normalization.
-static inline void freeform_finish(const FreeformPlan *pl, const char *const *answers, const char *question, const float *p_yes,
+static inline void freeform_finish(const FreeformPlan *pl, const char *const *answers, const char *question,
+                                   const float *p_yes,
                                    const FreeformConfig *cfg, SemanticGroup *out, FreeformStats *st) {
     int U = pl->U, G = pl->G;
     unsigned char *eq = (unsigned char *)calloc((size_t)(U > 0 ? U * U : 1), 1);
@@ -353,7 +371,8 @@ static inline void freeform_finish(const FreeformPlan *pl, const char *const *an
         free(eq); free(yes);
         semantic_cluster_table(pl->uid, G, NULL, U, out);
     } else {
-        for (int k = 0; k < pl->n_pairs; k++) yes[(size_t)pl->pa[k] * U + pl->pb[k]] = p_yes && p_yes[k] > cfg->threshold;
+        for (int k = 0; k < pl->n_pairs; k++) yes[(size_t)pl->pa[k] * U + pl->pb[k]] = p_yes
+            && p_yes[k] > cfg->threshold;
         for (int u = 0; u < U; u++)
             for (int v = u + 1; v < U; v++) {
                 int e = cfg->bidirectional ? yes[(size_t)u * U + v] && yes[(size_t)v * U + u] : yes[(size_t)u * U + v];
@@ -431,11 +450,15 @@ static inline int freeform_cluster_batch(const char *const *answers, const char 
                 qa[2 * total + k] = ans[pl[g].first[pl[g].pb[j]]];
             }
         }
-        if (judge(ctx, qa, qa + total, qa + 2 * total, (int)total, p) != 0) { rc = -1; memset(p, 0, total * sizeof(float)); }
+        if (judge(ctx, qa, qa + total, qa + 2 * total, (int)total, p) != 0) {
+            rc = -1;
+            memset(p, 0, total * sizeof(float));
+        }
     }
     size_t k = 0;
     for (int g = 0; g < n_groups; g++) {
-        freeform_finish(&pl[g], answers + (size_t)g * G, questions[g], p ? p + k : NULL, cfg, &out[g], st ? &st[g] : NULL);
+        freeform_finish(&pl[g], answers + (size_t)g * G, questions[g], p ? p + k : NULL, cfg, &out[g],
+                        st ? &st[g] : NULL);
         k += (size_t)pl[g].n_pairs;
         freeform_plan_free(&pl[g]);
     }
@@ -446,7 +469,8 @@ static inline int freeform_cluster_batch(const char *const *answers, const char 
 
 // The judge to use without a verifier model: normalized strings equal (ff_normalize). Cheap, and
 // deterministic for tests; it knows nothing about paraphrases.
-static inline int ff_exact_judge(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n, float *p_yes) {
+static inline int ff_exact_judge(void *ctx, const char *const *q, const char *const *a, const char *const *b, int n,
+                                 float *p_yes) {
     (void)ctx; (void)q;
     char x[FF_ANSWER_CAP], y[FF_ANSWER_CAP];
     for (int k = 0; k < n; k++) {

@@ -291,7 +291,8 @@ static inline int st_write(const char *path, const StOut *ts, int n, char *err, 
         for (int i = 0; i < t->ndim; i++) numel *= (uint64_t)t->shape[i];
         uint64_t nb = numel * (uint64_t)st_dtype_size(t->dtype);
         if (strlen(t->name) > 120 || strchr(t->name, '"') || strchr(t->name,
-                                                                    '\\') || (t->dtype != ST_F32 && t->dtype != ST_BF16)) {
+                                                                    '\\') || (t->dtype != ST_F32
+                                                                              && t->dtype != ST_BF16)) {
             free(h); st__err(err, errcap, path, t->name, "cannot write this name or dtype"); return -1;
         }
         len += (size_t)snprintf(h + len, cap - len, ",\"%s\":{\"dtype\":\"%s\",\"shape\":[", t->name,

@@ -47,7 +47,9 @@ typedef struct Tokenizer {
 } Tokenizer;
 
 // The Qwen2 pre-tokenizer regex as tokenizer.json spells it. Only this one is implemented.
-#define TOK_QWEN2_PATTERN "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
+#define TOK_QWEN2_PATTERN \
+    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|" \
+    "\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+"
 
 static inline void tok__err(char *err, size_t cap, const char *fmt, ...) {
     if (!err || !cap) return;
@@ -150,8 +152,9 @@ static inline int tok__ccc(uint32_t cp) {
 static inline int tok__decompose(uint32_t cp, tok__uvec *out) {
     if (cp >= TOK_SBASE && cp < TOK_SBASE + TOK_SCOUNT) {
         uint32_t si = cp - TOK_SBASE;
-        if (tok__upush(out, TOK_LBASE + si / TOK_NCOUNT) || tok__upush(out,
-                                                                       TOK_VBASE + (si % TOK_NCOUNT) / TOK_TCOUNT)) return -1;
+        if (tok__upush(out, TOK_LBASE + si / TOK_NCOUNT) ||
+            tok__upush(out, TOK_VBASE + (si % TOK_NCOUNT) / TOK_TCOUNT))
+            return -1;
         if (si % TOK_TCOUNT) return tok__upush(out, TOK_TBASE + si % TOK_TCOUNT);
         return 0;
     }
@@ -726,7 +729,8 @@ static inline const char *tok__check_pipeline(const JDoc *d, int *nfc) {
         return "pre_tokenizer: expected the Qwen2 Sequence [Split, ByteLevel]";
     const char *rx = json_str(d, json_get(d, json_get(d, sp, "pattern"), "Regex"));
     if (!rx || strcmp(rx,
-                      TOK_QWEN2_PATTERN) != 0) return "pre_tokenizer: Split pattern is not the Qwen2 regex (the only one implemented)";
+                      TOK_QWEN2_PATTERN) != 0) return "pre_tokenizer: Split pattern is not the Qwen2 regex (the only "
+                                                      "one implemented)";
     if (!tok__is(d, sp, "behavior", "Isolated") || json_bool(d, json_get(d, sp, "invert"), 0))
         return "pre_tokenizer: Split must be behavior Isolated, invert false";
     if (json_bool(d, json_get(d, bl, "add_prefix_space"), 0) || json_bool(d, json_get(d, bl, "use_regex"), 1))
@@ -739,7 +743,8 @@ static inline const char *tok__check_pipeline(const JDoc *d, int *nfc) {
     const char *s;
     if ((s = json_str(d,
                       json_get(d, model,
-                               "continuing_subword_prefix"))) && *s) return "model: continuing_subword_prefix is not supported";
+                               "continuing_subword_prefix")))
+                                   && *s) return "model: continuing_subword_prefix is not supported";
     if ((s = json_str(d,
                       json_get(d, model,
                                "end_of_word_suffix"))) && *s) return "model: end_of_word_suffix is not supported";
@@ -1008,7 +1013,8 @@ static inline int tokenizer_from_blob(Tokenizer *t, const unsigned char *b, size
         tok__err(err, errcap, "%s: unsupported version %u", src, tok__get32(b + 4));
         return -1;
     }
-    uint32_t nfc = tok__get32(b + 8), pre = tok__get32(b + 12), nv = tok__get32(b + 16), nm = tok__get32(b + 20), nb = tok__get32(b + 24);
+    uint32_t nfc = tok__get32(b + 8), pre = tok__get32(b + 12), nv = tok__get32(b + 16), nm = tok__get32(b + 20),
+    nb = tok__get32(b + 24);
     if (nfc > 1 || pre != TOK_PRE_QWEN2) {
         tok__err(err, errcap, "%s: unknown normalizer/pre-tokenizer", src);
         return -1;
@@ -1045,7 +1051,8 @@ static inline int tokenizer_from_blob(Tokenizer *t, const unsigned char *b, size
     memcpy(t->flags, fl, nv);
     memcpy(t->bytes, bytes, nb);
     for (uint32_t r = 0; r < nm; r++) {
-        uint32_t a = tok__get32(mg + 12 * (size_t)r), c = tok__get32(mg + 12 * (size_t)r + 4), m = tok__get32(mg + 12 * (size_t)r + 8);
+        uint32_t a = tok__get32(mg + 12 * (size_t)r), c = tok__get32(mg + 12 * (size_t)r + 4),
+        m = tok__get32(mg + 12 * (size_t)r + 8);
         int ok = a < nv && c < nv && m < nv && !(t->flags[a] | t->flags[c] | t->flags[m]);
         if (ok) {
             uint32_t la = t->off[a + 1] - t->off[a], lc = t->off[c + 1] - t->off[c];
@@ -1089,7 +1096,8 @@ static inline void tok__write_added(FILE *f, const Tokenizer *t, int id) {
 static inline int tokenizer_write_hf_json(FILE *f, const Tokenizer *t) {
     uint32_t b2u[256]; int u2b[324];
     tok__bytelevel(b2u, u2b);
-    const char *bl = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": false, \"use_regex\": false}";
+    const char *bl = "{\"type\": \"ByteLevel\", \"add_prefix_space\": false, \"trim_offsets\": false, \"use_regex\": "
+                     "false}";
     fputs("{\n  \"version\": \"1.0\",\n  \"truncation\": null,\n  \"padding\": null,\n  \"added_tokens\": [", f);
     int first = 1;
     for (int id = 0; id < t->n_vocab; id++) if (t->flags[id] & TOK_F_ADDED) {
@@ -1097,12 +1105,15 @@ static inline int tokenizer_write_hf_json(FILE *f, const Tokenizer *t) {
         tok__write_added(f, t, id);
     }
     fprintf(f, "\n  ],\n  \"normalizer\": %s,\n", t->nfc ? "{\"type\": \"NFC\"}" : "null");
-    fputs("  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": {\"Regex\": ", f);
+    fputs("  \"pre_tokenizer\": {\"type\": \"Sequence\", \"pretokenizers\": [{\"type\": \"Split\", \"pattern\": "
+          "{\"Regex\": ", f);
     json_write_str(f, TOK_QWEN2_PATTERN, strlen(TOK_QWEN2_PATTERN));
     fprintf(f, "}, \"behavior\": \"Isolated\", \"invert\": false}, %s]},\n", bl);
     fprintf(f, "  \"post_processor\": %s,\n  \"decoder\": %s,\n", bl, bl);
-    fputs("  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": \"\", "
-          "\"end_of_word_suffix\": \"\", \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": false,\n    \"vocab\": {", f);
+    fputs("  \"model\": {\"type\": \"BPE\", \"dropout\": null, \"unk_token\": null, \"continuing_subword_prefix\": "
+          "\"\", "
+          "\"end_of_word_suffix\": \"\", \"fuse_unk\": false, \"byte_fallback\": false, \"ignore_merges\": false,\n   "
+          " \"vocab\": {", f);
     first = 1;
     for (int id = 0; id < t->n_vocab; id++) {
         if ((t->flags[id] & TOK_F_ADDED) || t->off[id + 1] == t->off[id]) continue;
@@ -1193,6 +1204,9 @@ static inline int chat_template_encode(const Tokenizer *t, int which, const char
 }
 // The jinja chat_template written into an exported tokenizer_config.json: ChatML, so that
 // [system, user] messages give the CoT prompt and [user] alone the plain one.
-#define TOK_CHATML_JINJA "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+#define TOK_CHATML_JINJA \
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + " \
+    "'<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}" \
+    "{%- endif %}"
 
 #endif // TOKENIZER_H

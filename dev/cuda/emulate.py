@@ -72,7 +72,8 @@ model = head + """static int g_cublas, g_cublaslt;   // emulated: gemm() is emu_
 static void *g_lt_workspace;
 static const size_t LT_WORKSPACE = 1 << 16;
 static int g_lt_fallbacks = 0;
-static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int transA, int lda, const floatX *Bm, int transB, int ldb,
+static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int transA, int lda, const floatX *Bm,
+                 int transB, int ldb,
                  int m, int n, int k, float beta, const floatX *bias) {
     emu_gemm(D, d_type, ldd, A, transA, lda, Bm, transB, ldb, m, n, k, beta, bias);
 }

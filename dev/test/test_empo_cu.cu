@@ -418,7 +418,7 @@ static int ref_kept(const float *x, int V, const SamplerConfig *sc, unsigned cha
 }
 // n draws from one row of logits on the device: tokens, log-probs and kept keys to the host
 static void gpu_draws(const float *x, int V, const SamplerConfig *sc, int n, uint64_t seed, int *tok, float *lp,
-                      uint64_t *key) {
+                      uint64_t *key, float *stats) {
     float *u = (float *)xmalloc((size_t)n * sizeof(float));
     uint64_t rng = seed;
     for (int i = 0; i < n; i++) u[i] = random_f32(&rng);
@@ -426,7 +426,10 @@ static void gpu_draws(const float *x, int V, const SamplerConfig *sc, int n, uin
     float *d_x = upload_floats(x, V), *d_u = upload_floats(u, n), *d_lp = (float *)device_alloc((size_t)n * 4, "test");
     int *d_rows = upload_ints(rows, n), *d_tok = (int *)device_alloc((size_t)n * 4, "test");
     uint64_t *d_key = (uint64_t *)device_alloc((size_t)n * 8, "test");
-    sample_rows(d_tok, d_lp, d_key, d_x, d_rows, d_u, n, V, sc);
+    float *d_st = (float *)device_alloc((size_t)n * 8, "test");
+    sample_rows(d_tok, d_lp, d_st, d_key, d_x, d_rows, d_u, n, V, sc);
+    if (stats) cudaCheck(cudaMemcpy(stats, d_st, (size_t)n * 8, cudaMemcpyDeviceToHost));
+    device_free(d_st, 0);
     cudaCheck(cudaMemcpy(tok, d_tok, (size_t)n * 4, cudaMemcpyDeviceToHost));
     cudaCheck(cudaMemcpy(lp, d_lp, (size_t)n * 4, cudaMemcpyDeviceToHost));
     if (key) cudaCheck(cudaMemcpy(key, d_key, (size_t)n * 8, cudaMemcpyDeviceToHost));
@@ -444,7 +447,9 @@ static void sampler_case(const char *what, const float *x, int V, SamplerConfig 
     int *tok = (int *)xmalloc((size_t)draws * sizeof(int));
     float *lp = (float *)xmalloc((size_t)draws * sizeof(float));
     uint64_t *key = (uint64_t *)xmalloc((size_t)draws * sizeof(uint64_t));
-    gpu_draws(x, V, &sc, draws, 12345, tok, lp, key);
+    float st[2];
+    gpu_draws(x, V, &sc, 1, 12345, tok, lp, key, st);   // the row's entropy and self-certainty (any draw)
+    gpu_draws(x, V, &sc, draws, 12345, tok, lp, key, NULL);
     int best = 0;
     for (int v = 1; v < V; v++) if (x[v] > x[best]) best = v;
     int same_set = 1;
@@ -452,9 +457,16 @@ static void sampler_case(const char *what, const float *x, int V, SamplerConfig 
         float q = expf((x[v] - x[best]) * (1.0f / sc.temperature));
         same_set &= (sample_key(q, v) >= key[0]) == (keep[v] != 0);
     }
-    double mx = -1e300, z = 0.0, worst_lp = 0.0;
+    double mx = -1e300, z = 0.0, worst_lp = 0.0, H = 0.0, mean_logp = 0.0;
     for (int v = 0; v < V; v++) mx = fmax(mx, (double)x[v]);
     for (int v = 0; v < V; v++) z += exp((double)x[v] - mx);
+    for (int v = 0; v < V; v++) {   // at T = 1: H = -sum p log p, certainty = -log V - mean log p
+        double lpv = (double)x[v] - mx - log(z);
+        H -= exp(lpv) * lpv;
+        mean_logp += lpv / V;
+    }
+    double cert = -log((double)V) - mean_logp;
+    double st_err = fmax(fabs(st[0] - H) / fmax(H, 1e-3), fabs(st[1] - cert) / fmax(cert, 1e-3));
     int *count = (int *)xcalloc((size_t)V, sizeof(int)), outside = 0;
     for (int i = 0; i < draws; i++) {
         count[tok[i]]++;
@@ -470,9 +482,10 @@ static void sampler_case(const char *what, const float *x, int V, SamplerConfig 
         df++;
     }
     double bound = df + 5.0 * sqrt(2.0 * (df > 0 ? df : 1)) + 1.0;
-    check(same_set && outside == 0 && chi2 < bound && worst_lp < 1e-5,
+    check(same_set && outside == 0 && chi2 < bound && worst_lp < 1e-5 && st_err < 1e-5,
           "GPU sampler %s: kept set = the sort's (%d tokens), %d draws chi2 %.1f (df %d, bound %.1f), %d outside, "
-          "log-prob err %.1e", what, n, draws, chi2, df, bound, outside, worst_lp);
+          "log-prob err %.1e, entropy/certainty rel err %.1e", what, n, draws, chi2, df, bound, outside, worst_lp,
+          st_err);
     free(keep); free(prob); free(tok); free(lp); free(key); free(count);
 }
 static void test_sampler(void) {
@@ -491,7 +504,7 @@ static void test_sampler(void) {
     int n = 2000, same = 0;
     int *tok = (int *)xmalloc((size_t)n * sizeof(int));
     float *lp = (float *)xmalloc((size_t)n * sizeof(float));
-    gpu_draws(x, V, &plain, n, 4242, tok, lp, NULL);
+    gpu_draws(x, V, &plain, n, 4242, tok, lp, NULL, NULL);
     uint64_t r2 = 4242;
     int best = 0;
     for (int v = 1; v < V; v++) if (x[v] > x[best]) best = v;
@@ -509,10 +522,10 @@ static void test_sampler(void) {
     SamplerConfig greedy = {0.0f, 1.0f, 0, 1, 0, 0}, k2 = {1.0f, 1.0f, 2, 1, 0, 0};
     int t1[1];
     float l1[1];
-    gpu_draws(tie, 4, &greedy, 1, 1, t1, l1, NULL);
+    gpu_draws(tie, 4, &greedy, 1, 1, t1, l1, NULL, NULL);
     int *tk = (int *)xmalloc(2000 * sizeof(int));
     float *lk = (float *)xmalloc(2000 * sizeof(float));
-    gpu_draws(tie, 4, &k2, 2000, 5, tk, lk, NULL);
+    gpu_draws(tie, 4, &k2, 2000, 5, tk, lk, NULL, NULL);
     int c1 = 0, c2 = 0, other = 0;
     for (int i = 0; i < 2000; i++) { c1 += tk[i] == 1; c2 += tk[i] == 2; other += tk[i] != 1 && tk[i] != 2; }
     check(t1[0] == 1 && other == 0 && abs(c1 - c2) < 300,
@@ -865,18 +878,13 @@ static void test_policy_step(void) {
     Model m;
     char err[512];
     if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
-    FILE *f = fopen(path, "rb");
-    int32_t h[16];
-    if (!f || fread(h, sizeof h, 1, f) != 1 || h[0] != 0x4C4F504D) {
+    PolicyFixture pf;
+    if (policy_fixture_open(&pf, path) != 0) {
         check(0, "cannot read %s", path);
-        if (f) fclose(f);
         model_free(&m);
         return;
     }
-    int B = h[2], T = h[3], BT = B * T;
-    int *inputs = (int *)read_exact(f, (size_t)BT * 4, path), *targets = (int *)read_exact(f, (size_t)BT * 4, path);
-    float *mask = (float *)read_exact(f, (size_t)BT * 4, path), *adv = (float *)read_exact(f, (size_t)B * 4, path);
-    float *old = (float *)read_exact(f, (size_t)BT * 4, path), *ref = (float *)read_exact(f, (size_t)BT * 4, path);
+    int B = pf.B, T = pf.T;
     const char *names[3] = {"default", "ppo-clip 0.2", "kl 0.05"};
 #ifdef ENABLE_FP32
     const float tol_loss = 2e-5f, tol_grad = TOL_GRAD;
@@ -884,10 +892,10 @@ static void test_policy_step(void) {
     const float tol_loss = 5e-2f, tol_grad = TOL_GRAD;
 #endif
     for (int v = 0; v < 3; v++) {
-        float *hdr = (float *)read_exact(f, 12, path);
-        float *grads = (float *)read_exact(f, m.num_parameters * 4, path);
-        model_forward(&m, inputs, targets, NULL, B, T);
-        float loss = policy_objective(&m, B, T, mask, adv, old, ref, hdr[0], hdr[1], 1.0f / B);
+        float *hdr, *grads;
+        policy_fixture_next(&pf, m.num_parameters, &hdr, &grads);
+        model_forward(&m, pf.inputs, pf.targets, NULL, B, T);
+        float loss = policy_objective(&m, B, T, pf.mask, pf.adv, pf.old, pf.ref, hdr[0], hdr[1], 1.0f / B);
         model_zero_grad(&m);
         model_backward(&m);
         float *g = grads_to_host(&m);
@@ -897,8 +905,7 @@ static void test_policy_step(void) {
               names[v], loss, hdr[2], le, e);
         free(hdr); free(grads); free(g);
     }
-    fclose(f);
-    free(inputs); free(targets); free(mask); free(adv); free(old); free(ref);
+    policy_fixture_close(&pf);
     model_free(&m);
 }
 

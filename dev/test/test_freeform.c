@@ -34,7 +34,8 @@ static void test_text(void) {
     expect_extract("  ... !!", NULL);
     expect_extract("answer: \\boxed{}", NULL);
     char longs[1200], got[FF_ANSWER_CAP];
-    for (int i = 0; i < 1198; i += 2) { longs[i] = (char)0xC3; longs[i + 1] = (char)0xA9; }   // "é" x 599, no sentence end
+    // "é" x 599, no sentence end
+    for (int i = 0; i < 1198; i += 2) { longs[i] = (char)0xC3; longs[i + 1] = (char)0xA9; }
     longs[1198] = 0;
     int lg = ff_extract_answer(longs, got, sizeof got);
     check(lg && strlen(got) <= FF_SENTENCE_CAP && ((unsigned char)got[0] & 0xC0) != 0x80 && !strcmp(got,
@@ -101,7 +102,8 @@ static void test_cluster_stub(void) {
     int want_c[8] = {0, 0, 0, -1, 1, 2, 3, 0};
     int ok = g.n_clusters == 4 && g.n_missing == 1 && memcmp(g.cluster, want_c, sizeof want_c) == 0;
     check(ok,
-          "bidirectional: clusters {blue, It is blue., Blue, blue.} {green} {the sky} {azure} + 1 missing (%d clusters)", g.n_clusters);
+          "bidirectional: clusters {blue, It is blue., Blue, blue.} {green} {the sky} {azure} + 1 missing "
+          "(%d clusters)", g.n_clusters);
     check(stub_calls == 1 && stub_pairs == 20 && st.n_unique == 5,
           "one judge call for the group: %d call(s), %d directed pairs of %d distinct answers (5*4)",
           stub_calls, stub_pairs, st.n_unique);
@@ -111,7 +113,8 @@ static void test_cluster_stub(void) {
     ok = 1;
     for (int i = 0; i < 8; i++) ok &= feq(g.reward[i], want_r[i], 1e-6f);
     check(ok && st.why[3] == FF_NO_ANSWER && st.why[5] == FF_COPY && st.why[0] == FF_OK,
-          "guarded rewards %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.3f (no answer -0.5, \"the sky\" copies the question: 0)",
+          "guarded rewards %.3f %.3f %.3f %.3f %.3f %.3f %.3f %.3f "
+          "(no answer -0.5, \"the sky\" copies the question: 0)",
           g.reward[0], g.reward[1], g.reward[2], g.reward[3], g.reward[4], g.reward[5], g.reward[6], g.reward[7]);
     float adv[8];
     group_advantages(want_r, 8, adv);
@@ -123,7 +126,8 @@ static void test_cluster_stub(void) {
     stub_calls = stub_pairs = 0;
     freeform_cluster(ans, 8, q, stub_judge, NULL, &cfg, &g, &st);
     check(g.n_clusters == 3 && g.cluster[6] == 0 && feq(g.reward[0], 0.625f, 1e-6f) && stub_pairs == 10,
-          "one-way (reference): \"azure\" joins \"blue\" (blue accepts azure), 3 clusters, reward %.3f, %d pairs", g.reward[0], stub_pairs);
+          "one-way (reference): \"azure\" joins \"blue\" (blue accepts azure), 3 clusters, reward %.3f, %d pairs",
+          g.reward[0], stub_pairs);
 
     // low confidence: six different answers -> the largest share 1/6 < 0.2 -> everyone 0
     const char *spread[6] = {"alpha", "bravo", "charlie", "delta", "echo", "foxtrot"};
@@ -226,9 +230,12 @@ static void test_verifier_vs_hf(void) {
     int root = 0, pairs = json_get(&d, root, "pairs"), n = json_len(&d, pairs);
     check(v.yes_id == (int)json_num(&d, json_get(&d, root, "yes_id"), -1) && v.no_id == (int)json_num(&d,
             json_get(&d, root, "no_id"), -1),
-          "decision tokens: \" Yes\"/\" No\" collide in a byte vocabulary, so \"Yes\"/\"No\": ids %d/%d", v.yes_id, v.no_id);
-    const char **q = (const char **)xmalloc(n * sizeof(char *)), **a = (const char **)xmalloc(n * sizeof(char *)), **b = (const char **)xmalloc(n * sizeof(char *));
-    float *ref_y = (float *)xmalloc(n * sizeof(float)), *ref_n = (float *)xmalloc(n * sizeof(float)), *py = (float *)xmalloc(n * sizeof(float));
+          "decision tokens: \" Yes\"/\" No\" collide in a byte vocabulary, so \"Yes\"/\"No\": ids %d/%d", v.yes_id,
+          v.no_id);
+    const char **q = (const char **)xmalloc(n * sizeof(char *)), **a = (const char **)xmalloc(n * sizeof(char *)),
+    **b = (const char **)xmalloc(n * sizeof(char *));
+    float *ref_y = (float *)xmalloc(n * sizeof(float)), *ref_n = (float *)xmalloc(n * sizeof(float)),
+    *py = (float *)xmalloc(n * sizeof(float));
     int **ids = (int **)xmalloc(n * sizeof(int *)), *lens = (int *)xmalloc(n * sizeof(int));
     int render_ok = 1;
     for (int k = 0; k < n; k++) {
@@ -269,7 +276,8 @@ static void test_verifier_vs_hf(void) {
         total += lens[k];
     }
     check(worst < 1e-4f,
-          "batched judge log P(Yes), log P(No) vs transformers on %d prompts: max abs err %.2e (e.g. %.5f vs %.5f)", n, worst, ly[0], ref_y[0]);
+          "batched judge log P(Yes), log P(No) vs transformers on %d prompts: max abs err %.2e (e.g. %.5f vs %.5f)", n,
+          worst, ly[0], ref_y[0]);
     check(shared > 0 && computed + shared == total,
           "shared prefixes: %ld of %ld prompt tokens computed once and copied", shared, total);
     check(worst2 < 1e-5f && computed2 + shared2 == total,
@@ -372,43 +380,64 @@ static void test_end_to_end(void) {
                              "\"reward\""), evals = count_lines("/tmp/empo_test_ff/log.jsonl", "\"eval_greedy\"");
     int records = count_lines("/tmp/empo_test_ff/eval_last.jsonl", "\"kind\": \"choice\"");
     check(ok && logged == 3 && evals == 2 && records == 12,
-          "--task freeform trains 3 steps with the tiny verifier (%d step lines, %d evals, %d MC records; %.1f s)", logged, evals, records, now_seconds() - t0);
+          "--task freeform trains 3 steps with the tiny verifier (%d step lines, %d evals, %d MC records; %.1f s)",
+          logged, evals, records, now_seconds() - t0);
     // the trained policy, evaluated from the command line on both kinds of question
     expect_cmd("--eval multiple choice",
                "./train_empo --task freeform -m /tmp/empo_test_ff/model.bin --eval dev/freeform/eval_mc.jsonl "
                "-R " VTMP " -G 3 --eval-n 16 -o /tmp/empo_test_ff", 0, "eval_mc.jsonl: 12 problems | greedy pass@1");
     expect_cmd("--eval free-form answers, judged by the verifier",
                "./train_empo --task freeform -m /tmp/empo_test_ff/model.bin --eval dev/freeform/eval_free.jsonl "
-               "-R " VTMP " --judge-template /tmp/empo_ff_short.txt -G 3 --eval-n 16 -o /tmp/empo_test_ff", 0, "pairs judged");
+               "-R " VTMP " --judge-template /tmp/empo_ff_short.txt -G 3 --eval-n 16 -o /tmp/empo_test_ff", 0,
+               "pairs judged");
     expect_cmd("training from the command line, no verifier (normalized text judge)",
                "./train_empo --task freeform --init C=32,L=1,NH=2,NKV=1,I=64,T=320 "
-               "--template plain -d dev/freeform/train.jsonl -B 2 -G 3 -n 12 -x 1 -E 0 -o /tmp/empo_test_ff", 0, "step     1/1");
+               "--template plain -d dev/freeform/train.jsonl -B 2 -G 3 -n 12 -x 1 -E 0 -o /tmp/empo_test_ff", 0,
+               "step     1/1");
     // bad input: one clear line and a non-zero exit
     f = fopen("/tmp/empo_ff_bad.jsonl", "w");
-    fputs("{\"question\": \"Q1?\", \"choices\": [\"x\", \"y\"], \"answer\": \"C\"}\n{\"question\": \"Q2?\", \"choices\": \"xy\"}\n{\"prompt\": 3}\n", f);
+    fputs("{\"question\": \"Q1?\", \"choices\": [\"x\", \"y\"], \"answer\": \"C\"}\n{\"question\": \"Q2?\", "
+          "\"choices\": \"xy\"}\n{\"prompt\": 3}\n", f);
     fclose(f);
     f = fopen("/tmp/empo_ff_tmpl.txt", "w");
     fputs("Is {a} the same as the answer?", f);
     fclose(f);
     expect_cmd("an MC answer that names no option",
-               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
+               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o "
+               "/tmp/empo_test_ff",
                1, "empo_ff_bad.jsonl:1: \"answer\" is neither a letter A-B");
     expect_cmd("choices that are not a list",
-               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
+               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o "
+               "/tmp/empo_test_ff",
                1, "empo_ff_bad.jsonl:2: \"choices\" must be");
     expect_cmd("a file with no usable line",
-               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o /tmp/empo_test_ff",
+               "./train_empo --task freeform --eval /tmp/empo_ff_bad.jsonl -m /tmp/empo_test_ff/model.bin -o "
+               "/tmp/empo_test_ff",
                1, "no usable {\"question\"");
     expect_cmd("a judge template without {b}",
-               "./train_empo --task freeform --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin -R " VTMP
+               "./train_empo --task freeform --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin "
+               "-R " VTMP
                " --judge-template /tmp/empo_ff_tmpl.txt", 1, "no {b} placeholder");
+    {   // a template longer than the verifier's context: no pair could ever be judged
+        FILE *t = fopen("/tmp/empo_ff_long.txt", "w");
+        fputs("Q: {question} A: {a} B: {b} ", t);
+        for (int i = 0; i < 5000; i++) fputc('x', t);
+        fclose(t);
+    }
+    expect_cmd("a judge template too long for the verifier's context",
+               "./train_empo --task freeform --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin "
+               "-R " VTMP
+               " --judge-template /tmp/empo_ff_long.txt", 1, "cannot hold the judge's prompt");
+    remove("/tmp/empo_ff_long.txt");
     expect_cmd("-R without --task freeform", "./train_empo -R " VTMP " --eval dev/freeform/eval_free.jsonl", 1,
                "need --task freeform");
     expect_cmd("a missing verifier",
-               "./train_empo --task freeform -R /tmp/empo_nope.bin --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin", 1,
+               "./train_empo --task freeform -R /tmp/empo_nope.bin --eval dev/freeform/eval_free.jsonl -m "
+               "/tmp/empo_test_ff/model.bin", 1,
                "/tmp/empo_nope.bin");
     expect_cmd("a verifier without a tokenizer",
-               "./train_empo --task freeform -R " VFIX " --eval dev/freeform/eval_free.jsonl -m /tmp/empo_test_ff/model.bin", 1,
+               "./train_empo --task freeform -R " VFIX " --eval dev/freeform/eval_free.jsonl -m "
+                                                       "/tmp/empo_test_ff/model.bin", 1,
                "carries no tokenizer");
     expect_cmd("a bad --judge-mode", "./train_empo --task freeform --judge-mode sideways", 1,
                "flag --judge-mode: 'sideways'");

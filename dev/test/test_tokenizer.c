@@ -15,7 +15,17 @@
 #include <unistd.h>
 
 static int passed, failed;
-#define CHECK(cond, ...) do { if (cond) passed++; else { failed++; printf("FAIL %s:%d: ", __FILE__, __LINE__); printf(__VA_ARGS__); printf("\n"); } } while (0)
+#define CHECK(cond, ...)                                  \
+    do {                                                  \
+        if (cond) {                                       \
+            passed++;                                     \
+        } else {                                          \
+            failed++;                                     \
+            printf("FAIL %s:%d: ", __FILE__, __LINE__);   \
+            printf(__VA_ARGS__);                          \
+            printf("\n");                                 \
+        }                                                 \
+    } while (0)
 
 static const char *SHARED_TOK = "../shared/qwen2_tokenizer/tokenizer.json";
 static const char *FIX = "dev/fixtures";
@@ -367,7 +377,8 @@ static void scratch_dir(const char *dir, const char *config_text) {
 static void rm_dir(const char *dir) {
     static const char *files[] = {"config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
                                   "vocab.json",
-                                  "merges.txt", "tokenizer_config.json", "model.safetensors.index.json", "a.safetensors", "b.safetensors"};
+                                  "merges.txt", "tokenizer_config.json", "model.safetensors.index.json",
+                                  "a.safetensors", "b.safetensors"};
     char p[512];
     for (size_t i = 0; i < sizeof files / sizeof files[0]; i++) {
         snprintf(p, sizeof p, "%s/%s", dir, files[i]);
@@ -397,7 +408,8 @@ static void expect_import_error(const char *dir, const char *want1, const char *
 
 static void test_convert(void) {
     char err[1024] = "", p[512];
-    const char *bin = "/tmp/test_tokenizer_tiny.bin", *bin2 = "/tmp/test_tokenizer_tiny2.bin", *exp = "/tmp/test_tokenizer_export";
+    const char *bin = "/tmp/test_tokenizer_tiny.bin", *bin2 = "/tmp/test_tokenizer_tiny2.bin",
+    *exp = "/tmp/test_tokenizer_export";
     int rc = convert_import(TINY, bin, "fp32", 0, err, sizeof err);
     CHECK(rc == 0, "import %s: %s", TINY, err);
     if (rc) return;
@@ -485,7 +497,8 @@ static void test_convert(void) {
     rc = convert_import(TINY, bin2, "bf16", 0, err, sizeof err);
     if (rc == 0 && ckpt_load(bin2, &c2, err, sizeof err) == 0) {
         int same = c2.dtype == CKPT_DTYPE_BF16 && c2.num_params == ck.num_params;
-        for (size_t k = 0; same && k < ck.num_params; k++) same = c2.params[k] == bf16_to_f32(f32_to_bf16(ck.params[k]));
+        for (size_t k = 0; same
+             && k < ck.num_params; k++) same = c2.params[k] == bf16_to_f32(f32_to_bf16(ck.params[k]));
         CHECK(same, "bf16 import is the rounded fp32 import");
         ckpt_free(&c2);
     } else CHECK(0, "bf16 import: %s", err);
@@ -520,7 +533,8 @@ static void test_convert(void) {
             CHECK(rc == 0, "sharded import: %s", err);
             if (rc == 0 && ckpt_load(bin2, &c2, err, sizeof err) == 0) {
                 int same = c2.dtype == CKPT_DTYPE_BF16;   // all shards BF16: stored as bf16 by default
-                for (size_t k = 0; same && k < ck.num_params; k++) same = c2.params[k] == bf16_to_f32(f32_to_bf16(ck.params[k]));
+                for (size_t k = 0; same
+                     && k < ck.num_params; k++) same = c2.params[k] == bf16_to_f32(f32_to_bf16(ck.params[k]));
                 CHECK(same, "sharded bf16 import equals the single-file import, rounded");
                 ckpt_free(&c2);
             }
@@ -553,13 +567,15 @@ static void test_convert(void) {
             expect_import_error(sd, "model.safetensors", "malformed header JSON", "malformed header JSON");
             // wrong dtype: an I32 tensor where the embedding should be
             write_st_raw(one,
-                         "{\"model.embed_tokens.weight\":{\"dtype\":\"I32\",\"shape\":[512,32],\"data_offsets\":[0,65536]}}", 65536);
+                         "{\"model.embed_tokens.weight\":{\"dtype\":\"I32\",\"shape\":[512,32],"
+                         "\"data_offsets\":[0,65536]}}", 65536);
             expect_import_error(sd, "model.embed_tokens.weight", "I32", "wrong dtype");
             // offsets that disagree with the shape, overlapping tensors, an unknown dtype
             write_st_raw(one, "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,12]}}", 16);
             expect_import_error(sd, "tensor x", "data_offsets", "offsets that disagree with the shape");
             write_st_raw(one,
-                         "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},\"y\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", 24);
+                         "{\"x\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[0,16]},"
+                         "\"y\":{\"dtype\":\"F32\",\"shape\":[4],\"data_offsets\":[8,24]}}", 24);
             expect_import_error(sd, "model.safetensors", "overlaps", "overlapping tensors");
             write_st_raw(one, "{\"x\":{\"dtype\":\"Q4\",\"shape\":[4],\"data_offsets\":[0,16]}}", 16);
             expect_import_error(sd, "tensor x", "unknown dtype", "unknown dtype");

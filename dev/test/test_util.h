@@ -117,4 +117,52 @@ static void state_free(State *s) {
     free(s->losses);
 }
 
+
+// The policy-loss fixture (dev/make_fixtures.py, format: doc/formats.md): fixed rollouts of the
+// untied model and, per variant (default, PPO clip, KL), its (clip, kl, loss) and every gradient.
+// Shared by the CPU and CUDA tests, which run the same host-layer objective on their engines.
+typedef struct {
+    FILE *f;
+    const char *path;
+    int B, T;
+    int *inputs, *targets;
+    float *mask, *adv, *old, *ref;
+} PolicyFixture;
+static int policy_fixture_open(PolicyFixture *pf, const char *path) {
+    memset(pf, 0, sizeof *pf);
+    pf->path = path;
+    pf->f = fopen(path, "rb");
+    int32_t h[16];
+    if (!pf->f || fread(h, sizeof h, 1, pf->f) != 1 || h[0] != 0x4C4F504D) {
+        if (pf->f) fclose(pf->f);
+        pf->f = NULL;
+        return -1;
+    }
+    pf->B = h[2];
+    pf->T = h[3];
+    size_t BT = (size_t)pf->B * pf->T;
+    pf->inputs = (int *)read_exact(pf->f, BT * 4, path);
+    pf->targets = (int *)read_exact(pf->f, BT * 4, path);
+    pf->mask = (float *)read_exact(pf->f, BT * 4, path);
+    pf->adv = (float *)read_exact(pf->f, (size_t)pf->B * 4, path);
+    pf->old = (float *)read_exact(pf->f, BT * 4, path);
+    pf->ref = (float *)read_exact(pf->f, BT * 4, path);
+    return 0;
+}
+// The next variant: hdr (3) = clip, kl, torch's loss; grads (num_params). Both malloc'd.
+static void policy_fixture_next(PolicyFixture *pf, size_t num_params, float **hdr, float **grads) {
+    *hdr = (float *)read_exact(pf->f, 12, pf->path);
+    *grads = (float *)read_exact(pf->f, num_params * 4, pf->path);
+}
+static void policy_fixture_close(PolicyFixture *pf) {
+    if (pf->f) fclose(pf->f);
+    free(pf->inputs);
+    free(pf->targets);
+    free(pf->mask);
+    free(pf->adv);
+    free(pf->old);
+    free(pf->ref);
+    memset(pf, 0, sizeof *pf);
+}
+
 #endif // TEST_UTIL_H
