@@ -165,46 +165,30 @@ static void test_kv_cache(void) {
 
 // Greedy generation of a batch of prompts of different lengths equals transformers' generate().
 static void test_greedy_vs_hf(void) {
-    Model m; char err[512];
-    if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
-    size_t len;
-    char *text = read_whole_file("dev/fixtures/qwen2_tied_greedy.json", &len);
-    JDoc d;
-    if (!text || json_parse(&d, text, len) != 0) {
-        check(0, "greedy fixture: cannot read/parse");
-        free(text);
-        model_free(&m);
-        return;
-    }
-    m.n_eos = 1; m.eos[0] = (int)json_num(&d, json_get(&d, 0, "eos"), -1);
-    int n = json_len(&d, json_get(&d, 0, "prompts"));
-    int *plen = (int *)xmalloc((size_t)n * sizeof(int));
-    int **prompts = (int **)xmalloc((size_t)n * sizeof(int *));
-    for (int i = 0; i < n; i++) {
-        int arr = json_at(&d, json_get(&d, 0, "prompts"), i);
-        plen[i] = json_len(&d, arr);
-        prompts[i] = (int *)xmalloc((size_t)plen[i] * sizeof(int));
-        for (int t = 0; t < plen[i]; t++) prompts[i][t] = (int)json_num(&d, json_at(&d, arr, t), -1);
-    }
-    SamplerConfig sc = {0.0f, 1.0f, 0, (int)json_num(&d, json_get(&d, 0, "max_new"), 0), 0, 1};
+    Model m;
+    GreedyFixture gf;
+    if (greedy_fixture_open(&gf, &m) != 0) return;
+    int n = gf.n;
+    SamplerConfig sc = {0.0f, 1.0f, 0, gf.max_new, 0, 1};
     Generation gen;
-    generate(&m, (const int *const *)prompts, plen, n, 1, &sc, &gen, 0);
+    generate(&m, (const int *const *)gf.prompts, gf.plen, n, 1, &sc, &gen, 0);
     int ok = 1, stopped = 0;
     for (int i = 0; i < n; i++) {
-        int arr = json_at(&d, json_get(&d, 0, "outputs"), i);
-        int same = gen.len[i] == json_len(&d, arr);
-        for (int t = 0; same && t < gen.len[i]; t++) same = gen.tokens[i][t] == (int)json_num(&d, json_at(&d, arr, t),
-                -1);
-        if (!same) { ok = 0; printf("  prompt %d: %d tokens vs HF %d\n", i, gen.len[i], json_len(&d, arr)); }
+        int same = gen.len[i] == greedy_fixture_n_output(&gf, i);
+        for (int t = 0; same && t < gen.len[i]; t++) same = gen.tokens[i][t] == greedy_fixture_output(&gf, i, t);
+        if (!same) {
+            ok = 0;
+            printf("  prompt %d: %d tokens vs HF %d\n", i, gen.len[i], greedy_fixture_n_output(&gf, i));
+        }
         stopped += gen.eos[i];
     }
     check(ok && stopped >= 1,
           "greedy generation of %d prompts (lengths %d..%d) equals transformers generate() token for token (%d "
           "stopped at EOS)",
-          n, plen[0], plen[2], stopped);
+          n, gf.plen[0], gf.plen[2], stopped);
     generation_free(&gen);
-    for (int i = 0; i < n; i++) free(prompts[i]);
-    free(prompts); free(plen); json_free(&d); free(text); model_free(&m);
+    greedy_fixture_close(&gf);
+    model_free(&m);
 }
 
 // Sampled frequencies follow softmax(logits / T) restricted to the top-k / top-p set: a chi-square

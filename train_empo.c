@@ -475,20 +475,15 @@ static int model_save(const Model *m, const char *path, int dtype, char *err, si
 // The optimizer block of a run checkpoint: adam_step, then both fp32 moments, or just a 0 flag
 // when the model never stepped.
 static int model_save_optimizer(const Model *m, FILE *f) {
-    int32_t h[3] = {m->adam_step, m->m_memory != NULL, 0};
-    if (fwrite(h, sizeof h, 1, f) != 1) return -1;
+    if (optimizer_header_write(f, m->adam_step, m->m_memory != NULL) != 0) return -1;
     size_t n = m->num_parameters;
     if (m->m_memory && (fwrite(m->m_memory, 4, n, f) != n || fwrite(m->v_memory, 4, n, f) != n)) return -1;
     return 0;
 }
 static int model_load_optimizer(Model *m, FILE *f, char *err, size_t errcap) {
-    int32_t h[3];
-    if (fread(h, sizeof h, 1, f) != 1 || h[0] < 0 || (h[1] & ~1) || h[2] != 0) {
-        snprintf(err, errcap, "optimizer state: bad header");
-        return -1;
-    }
-    m->adam_step = h[0];
-    if (!h[1]) return 0;
+    int has_moments;
+    if (optimizer_header_read(f, &m->adam_step, &has_moments, err, errcap) != 0) return -1;
+    if (!has_moments) return 0;
     size_t n = m->num_parameters;
     if (!m->m_memory) {
         m->m_memory = (float *)xcalloc(n, sizeof(float));
@@ -1108,13 +1103,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             if (n_active == 0) fputc('\n', stderr);
         }
     }
-    out->mean_entropy = (float *)xcalloc((size_t)n, sizeof(float));
-    out->mean_certainty = (float *)xcalloc((size_t)n, sizeof(float));
-    for (int j = 0; j < n; j++)
-        if (out->len[j] > 0) {
-            out->mean_entropy[j] = (float)(ent_sum[j] / out->len[j]);
-            out->mean_certainty[j] = (float)(cert_sum[j] / out->len[j]);
-        }
+    generation_set_token_means(out, ent_sum, cert_sum);
     free(ent_sum);
     free(cert_sum);
     free(cap);

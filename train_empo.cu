@@ -80,11 +80,11 @@ static void device_free(void *p, size_t bytes) { if (p) { cudaCheck(cudaFree(p))
 
 // floatX: the type of weights, activations and activation gradients. Gradients of the parameters,
 // optimizer moments and master weights are always fp32.
+__device__ __forceinline__ float tof(float x) { return x; }   // and, in the bf16 build, tof(floatX) below
 #ifdef ENABLE_FP32
 typedef float floatX;
 #define CUDA_X CUDA_R_32F
 #define PRECISION_NAME "fp32"
-__device__ __forceinline__ float tof(float x) { return x; }
 __device__ __forceinline__ floatX fx(float x) { return x; }
 #else
 typedef __nv_bfloat16 floatX;
@@ -663,6 +663,25 @@ static void swiglu_backward(floatX *dfch, const floatX *dout, const floatX *fch,
 
 // --- log-softmax at the targets, on one chunk of rows of logits
 
+// log sum_v exp(x[v]) of one row, by the whole block: each thread keeps an online (max, sum), then
+// the block combines them, the max first and then the rescaled sums. sh_m, sh: 32 floats of shared.
+template <typename T>
+__device__ float block_logsumexp(const T *x, int V, float *sh_m, float *sh) {
+    float m = -FLT_MAX, s = 0.0f;   // -FLT_MAX, not -inf: exp(m - m') stays 0, never NaN
+    for (int v = threadIdx.x; v < V; v += blockDim.x) {
+        float xv = tof(x[v]);
+        if (xv > m) { s *= expf(m - xv); m = xv; }
+        s += expf(xv - m);
+    }
+    float mw = warp_max(m);
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
+    if (lane == 0) sh_m[warp] = mw;
+    __syncthreads();
+    float M = lane < nw ? sh_m[lane] : -FLT_MAX;
+    M = warp_max(M);
+    return M + logf(block_sum(s * expf(m - M), sh));
+}
+
 // One block per row. Forward: lse (one pass, online max and sum in fp32), and logp = x[target] - lse
 // (0 without a target). Backward (grad != 0): overwrites the row with dLoss/dlogits =
 // g * (onehot(target) - softmax), g = dlogp, in floatX, ready for the LM head's backward matmuls.
@@ -674,22 +693,8 @@ __global__ void logsoftmax_kernel(floatX *logits, float *lse, float *logp, const
     floatX *x = logits + (size_t)n * V;
     int target = targets[n];
     if (!backward) {
-        float m = -FLT_MAX, s = 0.0f;   // -FLT_MAX, not -inf: exp(m - m') stays 0, never NaN
-        for (int v = threadIdx.x; v < V; v += blockDim.x) {
-            float xv = tof(x[v]);
-            if (xv > m) { s *= expf(m - xv); m = xv; }
-            s += expf(xv - m);
-        }
-        // combine the (m, s) of all threads: first the max, then the rescaled sums
-        float mw = warp_max(m);
-        int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-        if (lane == 0) sh_m[warp] = mw;
-        __syncthreads();
-        float M = lane < nw ? sh_m[lane] : -FLT_MAX;
-        M = warp_max(M);
-        float S = block_sum(s * expf(m - M), sh);
+        float l = block_logsumexp(x, V, sh_m, sh);
         if (threadIdx.x == 0) {
-            float l = M + logf(S);
             lse[n] = l;
             logp[n] = target >= 0 ? tof(x[target]) - l : 0.0f;
         }
@@ -1062,19 +1067,7 @@ __global__ void rows_logprobs_kernel(float *out, const float *logits, int V, con
     __shared__ float sh[32];
     __shared__ float sh_m[32];
     const float *x = logits + (size_t)blockIdx.x * V;
-    float m = -FLT_MAX, s = 0.0f;
-    for (int v = threadIdx.x; v < V; v += blockDim.x) {
-        float xv = x[v];
-        if (xv > m) { s *= expf(m - xv); m = xv; }
-        s += expf(xv - m);
-    }
-    float mw = warp_max(m);
-    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = blockDim.x / 32;
-    if (lane == 0) sh_m[warp] = mw;
-    __syncthreads();
-    float M = lane < nw ? sh_m[lane] : -FLT_MAX;
-    M = warp_max(M);
-    float S = block_sum(s * expf(m - M), sh), lse = M + logf(S);
+    float lse = block_logsumexp(x, V, sh_m, sh);
     for (int c = threadIdx.x; c < n_cand; c += blockDim.x) out[(size_t)blockIdx.x * n_cand + c] = x[cand[c]] - lse;
 }
 
@@ -1684,8 +1677,7 @@ static void model_free(Model *m) {
 // The AdamW moments as a block of the run checkpoint, in train_empo.c's layout (adam_step, a flag,
 // 0, then m and v in fp32), so that a state written by either engine resumes on the other.
 static int model_save_optimizer(const Model *m, FILE *f) {
-    int32_t h[3] = {m->adam_step, m->m_memory != NULL, 0};
-    if (fwrite(h, sizeof h, 1, f) != 1) return -1;
+    if (optimizer_header_write(f, m->adam_step, m->m_memory != NULL) != 0) return -1;
     if (!m->m_memory) return 0;
     size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
     float *buf = (float *)xmalloc(cap * sizeof(float));
@@ -1707,13 +1699,9 @@ static void model_alloc_moments(Model *m) {
     cudaCheck(cudaMemset(m->v_memory, 0, n * sizeof(float)));
 }
 static int model_load_optimizer(Model *m, FILE *f, char *err, size_t errcap) {
-    int32_t h[3];
-    if (fread(h, sizeof h, 1, f) != 1 || h[0] < 0 || (h[1] & ~1) || h[2] != 0) {
-        snprintf(err, errcap, "optimizer state: bad header");
-        return -1;
-    }
-    m->adam_step = h[0];
-    if (!h[1]) return 0;
+    int has_moments;
+    if (optimizer_header_read(f, &m->adam_step, &has_moments, err, errcap) != 0) return -1;
+    if (!has_moments) return 0;
     if (!m->m_memory) model_alloc_moments(m);
     size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
     float *buf = (float *)xmalloc(cap * sizeof(float));
@@ -2409,14 +2397,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     free(cap); free(rng); free(need); free(full); free(pages); free(npages); free(res); free(active);
     free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table); free(h_u); free(h_lp);
     free(h_st);
-    // the token rewards' statistics (engine.h): means over each response's tokens
-    out->mean_entropy = (float *)xcalloc((size_t)n, sizeof(float));
-    out->mean_certainty = (float *)xcalloc((size_t)n, sizeof(float));
-    for (int j = 0; j < n; j++)
-        if (out->len[j] > 0) {
-            out->mean_entropy[j] = (float)(ent_sum[j] / out->len[j]);
-            out->mean_certainty[j] = (float)(cert_sum[j] / out->len[j]);
-        }
+    generation_set_token_means(out, ent_sum, cert_sum);
     free(ent_sum);
     free(cert_sum);
 }

@@ -51,6 +51,23 @@ static void model_free(Model *m);
 static int model_save_optimizer(const Model *m, FILE *f);
 static int model_load_optimizer(Model *m, FILE *f, char *err, size_t errcap);
 
+// The optimizer block's header, the same for both engines (so a run saved by one resumes on the
+// other): int32 adam_step, has_moments (0 or 1), 0. The fp32 moments m then v follow when has_moments.
+static inline int optimizer_header_write(FILE *f, int adam_step, int has_moments) {
+    int32_t h[3] = {adam_step, has_moments, 0};
+    return fwrite(h, sizeof h, 1, f) == 1 ? 0 : -1;
+}
+static inline int optimizer_header_read(FILE *f, int *adam_step, int *has_moments, char *err, size_t errcap) {
+    int32_t h[3];
+    if (fread(h, sizeof h, 1, f) != 1 || h[0] < 0 || (h[1] & ~1) || h[2] != 0) {
+        snprintf(err, errcap, "optimizer state: bad header");
+        return -1;
+    }
+    *adam_step = h[0];
+    *has_moments = h[1];
+    return 0;
+}
+
 // ----------------------------------------------------------------------------
 // Training.
 //   model_forward   inputs, targets (B, T) token ids, targets may be NULL (no loss) and -1 means "no
@@ -122,6 +139,23 @@ static inline void generation_free(Generation *g) {
     free(g->mean_entropy);
     free(g->mean_certainty);
     memset(g, 0, sizeof *g);
+}
+
+// What every engine's generate() ends with: mean_entropy and mean_certainty (above), the means over
+// each response's tokens, from the per-token sums the engine kept while sampling.
+static inline void generation_set_token_means(Generation *g, const double *ent_sum, const double *cert_sum) {
+    int n = g->n;
+    g->mean_entropy = (float *)calloc((size_t)(n ? n : 1), sizeof(float));
+    g->mean_certainty = (float *)calloc((size_t)(n ? n : 1), sizeof(float));
+    if (!g->mean_entropy || !g->mean_certainty) {
+        fprintf(stderr, "error: out of memory for the token statistics of %d responses\n", n);
+        exit(1);
+    }
+    for (int j = 0; j < n; j++)
+        if (g->len[j] > 0) {
+            g->mean_entropy[j] = (float)(ent_sum[j] / g->len[j]);
+            g->mean_certainty[j] = (float)(cert_sum[j] / g->len[j]);
+        }
 }
 
 // Scoring without generating (the free-form verifier judge): for each of n token sequences

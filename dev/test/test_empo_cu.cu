@@ -596,35 +596,17 @@ static void test_kv_decode_logits(const char *path, int T) {
 // only that the stopping rules held.
 static void test_greedy_fixture(void) {
     Model m;
-    char err[512];
-    if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
-    size_t len;
-    char *text = read_whole_file("dev/fixtures/qwen2_tied_greedy.json", &len);
-    JDoc d;
-    if (!text || json_parse(&d, text, len) != 0) {
-        check(0, "greedy fixture: cannot read/parse");
-        free(text);
-        model_free(&m);
-        return;
-    }
-    m.n_eos = 1; m.eos[0] = (int)json_num(&d, json_get(&d, 0, "eos"), -1);
-    int n = json_len(&d, json_get(&d, 0, "prompts")), max_new = (int)json_num(&d, json_get(&d, 0, "max_new"), 0);
-    int *plen = (int *)xmalloc((size_t)n * sizeof(int));
-    int **prompts = (int **)xmalloc((size_t)n * sizeof(int *));
-    for (int i = 0; i < n; i++) {
-        int arr = json_at(&d, json_get(&d, 0, "prompts"), i);
-        plen[i] = json_len(&d, arr);
-        prompts[i] = (int *)xmalloc((size_t)plen[i] * sizeof(int));
-        for (int t = 0; t < plen[i]; t++) prompts[i][t] = (int)json_num(&d, json_at(&d, arr, t), -1);
-    }
+    GreedyFixture gf;
+    if (greedy_fixture_open(&gf, &m) != 0) return;
+    int n = gf.n, max_new = gf.max_new;
     SamplerConfig sc = {0.0f, 1.0f, 0, max_new, 0, 1};
     Generation gen;
-    generate(&m, (const int *const *)prompts, plen, n, 1, &sc, &gen, 0);
+    generate(&m, (const int *const *)gf.prompts, gf.plen, n, 1, &sc, &gen, 0);
     int ok = 1, stopped = 0, rules = 1;
     for (int i = 0; i < n; i++) {
-        int arr = json_at(&d, json_get(&d, 0, "outputs"), i), rl = json_len(&d, arr), first = -1;
-        for (int t = 0; t < gen.len[i] && t < rl && first < 0; t++) if (gen.tokens[i][t] != (int)json_num(&d,
-                json_at(&d, arr, t), -1)) first = t;
+        int rl = greedy_fixture_n_output(&gf, i), first = -1;
+        for (int t = 0; t < gen.len[i] && t < rl && first < 0; t++)
+            if (gen.tokens[i][t] != greedy_fixture_output(&gf, i, t)) first = t;
         if (first < 0 && gen.len[i] != rl) first = gen.len[i] < rl ? gen.len[i] : rl;
         if (first >= 0) {
             ok = 0;
@@ -644,8 +626,8 @@ static void test_greedy_fixture(void) {
           ok ? "every token equals the reference" : "first divergences printed above");
 #endif
     generation_free(&gen);
-    for (int i = 0; i < n; i++) free(prompts[i]);
-    free(prompts); free(plen); json_free(&d); free(text); model_free(&m);
+    greedy_fixture_close(&gf);
+    model_free(&m);
 }
 
 // Sampling (temperature 1, top-p 0.95: the truncating path) on 2 prompts x G = 5: each returned

@@ -165,4 +165,61 @@ static void policy_fixture_close(PolicyFixture *pf) {
     memset(pf, 0, sizeof *pf);
 }
 
+
+// The greedy-generation fixture (dev/make_fixtures.py): the tied model with the fixture's EOS, the
+// prompts, max_new, and transformers' outputs (output(gf, i, t), n_output(gf, i)). 0, or -1 after a
+// failed check. Shared by the CPU and CUDA tests.
+typedef struct {
+    char *text;
+    JDoc d;
+    int n, max_new, outputs;
+    int *plen, **prompts;
+} GreedyFixture;
+static int greedy_fixture_open(GreedyFixture *gf, Model *m) {
+    char err[512];
+    memset(gf, 0, sizeof *gf);
+    if (model_load(m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) {
+        check(0, "%s", err);
+        return -1;
+    }
+    size_t len;
+    gf->text = read_whole_file("dev/fixtures/qwen2_tied_greedy.json", &len);
+    if (!gf->text || json_parse(&gf->d, gf->text, len) != 0) {
+        check(0, "greedy fixture: cannot read/parse");
+        free(gf->text);
+        model_free(m);
+        return -1;
+    }
+    JDoc *d = &gf->d;
+    m->n_eos = 1;
+    m->eos[0] = (int)json_num(d, json_get(d, 0, "eos"), -1);
+    int ps = json_get(d, 0, "prompts");
+    gf->n = json_len(d, ps);
+    gf->max_new = (int)json_num(d, json_get(d, 0, "max_new"), 0);
+    gf->outputs = json_get(d, 0, "outputs");
+    gf->plen = (int *)xmalloc((size_t)gf->n * sizeof(int));
+    gf->prompts = (int **)xmalloc((size_t)gf->n * sizeof(int *));
+    for (int i = 0; i < gf->n; i++) {
+        int arr = json_at(d, ps, i);
+        gf->plen[i] = json_len(d, arr);
+        gf->prompts[i] = (int *)xmalloc((size_t)gf->plen[i] * sizeof(int));
+        for (int t = 0; t < gf->plen[i]; t++) gf->prompts[i][t] = (int)json_num(d, json_at(d, arr, t), -1);
+    }
+    return 0;
+}
+static int greedy_fixture_n_output(const GreedyFixture *gf, int i) {
+    return json_len(&gf->d, json_at(&gf->d, gf->outputs, i));
+}
+static int greedy_fixture_output(const GreedyFixture *gf, int i, int t) {
+    return (int)json_num(&gf->d, json_at(&gf->d, json_at(&gf->d, gf->outputs, i), t), -1);
+}
+static void greedy_fixture_close(GreedyFixture *gf) {
+    for (int i = 0; i < gf->n; i++) free(gf->prompts[i]);
+    free(gf->prompts);
+    free(gf->plen);
+    json_free(&gf->d);
+    free(gf->text);
+    memset(gf, 0, sizeof *gf);
+}
+
 #endif // TEST_UTIL_H
