@@ -1,7 +1,7 @@
 SHELL := /bin/bash
 # empo.c. Targets, grouped by kind:
 #   build     make (train_empo + convert), make starter, make default-data, make qwen1.5b.bin HF=...
-#   test      make test (every CPU test; ends with one line "N passed, N failed"), make emu-cuda
+#   test      make test (every CPU test; ends with one line "N passed, N failed"), make emu-cuda, make plan-check
 #   bench     make bench, make bench_math, make bench_tokenizer, make bench_verifier_run
 #   fixtures  make fixtures (all), fixtures_math, fixtures_tokenizer, fixtures_freeform
 #   fuzz      make fuzz (libFuzzer, FUZZ_SECONDS each)
@@ -48,7 +48,7 @@ DEPS = $(HEADERS) $(FLAGS_STAMP)
 
 .PHONY: all test emu-cuda bench bench_math bench_tokenizer bench_verifier_run fixtures fixtures_math \
         fixtures_tokenizer fixtures_freeform fuzz cuda test_cu dev-cuda clean venv default-data starter reproduce \
-        compare-rewards FORCE
+        compare-rewards plan-check FORCE
 
 # ----------------------------------------------------------------------------
 # build
@@ -150,6 +150,12 @@ emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16 train_empo
 	./dev/cache/emu_cuda --run $(EMU_RESUME) -o dev/cache/emu_run_gpu/resume && \
 	  ./dev/cache/emu_cuda --run --resume dev/cache/emu_run_gpu/resume -x 3 -q
 	python3 dev/cuda/compare_runs.py dev/cache/emu_run_cpu/resume/log.jsonl dev/cache/emu_run_gpu/resume/log.jsonl
+
+# plan-check: Qwen2.5-Math-1.5B's EMPO run at the paper's shape fits 24 GiB with train_empo_cu's default
+# settings and 16 GiB with the leanest, by its memory plan (--plan: the run's allocations, walked without
+# a GPU); prints both tables. Needs only g++ (the emulator's bf16 build runs the real main).
+plan-check: dev/cache/emu_cuda_bf16
+	dev/cuda/plan_check.sh
 
 # The embedded default run and its baselines, rerun: rewrites doc/reproduce.md's tables and plots.
 reproduce:

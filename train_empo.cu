@@ -11,13 +11,15 @@ reference, which stays the readable specification; this file is about doing it f
   - flash-style causal GQA attention, forward and backward, that never forms the T x T matrix
   - the LM head, log-softmax and its gradient in chunks of rows: the B*T*V logits never exist
   - AdamW on fp32 master weights, or directly on the bf16 weights with stochastic rounding
-  - activation recomputation (-r) trades compute for memory, as in llm.c
+  - activation recomputation (--recompute, up to per-layer checkpointing) trades compute for memory;
+    lean optimizer states (8-bit or bf16 moments, bf16 gradients, no master copy) and a memory plan
+    (--plan: every allocation of a run, listed without a GPU; --mem-cap fits a run to a budget)
 
 Read it top to bottom: 1. utilities and precision, 2. kernels, one forward/backward pair per op,
 3. matmul, 4. the model (one allocation each for params, grads, optimizer state and activations),
-5. forward / backward / update, 6. main: a benchmark (random init at any shape) and a training loop
-on random tokens. Notation as in train_empo.c: B, T, C, NH, NKV, HD, QKV = (NH + 2*NKV)*HD, I, V,
-L, N = B*T.
+5. forward / backward / update, 6. generation, 7. the host layer (train_empo.c), 8. the memory plan
+and the GPU flags, 9. main: a benchmark (random init at any shape), or the host layer's program.
+Notation as in train_empo.c: B, T, C, NH, NKV, HD, QKV = (NH + 2*NKV)*HD, I, V, L, N = B*T.
 
 Status: compiled for sm_80 and sm_90; not yet run on a GPU (see doc/cuda.md).
 */
@@ -62,21 +64,54 @@ static void cublas_check(cublasStatus_t s, const char *file, int line) {
 // after every kernel launch: catches bad launch configurations where they happen
 #define LAUNCH_CHECK() cuda_check(cudaGetLastError(), __FILE__, __LINE__)
 
-// Every device allocation goes through here, so that the benchmark can report what we hold.
-static size_t g_device_bytes = 0;
+// Every device allocation goes through here, so that the benchmark and the run can report what we
+// hold, and so that the memory plan (--plan) is the run's own: in plan mode the same code runs its
+// allocation functions, and these two calls only count (name, bytes, phase; live and peak) and hand
+// out distinct fake addresses that nothing ever dereferences. No CUDA call happens in plan mode:
+// the functions the plan walks skip their copies and launches when g_plan is set.
+static size_t g_device_bytes = 0, g_device_peak = 0;   // live bytes now, and their high-water mark
+static int g_plan = 0;                                   // --plan: count, allocate nothing
+static const char *g_phase = "load";                     // where the plan lists an allocation
+typedef struct { const char *what, *phase; size_t bytes; uintptr_t addr; long t_alloc, t_free; } PlanEntry;
+static PlanEntry *g_plan_log = NULL;
+static long g_plan_n = 0, g_plan_cap = 0, g_plan_t = 0, g_plan_t_peak = 0;   // t: allocation events so far
+static uintptr_t g_plan_next = (uintptr_t)1 << 40;       // fake device addresses, 256-byte aligned
 static void *device_alloc(size_t bytes, const char *what) {
     void *p = NULL;
-    cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
-    if (e != cudaSuccess) {
-        size_t fr = 0, tot = 0;
-        cudaMemGetInfo(&fr, &tot);
-        FATAL("out of GPU memory allocating %.2f GiB for %s (%.2f GiB free of %.2f); try -r 2 or a smaller -B",
-              bytes / 1073741824.0, what, fr / 1073741824.0, tot / 1073741824.0);
+    if (g_plan) {
+        if (g_plan_n == g_plan_cap) {
+            g_plan_cap = g_plan_cap ? 2 * g_plan_cap : 256;
+            g_plan_log = (PlanEntry *)realloc(g_plan_log, (size_t)g_plan_cap * sizeof(PlanEntry));
+            if (!g_plan_log) FATAL("out of memory");
+        }
+        p = (void *)g_plan_next;
+        g_plan_next += ((bytes ? bytes : 16) + 255) / 256 * 256;
+        g_plan_log[g_plan_n++] = {what, g_phase, bytes, (uintptr_t)p, ++g_plan_t, -1};
+    } else {
+        cudaError_t e = cudaMalloc(&p, bytes ? bytes : 16);
+        if (e != cudaSuccess) {
+            size_t fr = 0, tot = 0;
+            cudaMemGetInfo(&fr, &tot);
+            FATAL("out of GPU memory allocating %.2f GiB for %s (%.2f GiB free of %.2f); try --mem-cap, "
+                  "--recompute 3 or a smaller -b", bytes / 1073741824.0, what, fr / 1073741824.0, tot / 1073741824.0);
+        }
     }
     g_device_bytes += bytes;
+    if (g_device_bytes > g_device_peak) { g_device_peak = g_device_bytes; g_plan_t_peak = g_plan_t; }
     return p;
 }
-static void device_free(void *p, size_t bytes) { if (p) { cudaCheck(cudaFree(p)); g_device_bytes -= bytes; } }
+static void device_free(void *p, size_t bytes) {
+    if (!p) return;
+    if (g_plan) {
+        long i = g_plan_n - 1;
+        while (i >= 0 && (g_plan_log[i].addr != (uintptr_t)p || g_plan_log[i].t_free >= 0)) i--;
+        if (i < 0) FATAL("plan: freeing %p, which was never allocated", p);
+        g_plan_log[i].t_free = ++g_plan_t;
+    } else {
+        cudaCheck(cudaFree(p));
+    }
+    g_device_bytes -= bytes;
+}
 
 // floatX: the type of weights, activations and activation gradients. Gradients of the parameters,
 // optimizer moments and master weights are always fp32.
@@ -767,6 +802,184 @@ __global__ void adamw_kernel(floatX *params, float *master, const float *grads, 
     }
 }
 
+// --- lean AdamW moments (--moments bf16 | 8bit): the same step as adamw_kernel, with m and v stored
+// in 2 or 1 bytes instead of 4. The step itself uses the fp32 values of this step; only what is
+// kept for the next step is rounded, and always stochastically: an EMA with beta2 = 0.999 moves v
+// by 0.1% a step, below half a bf16 ulp (0.2%) and far below half an 8-bit step (4.5%), so
+// round-to-nearest would freeze v; stochastic rounding keeps every stored moment unbiased.
+enum { MOM_FP32 = 0, MOM_BF16 = 1, MOM_8BIT = 2 };
+__device__ __forceinline__ __nv_bfloat16 sr_bf16(float w, uint32_t rnd) {   // stochastic rounding to bf16
+    uint32_t u = __float_as_uint(w);
+    if ((u & 0x7f800000u) == 0x7f800000u) return __float2bfloat16(w);
+    u += rnd & 0xffffu;
+    return __ushort_as_bfloat16((unsigned short)(u >> 16));
+}
+// 8-bit block-wise (bitsandbytes' idea: a block of Q8_BLOCK values shares one fp32 absmax scale s),
+// with a logarithmic code instead of bitsandbytes' dynamic tree: Q8_STEPS codes per octave, so
+// every stored value has the same relative resolution (2^(1/8) = 9% between neighbours) down to
+// far below the block's maximum, where a linear code would round small values to 0.
+//   v >= 0: code k in 1..255 means s * 2^((k - 255) / 8), down to s * 2^-31.75 (3e-10 s: sqrt(v),
+//           the step's denominator, down to 1.8e-5 of the block's largest); 0 means exactly 0.
+//           A v below the smallest level is stored as the smallest level, never as 0, so that the
+//           quantization can only shrink a step (update = m / (sqrt(v) + eps)), never blow it up.
+//   m:      a sign bit and k in 0..127: s * 2^((k - 127) / 8), down to s * 2^-15.75 (1.8e-5 s);
+//           below that, stochastically 0 or the smallest level (unbiased).
+// u is the rounding's uniform in [0, 1): the code rounds up with probability (x - lo) / (hi - lo),
+// so E[decode(encode(x))] = x within the range.
+#define Q8_BLOCK 256
+#define Q8_STEPS 8
+__host__ __device__ inline float q8_level(int k, int top) { return exp2f((float)(k - top) / Q8_STEPS); }
+__host__ __device__ inline float q8_decode_v(uint8_t k, float s) { return k ? s * q8_level(k, 255) : 0.0f; }
+__host__ __device__ inline float q8_decode_m(uint8_t c, float s) {
+    int k = c & 0x7f;
+    float y = k ? s * q8_level(k, 127) : 0.0f;
+    return c & 0x80 ? -y : y;
+}
+__host__ __device__ inline uint8_t q8_encode_v(float v, float s, float u) {
+    if (!(v > 0.0f) || !(s > 0.0f)) return 0;
+    float r = v / s, t = 255.0f + Q8_STEPS * log2f(r);
+    if (t >= 255.0f) return 255;
+    if (t < 1.0f) return 1;
+    int lo = (int)floorf(t);
+    float a = q8_level(lo, 255), b = q8_level(lo + 1, 255);
+    return (uint8_t)(lo + (u < (r - a) / (b - a)));
+}
+__host__ __device__ inline uint8_t q8_encode_m(float x, float s, float u) {
+    float r = fabsf(x) / s;
+    if (!(r > 0.0f) || !(s > 0.0f)) return 0;
+    float t = 127.0f + Q8_STEPS * log2f(r);
+    int k;
+    if (t >= 127.0f) k = 127;
+    else if (t < 1.0f) k = u < r / q8_level(1, 127);   // 0 or the smallest level
+    else {
+        int lo = (int)floorf(t);
+        float a = q8_level(lo, 127), b = q8_level(lo + 1, 127);
+        k = lo + (u < (r - a) / (b - a));
+    }
+    return k ? (uint8_t)((x < 0.0f ? 0x80 : 0) | k) : 0;
+}
+__device__ __forceinline__ float unit_u(uint32_t h) { return (h >> 8) * (1.0f / 16777216.0f); }   // [0, 1)
+__device__ float block_max(float x, float *sh) {   // like block_sum; x >= 0
+    int lane = threadIdx.x % 32, warp = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
+    x = warp_max(x);
+    __syncthreads();
+    if (lane == 0) sh[warp] = x;
+    __syncthreads();
+    x = lane < nw ? sh[lane] : 0.0f;
+    return warp_max(x);
+}
+// Where the lean moments live in their one allocation (MOM_BF16: m, v; MOM_8BIT: m codes, v codes,
+// m scales, v scales, each part 256-byte aligned). off[4] in bytes; returns the total.
+static size_t moments_layout(size_t n, int mode, size_t off[4]) {
+    size_t a = mode == MOM_BF16 ? (2 * n + 255) / 256 * 256 : (n + 255) / 256 * 256;
+    size_t nb = (n + Q8_BLOCK - 1) / Q8_BLOCK, sb = (nb * 4 + 255) / 256 * 256;
+    off[0] = 0; off[1] = a; off[2] = 2 * a; off[3] = 2 * a + (mode == MOM_8BIT ? sb : 0);
+    return mode == MOM_FP32 ? 8 * n : mode == MOM_BF16 ? 2 * a : 2 * a + 2 * sb;
+}
+// One block of Q8_BLOCK threads per quantization block (grid-stride over blocks): a block's new
+// scale is a block reduction. MODE: the moments' format; GT: the gradients' type (float, or bf16
+// with --grads bf16). The weight update is adamw_kernel's; fp32 moments with fp32 gradients use
+// adamw_kernel itself. mp, vp: m and v (or their codes); ms, vs: the 8-bit scales.
+__device__ __forceinline__ float gval(float x) { return x; }
+__device__ __forceinline__ float gval(__nv_bfloat16 x) { return __bfloat162float(x); }
+template <int MODE, typename GT>
+__global__ void __launch_bounds__(Q8_BLOCK) adamw_lean_kernel(floatX *params, float *master, const GT *grads,
+                                                              void *mp, void *vp, float *ms, float *vs, size_t n,
+                                                              float lr, float beta1, float beta2, float eps, float wd,
+                                                              float step_size, float bc2_sqrt, const float *norm,
+                                                              float grad_clip, uint64_t seed) {
+    __shared__ float sh[32];
+    float scale = 1.0f;
+    if (grad_clip > 0.0f) { float coef = grad_clip / (norm[0] + 1e-6f); if (coef < 1.0f) scale = coef; }
+    size_t nb = (n + Q8_BLOCK - 1) / Q8_BLOCK;
+    for (size_t blk = blockIdx.x; blk < nb; blk += gridDim.x) {
+        size_t i = blk * Q8_BLOCK + threadIdx.x;
+        int on = i < n;
+        float mo = 0.0f, vo = 0.0f;
+        if (on && MODE == MOM_FP32) { mo = ((const float *)mp)[i]; vo = ((const float *)vp)[i]; }
+        else if (on && MODE == MOM_BF16) {
+            mo = __bfloat162float(((const __nv_bfloat16 *)mp)[i]);
+            vo = __bfloat162float(((const __nv_bfloat16 *)vp)[i]);
+        } else if (on) {
+            mo = q8_decode_m(((const uint8_t *)mp)[i], ms[blk]);
+            vo = q8_decode_v(((const uint8_t *)vp)[i], vs[blk]);
+        }
+        float grad = on ? gval(grads[i]) * scale : 0.0f;
+        float mm = beta1 * mo + (1.0f - beta1) * grad;
+        float vv = beta2 * vo + (1.0f - beta2) * grad * grad;
+        uint32_t hm = hash_u32((seed ^ 0xA5A5A5A5ull) + i * 0x9E3779B97F4A7C15ull);
+        uint32_t hv = hash_u32((seed ^ 0x5A5A5A5Aull) + i * 0xD1B54A32D192ED03ull);
+        if (on) {
+            float w = master ? master[i] : tof(params[i]);
+            w = w * (1.0f - lr * wd);
+            w = w - step_size * mm / (sqrtf(vv) / bc2_sqrt + eps);
+            if (master) { master[i] = w; params[i] = fx(w); }
+            else params[i] = round_param(w, hash_u32(seed ^ (i * 0x9E3779B97F4A7C15ull)));
+        }
+        if (MODE == MOM_FP32) {
+            if (on) { ((float *)mp)[i] = mm; ((float *)vp)[i] = vv; }
+        } else if (MODE == MOM_BF16) {
+            if (on) { ((__nv_bfloat16 *)mp)[i] = sr_bf16(mm, hm); ((__nv_bfloat16 *)vp)[i] = sr_bf16(vv, hv); }
+        } else {
+            float sm = block_max(on ? fabsf(mm) : 0.0f, sh);
+            float sv = block_max(on ? vv : 0.0f, sh);
+            if (on) {
+                ((uint8_t *)mp)[i] = q8_encode_m(mm, sm, unit_u(hm));
+                ((uint8_t *)vp)[i] = q8_encode_v(vv, sv, unit_u(hv));
+            }
+            if (threadIdx.x == 0) { ms[blk] = sm; vs[blk] = sv; }
+        }
+    }
+}
+// --grads bf16: the gradient kept across micro-batches is bf16. Each backward writes its gradient
+// into an fp32 scratch of one layer (flushed after the layer) and of the embedding / head, as
+// before; accum_bf16_kernel then adds it into the bf16 gradient, rounding the sum stochastically
+// (round-to-nearest would drop every micro-batch's contribution below half an ulp of the running
+// sum), and zeroes the scratch for the next one. dst (n) bf16 += src (n) fp32; src = 0.
+__global__ void accum_bf16_kernel(__nv_bfloat16 *dst, float *src, size_t n, uint64_t seed) {
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        dst[i] = sr_bf16(__bfloat162float(dst[i]) + src[i], hash_u32(seed + i * 0x9E3779B97F4A7C15ull));
+        src[i] = 0.0f;
+    }
+}
+// sumsq_kernel over bf16 gradients (the clipping norm of what is stored)
+__global__ void sumsq_bf16_kernel(float *partial, const __nv_bfloat16 *g, size_t n) {
+    __shared__ float sh[32];
+    float s = 0.0f;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        float x = __bfloat162float(g[i]);
+        s += x * x;
+    }
+    s = block_sum(s, sh);
+    if (threadIdx.x == 0) partial[blockIdx.x] = s;
+}
+// The lean moments <-> fp32 (the optimizer block of a run checkpoint is fp32, train_empo.c's layout):
+// dst (k) = moment w (0: m, 1: v) at [o, o + k), or back (to_f32 = 0: round to nearest, u = 0.5:
+// our own saved values sit on the codes and come back exactly). o is a multiple of Q8_BLOCK.
+template <int MODE>
+__global__ void __launch_bounds__(Q8_BLOCK) moments_f32_kernel(float *f, char *mom, size_t mom_v, size_t mom_ms,
+                                                               size_t mom_vs, size_t o, size_t k, int w, int to_f32) {
+    __shared__ float sh[32];
+    char *base = mom + (w ? mom_v : 0);
+    float *sc = (float *)(mom + (w ? mom_vs : mom_ms));
+    for (size_t blk = blockIdx.x; blk < (k + Q8_BLOCK - 1) / Q8_BLOCK; blk += gridDim.x) {
+        size_t j = blk * Q8_BLOCK + threadIdx.x, i = o + j, gb = o / Q8_BLOCK + blk;
+        int on = j < k;
+        if (MODE == MOM_BF16) {
+            if (on && to_f32) f[j] = __bfloat162float(((__nv_bfloat16 *)base)[i]);
+            else if (on) ((__nv_bfloat16 *)base)[i] = __float2bfloat16(f[j]);
+            continue;
+        }
+        if (to_f32) {
+            if (on) f[j] = w ? q8_decode_v(((uint8_t *)base)[i], sc[gb]) : q8_decode_m(((uint8_t *)base)[i], sc[gb]);
+            continue;
+        }
+        float s = block_max(on ? fabsf(f[j]) : 0.0f, sh);
+        if (on) ((uint8_t *)base)[i] = w ? q8_encode_v(f[j], s, 0.5f) : q8_encode_m(f[j], s, 0.5f);
+        if (threadIdx.x == 0) sc[gb] = s;
+    }
+}
+
 __global__ void convert_kernel(floatX *dst, const float *src, size_t n) {
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x)
         dst[i] = fx(src[i]);
@@ -1453,8 +1666,19 @@ typedef struct {
 
 // GPU-only settings, from flags that the host layer does not know (train_empo_cu's main takes them
 // off the command line before handing the rest over). They apply to models loaded or made later.
+// Defaults: the bf16 build's fit Qwen2.5-Math-1.5B's EMPO step at the paper's shape in 24 GB
+// (doc/cuda.md, "Memory"); the fp32 build (the checking build) keeps the exact fp32 optimizer.
 static int g_use_master = 1;     // --master: 1 fp32 master weights; 0 bf16 weights + stochastic rounding
-static int g_recompute = 0;      // --recompute: 0 none, 1 SwiGLU, 2 SwiGLU and RMSNorm outputs
+#ifdef ENABLE_FP32
+static int g_recompute = 0;      // --recompute: 0 none, 1 SwiGLU, 2 SwiGLU and RMSNorm outputs, 3 per layer
+static int g_moments = MOM_FP32; // --moments: fp32, bf16 or 8bit AdamW moments
+#else
+static int g_recompute = 3;
+static int g_moments = MOM_8BIT;
+#endif
+static int g_grads_bf16 = 0;     // --grads: 0 fp32 gradients, 1 bf16 (accumulated with stochastic rounding)
+static double g_mem_cap = 0.0;   // --mem-cap: GiB our allocations may use (0: no cap); sizes the KV pool
+static int g_reserve_T = 0;      // > 0: model_reserve holds at most this many positions per row (the plan's)
 static int g_head_rows = 0;      // --head-rows: rows of logits per LM-head chunk (0 = about 256 MiB)
 static double g_kv_gib = 0.0;    // --kv-gib: the KV-cache pool of generate (0 = 90% of the free memory)
 static int g_gen_batch = 1024;   // --gen-batch: sequences decoded together at most
@@ -1482,11 +1706,20 @@ struct Model {
     int use_master;            // the master copy is made at the first update if the load did not need one
     Tensors<float> grads;
     float *grads_memory;       // fp32, allocated by the first zero_grad: inference-only models have none
-    float *m_memory, *v_memory;
+    float *m_memory, *v_memory;   // fp32 moments (--moments fp32)
+    int moments;                  // MOM_FP32, MOM_BF16 or MOM_8BIT (the flag, when the model was made)
+    char *mom_memory;             // the lean moments, one block (moments_layout), or NULL
+    size_t mom_off[4], mom_bytes;
+    int grads_consumed;           // model_update has used the gradients: generate may drop them
+    int grads_bf16;               // --grads bf16: grads_memory is then an fp32 scratch (one layer + the head,
+    size_t grads_n;               //   grads_n floats) and gradsX_memory (num_parameters) the bf16 gradient
+    __nv_bfloat16 *gradsX_memory;
+    long n_backward;              // backwards so far: seeds the bf16 accumulation's rounding
     float *norm_scratch;       // NORM_BLOCKS partials + the norm
     Activations acts;
     void *acts_memory;
     size_t acts_bytes, cap_N;  // cap_N: tokens the activations hold (model_reserve, or a larger forward)
+    size_t reserve_N;          // model_reserve's tokens: a training forward after a rollout allocates them at once
     int B, T, Tp;              // the last forward: the caller's B and T, and T rounded up to T_ALIGN
     int recompute, head_rows;  // settings (from the flags); the activations follow them at the next forward
     int head_rows_used, head_rows_req, recompute_used;   // what the activations were carved for
@@ -1496,10 +1729,14 @@ struct Model {
 };
 
 // cuBLAS handles, device properties and the kernels' shared-memory limits, once per process.
+static int g_gpu_init_done = 0;   // (the plan walks gpu_init once per plan)
 static void gpu_init(void) {
-    static int done = 0;
-    if (done) return;
-    done = 1;
+    if (g_gpu_init_done) return;
+    g_gpu_init_done = 1;
+    if (g_plan) {   // the plan counts cuBLAS's workspace (ours: handed to both handles) and touches no GPU
+        g_lt_workspace = device_alloc(LT_WORKSPACE, "cuBLAS workspace");
+        return;
+    }
     int dev = 0, ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) FATAL("no CUDA device");
     cudaCheck(cudaSetDevice(dev));
@@ -1510,8 +1747,10 @@ static void gpu_init(void) {
     dec_setup_all();
     cublasCheck(cublasCreate(&g_cublas));
     cublasCheck(cublasLtCreate(&g_cublaslt));
-    cudaCheck(cudaMalloc(&g_lt_workspace, LT_WORKSPACE));
-    g_device_bytes += LT_WORKSPACE;
+    // one workspace for cuBLASLt and cuBLAS (the same stream, one call at a time): all of it is ours,
+    // so the plan and the allocator's high-water mark include it
+    g_lt_workspace = device_alloc(LT_WORKSPACE, "cuBLAS workspace");
+    cublasCheck(cublasSetWorkspace(g_cublas, g_lt_workspace, LT_WORKSPACE));
 }
 
 // Host <-> device transfers of parameter-sized fp32 arrays go through a bounded staging buffer
@@ -1521,6 +1760,7 @@ static void gpu_init(void) {
 static void upload_params(floatX *dst, const float *src, size_t n) {
     size_t cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
     float *st = (float *)device_alloc(cap * sizeof(float), "staging");
+    if (g_plan) { device_free(st, cap * sizeof(float)); return; }   // (src may be NULL then)
     for (size_t o = 0; o < n; o += cap) {
         size_t k = n - o < cap ? n - o : cap;
         cudaCheck(cudaMemcpy(st, src + o, k * sizeof(float), cudaMemcpyHostToDevice));
@@ -1550,11 +1790,13 @@ static void model_alloc(Model *m, const ModelConfig *c) {
     memset(m, 0, sizeof *m);
     m->config = *c;
     if (c->C > 12288) FATAL("hidden size %d: the RMSNorm backward keeps C floats in shared memory (max 12288)", c->C);
-    attention_setup(c->HD);
+    if (!g_plan) attention_setup(c->HD);
     fill_param_sizes(m->param_sizes, c);
     m->num_parameters = count_params(c);
     m->use_master = sizeof(floatX) == 2 && g_use_master;   // fp32 params need no master copy
     m->recompute = g_recompute;
+    m->moments = g_moments;
+    m->grads_bf16 = g_grads_bf16;
     m->head_rows = g_head_rows;
     size_t n = m->num_parameters;
     m->params_memory = (floatX *)device_alloc(n * sizeof(floatX), "parameters");
@@ -1566,8 +1808,10 @@ static void model_alloc(Model *m, const ModelConfig *c) {
     rope_tables(cs, sn, rows, c->HD, c->rope_theta);   // model.h: the CPU engine's tables, bit for bit
     m->rope_cos = (float *)device_alloc(h * sizeof(float), "rope table");
     m->rope_sin = (float *)device_alloc(h * sizeof(float), "rope table");
-    cudaCheck(cudaMemcpy(m->rope_cos, cs, h * sizeof(float), cudaMemcpyHostToDevice));
-    cudaCheck(cudaMemcpy(m->rope_sin, sn, h * sizeof(float), cudaMemcpyHostToDevice));
+    if (!g_plan) {
+        cudaCheck(cudaMemcpy(m->rope_cos, cs, h * sizeof(float), cudaMemcpyHostToDevice));
+        cudaCheck(cudaMemcpy(m->rope_sin, sn, h * sizeof(float), cudaMemcpyHostToDevice));
+    }
     free(cs); free(sn);
     m->mean_loss = -1.0f;
 }
@@ -1609,6 +1853,14 @@ static void model_init_random(Model *m, const ModelConfig *c, uint64_t seed) {
     size_t n = m->num_parameters, off[NUM_PARAM_TENSORS];
     param_offsets(off, m->param_sizes, c->tied);
     const int ones[3] = {P_LN1W, P_LN2W, P_LNFW};
+    if (g_plan) {   // the allocations only: above 64M parameters the fp32 staging block, kept as the master
+        if (n <= ((size_t)64 << 20)) return;
+        float *st = (float *)device_alloc(n * sizeof(float), m->use_master ? "init staging = fp32 master"
+                                                                            : "init staging");
+        if (m->use_master) { m->master_memory = st; return; }
+        device_free(st, n * sizeof(float));
+        return;
+    }
     if (n <= ((size_t)64 << 20)) {
         float *w = (float *)xmalloc(n * sizeof(float));
         uint64_t rng = seed * 0x9E3779B97F4A7C15ull + 1;
@@ -1619,7 +1871,7 @@ static void model_init_random(Model *m, const ModelConfig *c, uint64_t seed) {
         free(w);
         return;
     }
-    float *st = (float *)device_alloc(n * sizeof(float), "init staging");
+    float *st = (float *)device_alloc(n * sizeof(float), m->use_master ? "init staging = fp32 master" : "init staging");
     init_normal_kernel<<<grid_for(n), 256>>>(st, n, 0.02f, seed * 0x9E3779B97F4A7C15ull + 1);
     LAUNCH_CHECK();
     for (int t = 0; t < 3; t++) {
@@ -1661,10 +1913,12 @@ static int model_save(const Model *m, const char *path, int dtype, char *err, si
 static void model_free(Model *m) {
     size_t n = m->num_parameters;
     device_free(m->params_memory, n * sizeof(floatX));
-    device_free(m->grads_memory, n * sizeof(float));
+    device_free(m->grads_memory, m->grads_n * sizeof(float));
+    device_free(m->gradsX_memory, n * sizeof(__nv_bfloat16));
     device_free(m->master_memory, n * sizeof(float));
     device_free(m->m_memory, n * sizeof(float));
     device_free(m->v_memory, n * sizeof(float));
+    device_free(m->mom_memory, m->mom_bytes);
     device_free(m->norm_scratch, (NORM_BLOCKS + 1) * sizeof(float));
     size_t h = (size_t)round_up(m->config.maxT, T_ALIGN) * (m->config.HD / 2);
     device_free(m->rope_cos, h * sizeof(float));
@@ -1676,43 +1930,81 @@ static void model_free(Model *m) {
 
 // The AdamW moments as a block of the run checkpoint, in train_empo.c's layout (adam_step, a flag,
 // 0, then m and v in fp32), so that a state written by either engine resumes on the other.
+static int model_has_moments(const Model *m) { return m->m_memory || m->mom_memory; }
+// Moment w (0: m, 1: v) at [o, o + k) <-> fp32 host buf (to_host: device to host), through a
+// device staging buffer for the lean moments (converted by moments_f32_kernel).
+static void moments_chunk(const Model *m, float *buf, float *st, int w, size_t o, size_t k, int to_host) {
+    if (m->moments == MOM_FP32) {
+        float *d = (w ? m->v_memory : m->m_memory) + o;
+        cudaCheck(cudaMemcpy(to_host ? buf : d, to_host ? d : buf, k * sizeof(float),
+                             to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice));
+        return;
+    }
+    if (!to_host) cudaCheck(cudaMemcpy(st, buf, k * sizeof(float), cudaMemcpyHostToDevice));
+    int grid = ceil_div((long)k, Q8_BLOCK) < g_num_sms * 16 ? ceil_div((long)k, Q8_BLOCK) : g_num_sms * 16;
+    if (m->moments == MOM_BF16)
+        moments_f32_kernel<MOM_BF16><<<grid, Q8_BLOCK>>>(st, m->mom_memory, m->mom_off[1], m->mom_off[2],
+                                                         m->mom_off[3], o, k, w, to_host);
+    else
+        moments_f32_kernel<MOM_8BIT><<<grid, Q8_BLOCK>>>(st, m->mom_memory, m->mom_off[1], m->mom_off[2],
+                                                         m->mom_off[3], o, k, w, to_host);
+    LAUNCH_CHECK();
+    if (to_host) cudaCheck(cudaMemcpy(buf, st, k * sizeof(float), cudaMemcpyDeviceToHost));
+    else cudaCheck(cudaDeviceSynchronize());
+}
+// The AdamW moments as a block of the run checkpoint, in train_empo.c's layout (adam_step, a flag,
+// 0, then m and v in fp32), so that a state written by either engine resumes on the other. Lean
+// moments are written as the fp32 values they stand for.
 static int model_save_optimizer(const Model *m, FILE *f) {
-    if (optimizer_header_write(f, m->adam_step, m->m_memory != NULL) != 0) return -1;
-    if (!m->m_memory) return 0;
+    if (optimizer_header_write(f, m->adam_step, model_has_moments(m)) != 0) return -1;
+    if (!model_has_moments(m)) return 0;
     size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
     float *buf = (float *)xmalloc(cap * sizeof(float));
+    float *st = m->moments == MOM_FP32 ? NULL : (float *)device_alloc(cap * sizeof(float), "staging");
     int rc = 0;
     for (int w = 0; w < 2 && rc == 0; w++)
         for (size_t o = 0; o < n && rc == 0; o += cap) {
             size_t k = n - o < cap ? n - o : cap;
-            cudaCheck(cudaMemcpy(buf, (w ? m->v_memory : m->m_memory) + o, k * sizeof(float), cudaMemcpyDeviceToHost));
+            moments_chunk(m, buf, st, w, o, k, 1);
             if (fwrite(buf, 4, k, f) != k) rc = -1;
         }
     free(buf);
+    device_free(st, cap * sizeof(float));
     return rc;
 }
+// The moments in the model's format (--moments), zero: allocated at the first update or load.
 static void model_alloc_moments(Model *m) {
     size_t n = m->num_parameters;
-    m->m_memory = (float *)device_alloc(n * sizeof(float), "AdamW m");
-    m->v_memory = (float *)device_alloc(n * sizeof(float), "AdamW v");
-    cudaCheck(cudaMemset(m->m_memory, 0, n * sizeof(float)));
-    cudaCheck(cudaMemset(m->v_memory, 0, n * sizeof(float)));
+    if (m->moments == MOM_FP32) {
+        m->m_memory = (float *)device_alloc(n * sizeof(float), "AdamW m");
+        m->v_memory = (float *)device_alloc(n * sizeof(float), "AdamW v");
+        if (g_plan) return;
+        cudaCheck(cudaMemset(m->m_memory, 0, n * sizeof(float)));
+        cudaCheck(cudaMemset(m->v_memory, 0, n * sizeof(float)));
+        return;
+    }
+    m->mom_bytes = moments_layout(n, m->moments, m->mom_off);
+    m->mom_memory = (char *)device_alloc(m->mom_bytes, m->moments == MOM_BF16 ? "AdamW m, v (bf16)"
+                                                                              : "AdamW m, v (8-bit + scales)");
+    if (!g_plan) cudaCheck(cudaMemset(m->mom_memory, 0, m->mom_bytes));   // code 0, scale 0: the value 0
 }
 static int model_load_optimizer(Model *m, FILE *f, char *err, size_t errcap) {
     int has_moments;
     if (optimizer_header_read(f, &m->adam_step, &has_moments, err, errcap) != 0) return -1;
     if (!has_moments) return 0;
-    if (!m->m_memory) model_alloc_moments(m);
-    size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;
+    if (!model_has_moments(m)) model_alloc_moments(m);
+    size_t n = m->num_parameters, cap = n < STAGE_FLOATS ? n : STAGE_FLOATS;   // STAGE_FLOATS: a multiple of Q8_BLOCK
     float *buf = (float *)xmalloc(cap * sizeof(float));
+    float *st = m->moments == MOM_FP32 ? NULL : (float *)device_alloc(cap * sizeof(float), "staging");
     int rc = 0;
     for (int w = 0; w < 2 && rc == 0; w++)
         for (size_t o = 0; o < n && rc == 0; o += cap) {
             size_t k = n - o < cap ? n - o : cap;
             if (fread(buf, 4, k, f) != k) { snprintf(err, errcap, "optimizer state: truncated"); rc = -1; break; }
-            cudaCheck(cudaMemcpy((w ? m->v_memory : m->m_memory) + o, buf, k * sizeof(float), cudaMemcpyHostToDevice));
+            moments_chunk(m, buf, st, w, o, k, 0);
         }
     free(buf);
+    device_free(st, cap * sizeof(float));
     return rc;
 }
 
@@ -1738,7 +2030,8 @@ static void model_ensure_acts(Model *m, size_t N) {
     device_free(m->acts_memory, m->acts_bytes);
     free(m->logp); free(m->dlogp); free(m->h_in); free(m->h_tg); free(m->h_pad);
     size_t L = c->L, C = c->C, QKV = cfg_qkv_dim(c), NHD = (size_t)c->NH * c->HD, I = c->I;
-    size_t Lln = m->recompute >= 2 ? 1 : L, Lsw = m->recompute >= 1 ? 1 : L;
+    // recompute 3 keeps only each layer's input (resid3) for all layers, and one layer's worth of the rest
+    size_t Lln = m->recompute >= 2 ? 1 : L, Lsw = m->recompute >= 1 ? 1 : L, L1 = m->recompute >= 3 ? 1 : L;
     int hr = head_rows_for(m, N);
     size_t X = sizeof(floatX), F = sizeof(float);
     Activations *a = &m->acts;
@@ -1753,8 +2046,8 @@ static void model_ensure_acts(Model *m, size_t N) {
                              (void **)&a->proj, (void **)&a->dresidual, (void **)&a->dln, (void **)&a->dqkv,
                              (void **)&a->datty,
                              (void **)&a->dfch, (void **)&a->dswiglu, (void **)&a->att_D};
-    size_t bytes[NUM_ACTS] = {N * C * X, Lln * N * C * X, L * N * F, L * N * QKV * X, L * N * NHD * X,
-                              L * N * c->NH * F, L * N * C * X, Lln * N * C * X, L * N * F, L * N * 2 * I * X,
+    size_t bytes[NUM_ACTS] = {N * C * X, Lln * N * C * X, L1 * N * F, L1 * N * QKV * X, L1 * N * NHD * X,
+                              L1 * N * c->NH * F, L1 * N * C * X, Lln * N * C * X, L1 * N * F, L1 * N * 2 * I * X,
                               Lsw * N * I * X, L * N * C * X, N * C * X, N * F, N * F,
                               N * F, N * F, N * sizeof(int), N * sizeof(int), (size_t)hr * c->V * X,
                               N * C * X, N * C * X, N * C * X, N * QKV * X, N * NHD * X,
@@ -1774,7 +2067,12 @@ static void model_ensure_acts(Model *m, size_t N) {
 }
 static void model_reserve(Model *m, int B, int T) {
     if (T > m->config.maxT) T = m->config.maxT;
-    model_ensure_acts(m, (size_t)B * round_up(T, T_ALIGN));
+    // the host asks for the context (train_empo.c reserves -b x maxT); the GPU main lowers that to the
+    // run's longest sequence when it knows it (g_reserve_T: --plan-prompt + -n). A longer micro-batch
+    // still works: its forward grows the activations.
+    if (g_reserve_T > 0 && T > g_reserve_T) T = g_reserve_T;
+    m->reserve_N = (size_t)B * round_up(T, T_ALIGN);
+    model_ensure_acts(m, m->reserve_N);
 }
 
 // ----------------------------------------------------------------------------
@@ -1789,17 +2087,18 @@ static LayerActs layer_acts(const Model *m, int l) {
     const Activations *a = &m->acts;
     size_t N = (size_t)m->B * m->Tp, C = c->C, QKV = cfg_qkv_dim(c), NHD = (size_t)c->NH * c->HD, I = c->I;
     size_t lln = m->recompute_used >= 2 ? 0 : l, lsw = m->recompute_used >= 1 ? 0 : l;
+    size_t l1 = m->recompute_used >= 3 ? 0 : l;   // per-layer checkpointing: one layer's buffers
     LayerActs la;
     la.resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
     la.ln1 = a->ln1 + lln * N * C;
-    la.ln1_rstd = a->ln1_rstd + (size_t)l * N;
-    la.qkv = a->qkv + (size_t)l * N * QKV;
-    la.atty = a->atty + (size_t)l * N * NHD;
-    la.att_lse = a->att_lse + (size_t)l * N * c->NH;
-    la.resid2 = a->resid2 + (size_t)l * N * C;
+    la.ln1_rstd = a->ln1_rstd + l1 * N;
+    la.qkv = a->qkv + l1 * N * QKV;
+    la.atty = a->atty + l1 * N * NHD;
+    la.att_lse = a->att_lse + l1 * N * c->NH;
+    la.resid2 = a->resid2 + l1 * N * C;
     la.ln2 = a->ln2 + lln * N * C;
-    la.ln2_rstd = a->ln2_rstd + (size_t)l * N;
-    la.fch = a->fch + (size_t)l * N * 2 * I;
+    la.ln2_rstd = a->ln2_rstd + l1 * N;
+    la.fch = a->fch + l1 * N * 2 * I;
     la.swiglu = a->swiglu + lsw * N * I;
     la.resid3 = a->resid3 + (size_t)l * N * C;
     return la;
@@ -1878,7 +2177,8 @@ static void model_forward(Model *m, const int *inputs, const int *targets, const
             if (targets[i] < -1 || targets[i] >= c->V) FATAL("target %d at position %d is outside the vocab (%d)",
                                                              targets[i], i, c->V);
     int Tp = round_up(T, T_ALIGN), N = B * Tp;
-    model_ensure_acts(m, (size_t)N);
+    // (generate returns the activations to the pool: the first forward after it takes the whole reservation)
+    model_ensure_acts(m, (size_t)N > m->reserve_N ? (size_t)N : m->reserve_N);
     Activations *a = &m->acts;
     for (int b = 0; b < B; b++)
         for (int t = 0; t < Tp; t++) {
@@ -1925,13 +2225,73 @@ static void model_logits_rows(Model *m, int r0, int rows, float *dst) {
     device_free(tmp, (size_t)V * sizeof(float));
 }
 
-static void model_zero_grad(Model *m) {
-    size_t n = m->num_parameters;
-    if (!m->grads_memory) {
-        m->grads_memory = (float *)device_alloc(n * sizeof(float), "gradients");
+// The gradients: allocated at the first zero_grad (inference-only models never have any), dropped
+// by generate once an update has used them (model_release_for_rollout), allocated again here.
+// --grads bf16: the fp32 scratch has the layout of a one-layer model of the same shape.
+static void model_ensure_grads(Model *m) {
+    if (m->grads_memory) return;
+    if (!m->grads_bf16) {
+        m->grads_n = m->num_parameters;
+        m->grads_memory = (float *)device_alloc(m->grads_n * sizeof(float), "gradients (fp32)");
         point_tensors(&m->grads, m->param_sizes, m->grads_memory, m->config.tied);
+        return;
     }
-    cudaCheck(cudaMemset(m->grads_memory, 0, n * sizeof(float)));
+    ModelConfig c1 = m->config;
+    c1.L = 1;
+    size_t sizes1[NUM_PARAM_TENSORS];
+    fill_param_sizes(sizes1, &c1);
+    m->grads_n = count_params(&c1);
+    m->gradsX_memory = (__nv_bfloat16 *)device_alloc(m->num_parameters * sizeof(__nv_bfloat16), "gradients (bf16)");
+    m->grads_memory = (float *)device_alloc(m->grads_n * sizeof(float), "grad scratch fp32 (layer+head)");
+    point_tensors(&m->grads, sizes1, m->grads_memory, m->config.tied);
+}
+static void model_zero_grad(Model *m) {
+    model_ensure_grads(m);
+    m->grads_consumed = 0;
+    if (g_plan) return;
+    cudaCheck(cudaMemset(m->grads_memory, 0, m->grads_n * sizeof(float)));
+    if (m->gradsX_memory) cudaCheck(cudaMemset(m->gradsX_memory, 0, m->num_parameters * sizeof(__nv_bfloat16)));
+}
+// --grads bf16: the scratch's part for layer l (layer >= 0) or for the embedding and head (layer < 0),
+// added into the bf16 gradient (accum_bf16_kernel, which zeroes the scratch).
+static void grads_flush(Model *m, int layer) {
+    static const int layer_t[7] = {P_LN1W, P_QKVW, P_QKVB, P_ATTPROJW, P_LN2W, P_FCW, P_FCPROJW};
+    static const int head_t[3] = {P_WTE, P_LNFW, P_LMW};
+    ModelConfig c1 = m->config;
+    c1.L = 1;
+    size_t sizes1[NUM_PARAM_TENSORS], off1[NUM_PARAM_TENSORS], off[NUM_PARAM_TENSORS];
+    fill_param_sizes(sizes1, &c1);
+    param_offsets(off1, sizes1, 0);
+    param_offsets(off, m->param_sizes, 0);
+    const int *ts = layer >= 0 ? layer_t : head_t;
+    for (int k = 0; k < (layer >= 0 ? 7 : 3); k++) {
+        size_t n = sizes1[ts[k]];
+        if (!n) continue;
+        uint64_t seed = 0xB0B5ull + ((uint64_t)m->n_backward * 64 + ts[k]) * 0x9E3779B97F4A7C15ull + (uint64_t)layer;
+        accum_bf16_kernel<<<grid_for(n), 256>>>(m->gradsX_memory + off[ts[k]] + (layer >= 0 ? (size_t)layer * n : 0),
+                                                m->grads_memory + off1[ts[k]], n, seed);
+        LAUNCH_CHECK();
+    }
+}
+// Per-layer checkpointing (--recompute 3): layer l's forward again from its saved input, into the
+// one layer's buffers the backward then reads. The same calls as forward_layers' layer body
+// (layer 0's separate RMSNorm for every layer: the fused add of layer l - 1 made the same ln1).
+static void layer_recompute(Model *m, int l, int B, int T) {
+    const ModelConfig *c = &m->config;
+    int N = B * T, C = c->C, NH = c->NH, NKV = c->NKV, HD = c->HD, I = c->I, QKV = cfg_qkv_dim(c);
+    float eps = c->rms_eps;
+    Tensors<floatX> *p = &m->params;
+    LayerActs la = layer_acts(m, l);
+    rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w + (size_t)l * C, N, C, eps);
+    matmul_forward(la.qkv, la.ln1, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N,
+                   C, QKV);
+    rope_forward(la.qkv, m->rope_cos, m->rope_sin, NULL, N, T, NH, NKV, HD);
+    attention_forward(la.atty, la.att_lse, la.qkv, B, T, NH, NKV, HD);
+    matmul_forward(m->acts.proj, la.atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C);
+    residual_rmsnorm_forward(la.resid2, la.ln2, la.ln2_rstd, la.resid, m->acts.proj, p->ln2w + (size_t)l * C, N, C,
+                             eps);
+    matmul_forward(la.fch, la.ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I);
+    swiglu_forward(la.swiglu, la.fch, N, I);
 }
 
 // Accumulates into the parameter gradients the gradient of sum_{b,t} dlogp[b,t] * logp[b,t], with
@@ -1957,31 +2317,60 @@ static void model_backward(Model *m) {
     rmsnorm_backward(a->dresidual, g->lnfw, a->dln, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, a->lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
         LayerActs la = layer_acts(m, l);
+        size_t gl = m->grads_bf16 ? 0 : l;   // --grads bf16: this layer's gradient goes to the one-layer scratch
         // dresidual holds dLoss/d(resid3); the residual adds pass it through unchanged
-        if (m->recompute_used >= 2) rmsnorm_forward(la.ln2, la.ln2_rstd, la.resid2, p->ln2w + (size_t)l * C, N, C, eps);
-        if (m->recompute_used >= 1) swiglu_forward(la.swiglu, la.fch, N, I);
-        matmul_backward(a->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, a->dresidual, la.swiglu,
+        if (m->recompute_used >= 3) layer_recompute(m, l, B, T);
+        if (m->recompute_used == 2) rmsnorm_forward(la.ln2, la.ln2_rstd, la.resid2, p->ln2w + (size_t)l * C, N, C, eps);
+        if (m->recompute_used == 1 || m->recompute_used == 2) swiglu_forward(la.swiglu, la.fch, N, I);
+        matmul_backward(a->dswiglu, g->fcprojw + gl * C * I, NULL, a->dresidual, la.swiglu,
                         p->fcprojw + (size_t)l * C * I, N, I, C);
         swiglu_backward(a->dfch, a->dswiglu, la.fch, N, I);
-        matmul_backward(a->dln, g->fcw + (size_t)l * 2 * I * C, NULL, a->dfch, la.ln2, p->fcw + (size_t)l * 2 * I * C,
+        matmul_backward(a->dln, g->fcw + gl * 2 * I * C, NULL, a->dfch, la.ln2, p->fcw + (size_t)l * 2 * I * C,
                         N, C, 2 * I);
-        rmsnorm_backward(a->dresidual, g->ln2w + (size_t)l * C, a->dln, la.resid2, p->ln2w + (size_t)l * C,
+        rmsnorm_backward(a->dresidual, g->ln2w + gl * C, a->dln, la.resid2, p->ln2w + (size_t)l * C,
                          la.ln2_rstd, N, C);
         // now dresidual = dLoss/d(resid2)
-        matmul_backward(a->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, a->dresidual, la.atty,
+        matmul_backward(a->datty, g->attprojw + gl * C * NH * HD, NULL, a->dresidual, la.atty,
                         p->attprojw + (size_t)l * C * NH * HD,
                         N, NH * HD, C);
         attention_backward(a->dqkv, a->att_D, a->datty, la.atty, la.qkv, la.att_lse, B, T, NH, NKV, HD);
         rope_backward(a->dqkv, m->rope_cos, m->rope_sin, N, T, NH, NKV, HD);
-        if (m->recompute_used >= 2) rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w + (size_t)l * C, N, C, eps);
-        matmul_backward(a->dln, g->qkvw + (size_t)l * QKV * C, c->qkv_bias ? g->qkvb + (size_t)l * QKV : NULL, a->dqkv,
+        if (m->recompute_used == 2) rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w + (size_t)l * C, N, C, eps);
+        matmul_backward(a->dln, g->qkvw + gl * QKV * C, c->qkv_bias ? g->qkvb + gl * QKV : NULL, a->dqkv,
                         la.ln1,
                         p->qkvw + (size_t)l * QKV * C, N, C, QKV);
-        rmsnorm_backward(a->dresidual, g->ln1w + (size_t)l * C, a->dln, la.resid, p->ln1w + (size_t)l * C, la.ln1_rstd,
+        rmsnorm_backward(a->dresidual, g->ln1w + gl * C, a->dln, la.resid, p->ln1w + (size_t)l * C, la.ln1_rstd,
                          N, C);
         // now dresidual = dLoss/d(layer input)
+        if (m->grads_bf16) grads_flush(m, l);
     }
     embedding_backward(g->wte, a->dresidual, a->inputs, N, C);
+    if (m->grads_bf16) grads_flush(m, -1);
+    m->n_backward++;
+}
+
+// A launch of adamw_lean_kernel<MODE, GT> (through a pointer: one template argument list per launch line).
+template <int MODE, typename GT>
+static void adamw_lean(int grid, floatX *params, float *master, const GT *grads, void *mp, void *vp, float *ms,
+                       float *vs, size_t n, float lr, float beta1, float beta2, float eps, float wd, float step_size,
+                       float bc2_sqrt, const float *norm, float grad_clip, uint64_t seed) {
+    void (*kernel)(floatX *, float *, const GT *, void *, void *, float *, float *, size_t, float, float, float, float,
+                   float, float, float, const float *, float, uint64_t) = adamw_lean_kernel<MODE, GT>;
+    kernel<<<grid, Q8_BLOCK>>>(params, master, grads, mp, vp, ms, vs, n, lr, beta1, beta2, eps, wd, step_size, bc2_sqrt,
+                               norm, grad_clip, seed);
+}
+
+// The optimizer state the first update makes: the moments, and the fp32 master copy (from the
+// bf16 weights, which are bf16-exact then: model_set_weights made it at load otherwise).
+static void model_ensure_optimizer(Model *m) {
+    size_t n = m->num_parameters;
+    if (!model_has_moments(m)) model_alloc_moments(m);
+    if (m->use_master && !m->master_memory) {
+        m->master_memory = (float *)device_alloc(n * sizeof(float), "fp32 master weights");
+        if (g_plan) return;
+        to_float_kernel<<<grid_for(n), 256>>>(m->master_memory, m->params_memory, n);
+        LAUNCH_CHECK();
+    }
 }
 
 // Global L2 norm of all gradients (device), then clipping to grad_clip (<= 0: none) and one AdamW
@@ -1990,13 +2379,9 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
                           float grad_clip) {
     size_t n = m->num_parameters;
     if (!m->grads_memory) model_zero_grad(m);
-    if (!m->m_memory) model_alloc_moments(m);
-    if (m->use_master && !m->master_memory) {   // the weights are bf16-exact (model_set_weights): no loss here
-        m->master_memory = (float *)device_alloc(n * sizeof(float), "fp32 master weights");
-        to_float_kernel<<<grid_for(n), 256>>>(m->master_memory, m->params_memory, n);
-        LAUNCH_CHECK();
-    }
-    sumsq_kernel<<<NORM_BLOCKS, 256>>>(m->norm_scratch, m->grads_memory, n);
+    model_ensure_optimizer(m);
+    if (m->grads_bf16) sumsq_bf16_kernel<<<NORM_BLOCKS, 256>>>(m->norm_scratch, m->gradsX_memory, n);
+    else sumsq_kernel<<<NORM_BLOCKS, 256>>>(m->norm_scratch, m->grads_memory, n);
     LAUNCH_CHECK();
     norm_finish_kernel<<<1, 1024>>>(m->norm_scratch + NORM_BLOCKS, m->norm_scratch, NORM_BLOCKS);
     LAUNCH_CHECK();
@@ -2009,11 +2394,27 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
     double bc1 = 1.0 - pow(beta1, m->adam_step), bc2 = 1.0 - pow(beta2, m->adam_step);   // in double, as torch does
     float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
     uint64_t seed = 0x5EEDull + (uint64_t)m->adam_step * 0x2545F4914F6CDD1Dull;
-    adamw_kernel<<<grid_for(n), 256>>>(m->params_memory, m->master_memory, m->grads_memory, m->m_memory, m->v_memory,
-                                       n, lr, beta1, beta2,
-                                       eps, weight_decay, step_size, bc2_sqrt, m->norm_scratch + NORM_BLOCKS,
-                                       grad_clip, seed);
+    int grid_q8 = ceil_div((long)n, Q8_BLOCK) < g_num_sms * 16 ? ceil_div((long)n, Q8_BLOCK) : g_num_sms * 16;
+    char *mb = m->mom_memory;
+    void *mp = m->moments == MOM_FP32 ? (void *)m->m_memory : mb, *vp = m->moments == MOM_FP32 ? (void *)m->v_memory
+                                                                                              : mb + m->mom_off[1];
+    float *ms = mb ? (float *)(mb + m->mom_off[2]) : NULL, *vs = mb ? (float *)(mb + m->mom_off[3]) : NULL;
+    const float *nrm = m->norm_scratch + NORM_BLOCKS;
+#define ADAMW_LEAN(MODE, GT, G)                                                                                        \
+    adamw_lean<MODE, GT>(grid_q8, m->params_memory, m->master_memory, G, mp, vp, ms, vs, n, lr, beta1, beta2, eps,     \
+                         weight_decay, step_size, bc2_sqrt, nrm, grad_clip, seed)
+    if (!m->grads_bf16 && m->moments == MOM_FP32)   // the exact optimizer: adamw_kernel, as before
+        adamw_kernel<<<grid_for(n), 256>>>(m->params_memory, m->master_memory, m->grads_memory, m->m_memory,
+                                           m->v_memory, n, lr, beta1, beta2, eps, weight_decay, step_size, bc2_sqrt,
+                                           nrm, grad_clip, seed);
+    else if (!m->grads_bf16 && m->moments == MOM_BF16) ADAMW_LEAN(MOM_BF16, float, m->grads_memory);
+    else if (!m->grads_bf16) ADAMW_LEAN(MOM_8BIT, float, m->grads_memory);
+    else if (m->moments == MOM_FP32) ADAMW_LEAN(MOM_FP32, __nv_bfloat16, m->gradsX_memory);
+    else if (m->moments == MOM_BF16) ADAMW_LEAN(MOM_BF16, __nv_bfloat16, m->gradsX_memory);
+    else ADAMW_LEAN(MOM_8BIT, __nv_bfloat16, m->gradsX_memory);
+#undef ADAMW_LEAN
     LAUNCH_CHECK();
+    m->grads_consumed = 1;
     return norm;
 }
 
@@ -2068,10 +2469,13 @@ typedef struct {
     float *u, *out_logp;                             // (S)
     float *out_stats;                                // (S, 2) token entropy and self-certainty
     size_t bytes;
+    int n_alloc; void *ptr[24]; size_t size[24];      // what dec_alloc handed out, for decode_bufs_free
 } DecodeBufs;
 static void *dec_alloc(DecodeBufs *d, size_t bytes, const char *what) {
     d->bytes += bytes;
-    return device_alloc(bytes, what);
+    void *p = device_alloc(bytes, what);
+    d->ptr[d->n_alloc] = p; d->size[d->n_alloc++] = bytes;
+    return p;
 }
 static void decode_bufs_init(DecodeBufs *d, const ModelConfig *c, int S, int n_split, int max_pages) {
     memset(d, 0, sizeof *d);
@@ -2094,10 +2498,7 @@ static void decode_bufs_init(DecodeBufs *d, const ModelConfig *c, int S, int n_s
     d->out_stats = (float *)dec_alloc(d, S * 2 * sizeof(float), "decode");
 }
 static void decode_bufs_free(DecodeBufs *d) {
-    void *ps[] = {d->x, d->ln, d->qkv, d->atty, d->proj, d->fch, d->sw, d->rstd, d->logits, d->part_o, d->part_ml,
-                  d->tok, d->pos, d->lens, d->rows, d->out_tok, d->table, d->u, d->out_logp, d->out_stats};
-    for (size_t i = 0; i < sizeof ps / sizeof ps[0]; i++) cudaCheck(cudaFree(ps[i]));
-    g_device_bytes -= d->bytes;
+    for (int i = 0; i < d->n_alloc; i++) device_free(d->ptr[i], d->size[i]);
     memset(d, 0, sizeof *d);
 }
 
@@ -2139,6 +2540,89 @@ static void decode_forward(Model *m, DecodeBufs *d, PagedKV *kv, int S, int n_ou
 static int is_eos_token(const Model *m, int tok) {
     for (int i = 0; i < m->n_eos; i++) if (m->eos[i] == tok) return 1;
     return 0;
+}
+
+// Before a rollout: what training needs and generation does not goes back to the pool. The
+// gradients once an update has used them (the host zeroes them before the next step's first
+// backward; engine.h: nothing accumulates across generate), and activations larger than the
+// prefill needs (the prefill overwrites them anyway, so no backward can follow a generate without
+// a new forward). The next training forward and zero_grad allocate them again.
+static void model_release_for_rollout(Model *m, size_t prefill_tokens) {
+    if (m->grads_memory && m->grads_consumed) {
+        device_free(m->grads_memory, m->grads_n * sizeof(float));
+        device_free(m->gradsX_memory, m->num_parameters * sizeof(__nv_bfloat16));
+        m->grads_memory = NULL; m->gradsX_memory = NULL;
+        memset(&m->grads, 0, sizeof m->grads);
+    }
+    if (m->acts_memory && m->cap_N > prefill_tokens) {
+        device_free(m->acts_memory, m->acts_bytes);
+        m->acts_memory = NULL;
+        m->acts_bytes = 0; m->cap_N = 0;
+    }
+}
+
+// What is free for a new allocation: of --mem-cap when given, and of the device. The plan has no
+// device: it takes --mem-cap, or PLAN_DEVICE_GIB.
+#define PLAN_DEVICE_GIB 80.0
+static double device_free_bytes(void) {
+    double cap = g_mem_cap > 0 ? g_mem_cap * 1073741824.0 : -1.0, fr;
+    if (g_plan) fr = (cap > 0 ? cap : PLAN_DEVICE_GIB * 1073741824.0) - (double)g_device_bytes;
+    else {
+        size_t f = 0, t = 0;
+        cudaCheck(cudaMemGetInfo(&f, &t));
+        fr = (double)f;
+        if (cap > 0 && cap - (double)g_device_bytes < fr) fr = cap - (double)g_device_bytes;
+    }
+    return fr > 0 ? fr : 0.0;
+}
+
+// generate's device memory, made by the same function in a run and in the plan: the prefill's
+// activations (at least 4096 positions, so that short prompts prefill together), the decode
+// buffers for S responses (--gen-batch) and the KV page pool: what all prompts need at full length
+// (need: the pages of a prompt's G responses), at most the budget, --kv-gib or 90% of what is then
+// free. The prompts are admitted in waves that fit the pool (generate), so the pool only has to
+// hold one prompt's responses. prompt_lens (n_prompts), cap (n_prompts * G): length + room.
+typedef struct { int S, max_pages; int *need, *full; DecodeBufs d; PagedKV kv; } GenMem;
+static void gen_mem_init(GenMem *g, Model *m, const int *prompt_lens, const int *cap, int n_prompts, int G,
+                         int max_cap) {
+    const ModelConfig *c = &m->config;
+    int n = n_prompts * G, Pmax = 1;
+    for (int p = 0; p < n_prompts; p++) if (prompt_lens[p] > Pmax) Pmax = prompt_lens[p];
+    size_t prefill = (size_t)round_up(Pmax, T_ALIGN) > 4096 ? (size_t)round_up(Pmax, T_ALIGN) : 4096;
+    model_release_for_rollout(m, prefill);
+    model_ensure_acts(m, prefill);
+    g->S = n < g_gen_batch ? n : g_gen_batch;
+    if (g->S < G) g->S = G;
+    g->max_pages = ceil_div(c->maxT, KV_PAGE);
+    long total_pages = 0;
+    int max_need = 0;
+    g->need = (int *)xmalloc((size_t)n_prompts * sizeof(int));
+    g->full = (int *)xmalloc((size_t)n_prompts * sizeof(int));
+    for (int p = 0; p < n_prompts; p++) {
+        int P = prompt_lens[p], c0 = cap[p * G], shared = P / KV_PAGE;
+        g->full[p] = (P - 1 > c0 - 2 ? P - 1 : c0 - 2) / KV_PAGE + 1;   // pages up to the last position written
+        g->need[p] = shared + G * (g->full[p] - shared);
+        total_pages += g->need[p];
+        if (g->need[p] > max_need) max_need = g->need[p];
+    }
+    decode_bufs_init(&g->d, c, g->S, ceil_div(max_cap, DEC_SPLIT), g->max_pages);
+    if (g_mem_cap > 0 && (double)g_device_bytes > g_mem_cap * 1073741824.0)
+        FATAL("--mem-cap %g: %.2f GiB are allocated before the KV cache (weights, optimizer state, decode buffers: "
+              "--plan lists them)", g_mem_cap, g_device_bytes / 1073741824.0);
+    size_t page_bytes = kv_page_elems(c) * sizeof(floatX);
+    double budget = g_kv_gib > 0 ? g_kv_gib * 1073741824.0 : 0.9 * device_free_bytes();
+    long budget_pages = (long)(budget / (double)page_bytes);
+    int n_pages = (int)(total_pages < budget_pages ? total_pages : budget_pages);
+    if (n_pages < max_need)
+        FATAL("generate: the KV cache budget (%.2f GiB, %ld pages) cannot hold one prompt's %d responses (%d pages, "
+              "%.2f GiB); raise --kv-gib / --mem-cap or lower -G / the response length", budget / 1073741824.0,
+              budget_pages, G, max_need, max_need * (double)page_bytes / 1073741824.0);
+    paged_init(&g->kv, c, n_pages);
+}
+static void gen_mem_free(GenMem *g) {
+    paged_free(&g->kv);
+    decode_bufs_free(&g->d);
+    free(g->need); free(g->full);
 }
 
 // generate (engine.h). The prompts are admitted in order while the decode batch has room for their
@@ -2190,33 +2674,11 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     double *ent_sum = (double *)xcalloc((size_t)n, sizeof(double)), *cert_sum = (double *)xcalloc((size_t)n,
             sizeof(double));
 
-    // sizes: the decode batch, the pages each prompt needs at full length, the pool
-    int S = n < g_gen_batch ? n : g_gen_batch;
-    if (S < G) S = G;
-    int max_pages = ceil_div(c->maxT, KV_PAGE);
-    long total_pages = 0;
-    int max_need = 0;
-    int *need = (int *)xmalloc((size_t)n_prompts * sizeof(int)),
-        *full = (int *)xmalloc((size_t)n_prompts * sizeof(int));
-    for (int p = 0; p < n_prompts; p++) {
-        int P = prompt_lens[p], c0 = cap[p * G], shared = P / KV_PAGE;
-        full[p] = (P - 1 > c0 - 2 ? P - 1 : c0 - 2) / KV_PAGE + 1;   // pages up to the last position written
-        need[p] = shared + G * (full[p] - shared);
-        total_pages += need[p];
-        if (need[p] > max_need) max_need = need[p];
-    }
-    DecodeBufs d;
-    decode_bufs_init(&d, c, S, ceil_div(max_cap, DEC_SPLIT), max_pages);
-    size_t page_bytes = kv_page_elems(c) * sizeof(floatX), fr = 0, tot = 0;
-    cudaCheck(cudaMemGetInfo(&fr, &tot));
-    double budget = g_kv_gib > 0 ? g_kv_gib * 1073741824.0 : 0.9 * (double)fr;
-    long budget_pages = (long)(budget / (double)page_bytes);
-    int n_pages = (int)(total_pages < budget_pages ? total_pages : budget_pages);
-    if (n_pages < max_need)
-        FATAL("generate: the KV cache budget (%.2f GiB, %ld pages) cannot hold one prompt's %d responses (%d pages); "
-              "raise --kv-gib or lower -G / the response length", budget / 1073741824.0, budget_pages, G, max_need);
-    PagedKV kv;
-    paged_init(&kv, c, n_pages);
+    GenMem gm;
+    gen_mem_init(&gm, m, prompt_lens, cap, n_prompts, G, max_cap);
+    int S = gm.S, max_pages = gm.max_pages, *need = gm.need, *full = gm.full;
+    DecodeBufs &d = gm.d;
+    PagedKV &kv = gm.kv;
 
     // host state: each response's pages and its remaining reservation; the running list
     int *pages = (int *)xmalloc((size_t)n * max_pages * sizeof(int)), *npages = (int *)xcalloc((size_t)n, sizeof(int));
@@ -2229,7 +2691,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     long reserved = 0;
     int n_active = 0, next = 0, step = 0;
     double t_start = now_seconds();
-    size_t prefill_budget = m->cap_N > 4096 ? m->cap_N : 4096;
+    size_t prefill_budget = m->cap_N;   // gen_mem_init has sized the activations for the prefill
     // a response is done after its latest token, or still runs (then 1)
     auto finish = [&](int j) {
         for (int i = 0; i < npages[j]; i++) page_release(&kv, pages[(size_t)j * max_pages + i]);
@@ -2392,9 +2854,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             if (n_active == 0 && next == n_prompts) fputc('\n', stderr);
         }
     }
-    paged_free(&kv);
-    decode_bufs_free(&d);
-    free(cap); free(rng); free(need); free(full); free(pages); free(npages); free(res); free(active);
+    gen_mem_free(&gm);
+    free(cap); free(rng); free(pages); free(npages); free(res); free(active);
     free(h_tok); free(h_pos); free(h_lens); free(h_rows); free(h_table); free(h_u); free(h_lp);
     free(h_st);
     generation_set_token_means(out, ent_sum, cert_sum);
@@ -2590,7 +3051,315 @@ static double flops_per_token(const ModelConfig *c, int T) {
 #include "train_empo.c"
 
 // ----------------------------------------------------------------------------
-// 8. main: --bench (train on random tokens, to measure speed and memory), or else every mode of
+// 8. the memory plan (--plan, --mem-cap): a run's device allocations, listed without a GPU by
+// walking the run's own allocation functions (model_alloc, model_init_random, model_reserve,
+// gen_mem_init, model_zero_grad, model_ensure_acts, model_ensure_optimizer) in the run's order
+// with g_plan set: device_alloc / device_free only count, and nothing touches a GPU.
+
+static const char *const MOMENT_NAMES[] = {"fp32", "bf16", "8bit"};
+
+// A model's shape from its checkpoint's header: the plan reads no weights.
+static void plan_read_config(const char *path, ModelConfig *c) {
+    int32_t h[CKPT_HEADER_INTS];
+    FILE *f = fopen(path, "rb");
+    if (!f) FATAL("%s: %s", path, strerror(errno));
+    size_t got = fread(h, sizeof h, 1, f);
+    fclose(f);
+    if (got != 1 || (uint32_t)h[0] != CKPT_MAGIC) FATAL("%s: not an empo.c checkpoint", path);
+    memset(c, 0, sizeof *c);
+    c->V = h[3]; c->C = h[4]; c->L = h[5]; c->NH = h[6]; c->NKV = h[7]; c->I = h[8]; c->maxT = h[9];
+    c->tied = h[10]; c->qkv_bias = h[11];
+    memcpy(&c->rope_theta, &h[12], 4); memcpy(&c->rms_eps, &h[13], 4);
+    c->HD = h[14];
+    const char *bad = cfg_invalid(c);
+    if (bad) FATAL("%s: %s", path, bad);
+}
+// The policy's shape, as load_model_and_tokenizer would make it.
+static void plan_policy_config(const RunConfig *rc, ModelConfig *c) {
+    char path[1100], err[256];
+    if (rc->init_spec && !rc->resume_dir) {
+        if (model_spec_parse(rc->init_spec, c, err, sizeof err)) FATAL("--init: %s", err);
+        if (c->V == 0) {   // the byte tokenizer's vocabulary (model_init_spec)
+            Tokenizer tok;
+            if (tokenizer_init_bytes(&tok) != 0) FATAL("out of memory");
+            c->V = tok.n_vocab;
+            tokenizer_free(&tok);
+        }
+        const char *bad = cfg_invalid(c);
+        if (bad) FATAL("--init: %s", bad);
+        return;
+    }
+    if (rc->resume_dir) snprintf(path, sizeof path, "%s/model.bin", rc->resume_dir);
+    else snprintf(path, sizeof path, "%s", rc->model_path);
+    plan_read_config(path, c);
+}
+
+// One generate of n_prompts prompts of plen tokens, G responses of up to max_new tokens each.
+static void plan_generate(Model *m, int n_prompts, int G, int plen, int max_new) {
+    int maxT = m->config.maxT, P = plen < maxT - 1 ? plen : maxT - 1, room = P + max_new < maxT ? P + max_new : maxT;
+    int *lens = (int *)xmalloc((size_t)n_prompts * sizeof(int)), *cap = (int *)xmalloc((size_t)n_prompts * G * 4);
+    for (int p = 0; p < n_prompts; p++) lens[p] = P;
+    for (int j = 0; j < n_prompts * G; j++) cap[j] = room;
+    GenMem gm;
+    gen_mem_init(&gm, m, lens, cap, n_prompts, G, room);
+    void *pos = device_alloc(m->cap_N * sizeof(int), "prefill positions");   // one prefill wave's
+    device_free(pos, m->cap_N * sizeof(int));
+    gen_mem_free(&gm);
+    free(lens); free(cap);
+}
+// One optimizer step on micro-batches of B rows of T positions (train_on_rollouts, run_sft_step).
+static void plan_train(Model *m, Model *ref, int B, int T, const char *train, const char *update) {
+    g_phase = train;
+    model_zero_grad(m);
+    size_t N = (size_t)B * round_up(T < m->config.maxT ? T : m->config.maxT, T_ALIGN);
+    if (ref) model_ensure_acts(ref, N);
+    model_ensure_acts(m, N);
+    g_phase = update;
+    model_ensure_optimizer(m);
+    m->grads_consumed = 1;
+}
+
+typedef struct { int micro, plen, head_rows_used; } PlanShape;  // head_rows_used: set by plan_walk
+// The run's allocations in its order: load, then two steps (the second rollout holds the optimizer
+// state the first update made), then an evaluation. Returns the peak (bytes).
+// The allocator's real state is kept aside and restored, so that a plan can be made at any time.
+static size_t g_plan_peak = 0;
+static size_t plan_walk(const RunConfig *rc, PlanShape *ps) {
+    size_t real_bytes = g_device_bytes, real_peak = g_device_peak;
+    void *real_ws = g_lt_workspace;
+    int real_init = g_gpu_init_done, real_reserve = g_reserve_T;
+    g_plan = 1;
+    g_device_bytes = g_device_peak = 0;
+    g_plan_n = g_plan_t = g_plan_t_peak = 0;
+    g_gpu_init_done = 0;
+    g_phase = "load";
+    ModelConfig c;
+    plan_policy_config(rc, &c);
+    int sft = rc->mode == MODE_SFT, train = rc->mode == MODE_TRAIN;
+    int train_T = ps->plen + rc->max_new < c.maxT ? ps->plen + rc->max_new : c.maxT;
+    g_reserve_T = train ? train_T : 0;
+    Model m, ref, ver;
+    int use_ref = train && rc->tc.kl_beta > 0.0f, use_ver = rc->verifier_path && (train || rc->mode == MODE_EVAL);
+    // model_load is model_alloc, then the weights through the staging buffer (model_set_weights;
+    // the plan assumes a bf16-exact checkpoint, whose master copy waits for the first update)
+    if (rc->init_spec && !rc->resume_dir) model_init_random(&m, &c, (uint64_t)rc->seed);
+    else { model_alloc(&m, &c); upload_params(m.params_memory, NULL, m.num_parameters); }
+    if (use_ref) {   // the frozen start: bf16 weights only, never a gradient
+        model_alloc(&ref, &c);
+        upload_params(ref.params_memory, NULL, ref.num_parameters);
+    }
+    if (use_ver) {
+        ModelConfig vc;
+        plan_read_config(rc->verifier_path, &vc);
+        model_alloc(&ver, &vc);
+        upload_params(ver.params_memory, NULL, ver.num_parameters);
+    }
+    if (rc->resume_dir && (train || sft)) model_alloc_moments(&m);   // model_load_optimizer (a state with moments)
+    if (train || sft) model_reserve(&m, sft ? rc->prompts_per_step : ps->micro, c.maxT);
+    if (train) {
+        g_phase = "rollout 1";
+        plan_generate(&m, rc->prompts_per_step, rc->G, ps->plen, rc->max_new);
+        plan_train(&m, use_ref ? &ref : NULL, ps->micro, train_T, "train 1", "update 1");
+        g_phase = "rollout 2+";
+        plan_generate(&m, rc->prompts_per_step, rc->G, ps->plen, rc->max_new);
+        plan_train(&m, use_ref ? &ref : NULL, ps->micro, train_T, "train 2+", "update 2+");
+    } else if (sft) {
+        plan_train(&m, NULL, rc->prompts_per_step, c.maxT, "train 1", "update 1");
+        plan_train(&m, NULL, rc->prompts_per_step, c.maxT, "train 2+", "update 2+");
+    } else if (rc->mode == MODE_PROMPT) {
+        g_phase = "generate";
+        plan_generate(&m, 1, rc->G, ps->plen, rc->max_new);
+    }
+    if ((train || sft) && rc->eval_path && rc->eval_every > 0) {
+        g_phase = "eval";
+        plan_generate(&m, rc->eval_batch, rc->eval_G, ps->plen, rc->eval_max_new);
+    } else if (rc->mode == MODE_EVAL) {
+        g_phase = "eval";
+        plan_generate(&m, rc->eval_batch, rc->eval_G, ps->plen, rc->eval_max_new);
+    }
+    g_phase = "end";
+    ps->head_rows_used = m.head_rows_used;
+    if (use_ver) model_free(&ver);
+    if (use_ref) model_free(&ref);
+    model_free(&m);
+    device_free(g_lt_workspace, LT_WORKSPACE);
+    g_plan = 0;
+    g_plan_peak = g_device_peak;
+    if (g_device_bytes != 0) FATAL("plan: %zu bytes planned and never freed", g_device_bytes);
+    g_device_bytes = real_bytes; g_device_peak = real_peak;
+    g_lt_workspace = real_ws; g_gpu_init_done = real_init; g_reserve_T = real_reserve;
+    return g_plan_peak;
+}
+
+#define GIB(x) ((double)(x) / 1073741824.0)
+// The plan's table: each (phase, allocation) once, in order, with its count, its largest single
+// allocation and what of it is live at the peak; then the peak.
+static void plan_print(const RunConfig *rc, const PlanShape *ps) {
+    char hr[64];
+    snprintf(hr, sizeof hr, "%d (%s%d rows)", g_head_rows, g_head_rows ? "" : "auto: ", ps->head_rows_used);
+    int sft = rc->mode == MODE_SFT;
+    printf("memory plan (%s build): %s; %s\n", PRECISION_NAME, rc->init_spec && !rc->resume_dir ? rc->init_spec
+           : rc->resume_dir ? rc->resume_dir : rc->model_path,
+           sft ? "SFT" : rc->mode == MODE_TRAIN ? "EMPO" : "no training");
+    if (rc->mode == MODE_TRAIN)
+        printf("  %d prompts x %d responses per step, prompts of %d tokens (--plan-prompt) + %d new, -b %d%s\n",
+               rc->prompts_per_step, rc->G, ps->plen, rc->max_new, ps->micro,
+               rc->tc.kl_beta > 0 ? ", KL reference" : "");
+    printf("  --master %d --moments %s --grads %s --recompute %d --head-rows %s --kv-gib %g --gen-batch %d "
+           "--mem-cap %g%s\n", g_use_master, MOMENT_NAMES[g_moments], g_grads_bf16 ? "bf16" : "fp32", g_recompute,
+           hr, g_kv_gib, g_gen_batch, g_mem_cap, g_mem_cap > 0 ? "" : " (no cap: KV pool sized for an 80 GiB device)");
+    printf("  %-11s %-30s %5s %12s %12s\n", "phase", "allocation", "count", "largest GiB", "at peak GiB");
+    char *done = (char *)xcalloc((size_t)g_plan_n + 1, 1);
+    for (long i = 0; i < g_plan_n; i++) {
+        if (done[i]) continue;
+        const PlanEntry *e = &g_plan_log[i];
+        long count = 0;
+        size_t largest = 0, live = 0;
+        for (long j = i; j < g_plan_n; j++) {
+            const PlanEntry *f = &g_plan_log[j];
+            if (done[j] || strcmp(f->phase, e->phase) || strcmp(f->what, e->what)) continue;
+            done[j] = 1;
+            count++;
+            if (f->bytes > largest) largest = f->bytes;
+            if (f->t_alloc <= g_plan_t_peak && (f->t_free < 0 || f->t_free > g_plan_t_peak)) live += f->bytes;
+        }
+        printf("  %-11s %-30s %5ld %12.3f %12.3f\n", e->phase, e->what, count, GIB(largest), GIB(live));
+    }
+    free(done);
+    const char *at = "load";
+    for (long i = 0; i < g_plan_n; i++) if (g_plan_log[i].t_alloc == g_plan_t_peak) at = g_plan_log[i].phase;
+    // the peak of each phase: the live bytes after each allocation, replayed in order
+    printf("  peak per phase (GiB):");
+    for (long i = 0; i < g_plan_n; i++) {
+        if (i > 0 && !strcmp(g_plan_log[i].phase, g_plan_log[i - 1].phase)) continue;
+        size_t best = 0;
+        for (long j = i; j < g_plan_n && !strcmp(g_plan_log[j].phase, g_plan_log[i].phase); j++) {
+            size_t live = 0;
+            for (long k = 0; k < g_plan_n; k++) {
+                const PlanEntry *e = &g_plan_log[k];
+                if (e->t_alloc <= g_plan_log[j].t_alloc && (e->t_free < 0 || e->t_free > g_plan_log[j].t_alloc))
+                    live += e->bytes;
+            }
+            if (live > best) best = live;
+        }
+        printf("%s %s %.2f", i > 0 ? "," : "", g_plan_log[i].phase, GIB(best));
+    }
+    printf("\n");
+    printf("plan peak: %.3f GiB (%.2f GB) in phase %s; the CUDA context (about 0.5 GiB) is not an allocation and "
+           "not included\n", GIB(g_plan_peak), g_plan_peak / 1e9, at);
+    fflush(stdout);
+}
+
+static const char GPU_FLAGS_HELP[] =
+"GPU flags of train_empo_cu (the others are train_empo's, below); memory: doc/cuda.md, \"Memory\":\n"
+"  --bench          the random-token training benchmark instead (--bench -h: its flags)\n"
+"  --plan           print every device allocation the run would make, and the peak; no GPU needed\n"
+"  --plan-prompt INT the longest prompt (tokens) the plan and the activation reservation assume  512\n"
+"  --mem-cap GB     fit the run into GB GiB: the KV pool, and -b lowered until training fits       0 (off)\n"
+"  --master INT     1: fp32 master weights; 0: bf16 weights, stochastic rounding                1\n"
+#ifdef ENABLE_FP32
+"  --moments NAME   AdamW moments: fp32, bf16 or 8bit (block-wise, stochastic rounding)        fp32\n"
+"  --recompute INT  0 none, 1 SwiGLU, 2 + RMSNorm outputs, 3 per layer (only layer inputs kept)  0\n"
+#else
+"  --moments NAME   AdamW moments: fp32, bf16 or 8bit (block-wise, stochastic rounding)        8bit\n"
+"  --recompute INT  0 none, 1 SwiGLU, 2 + RMSNorm outputs, 3 per layer (only layer inputs kept)  3\n"
+#endif
+"  --grads NAME     gradients kept across micro-batches: fp32, or bf16 (stochastic rounding)   fp32\n"
+"  --head-rows INT  rows of logits per LM-head chunk (0 = about 256 MiB)                        0\n"
+"  --kv-gib FLOAT   KV-cache pool of generation, GiB (0 = 90% of the free memory)               0\n"
+"  --gen-batch INT  responses decoded together at most                                         1024\n\n";
+
+#if !defined(TESTING)   // (test_empo_cu has no host-layer main; the emulator has, and calls gpu_main)
+// The GPU program: takes the GPU flags off the command line, makes the plan (printed with --plan,
+// which stops there; otherwise its peak, and with --mem-cap the micro-batch it chose), runs the
+// host layer's program, and prints the allocator's measured high-water mark. The emulator's
+// --run calls this too.
+static int gpu_main(int argc, char **argv) {
+    char **rest = (char **)xmalloc((size_t)(argc + 3) * sizeof(char *));
+    int n = 0, plan = 0, help = 0, quiet = 0;
+    PlanShape ps = {0, 512, 0};
+    rest[n++] = argv[0];
+    for (int i = 1; i < argc; i++) {
+        const char *f = argv[i];
+        if (!strcmp(f, "--plan")) { plan = 1; continue; }
+        int gpu = !strcmp(f, "--master") || !strcmp(f, "--recompute") || !strcmp(f, "--head-rows") ||
+                  !strcmp(f, "--kv-gib") || !strcmp(f, "--gen-batch") || !strcmp(f, "--moments") ||
+                  !strcmp(f, "--mem-cap") || !strcmp(f, "--plan-prompt") || !strcmp(f, "--grads");
+        if (!strcmp(f, "-h") || !strcmp(f, "--help")) { fputs(GPU_FLAGS_HELP, stdout); help = 1; }
+        if (!strcmp(f, "-q")) quiet = 1;
+        if (!gpu) { rest[n++] = argv[i]; continue; }
+        if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);
+        const char *v = argv[++i];
+        if (!strcmp(f, "--master")) g_use_master = arg_int(f, v, 0, 1);
+        else if (!strcmp(f, "--recompute")) g_recompute = arg_int(f, v, 0, 3);
+        else if (!strcmp(f, "--head-rows")) g_head_rows = arg_int(f, v, 0, 1 << 24);
+        else if (!strcmp(f, "--kv-gib")) g_kv_gib = arg_float(f, v, 0.0f, 1e6f);
+        else if (!strcmp(f, "--mem-cap")) g_mem_cap = arg_float(f, v, 0.0f, 1e6f);
+        else if (!strcmp(f, "--plan-prompt")) ps.plen = arg_int(f, v, 1, 1 << 22);
+        else if (!strcmp(f, "--grads")) {
+            if (strcmp(v, "fp32") && strcmp(v, "bf16")) FATAL("--grads %s: expected fp32 or bf16", v);
+            g_grads_bf16 = !strcmp(v, "bf16");
+        }
+        else if (!strcmp(f, "--moments")) {
+            g_moments = -1;
+            for (int k = 0; k < 3; k++) if (!strcmp(v, MOMENT_NAMES[k])) g_moments = k;
+            if (g_moments < 0) FATAL("--moments %s: expected fp32, bf16 or 8bit", v);
+        } else g_gen_batch = arg_int(f, v, 1, 1 << 20);
+    }
+    rest[n] = NULL;
+    if (!help) {
+        // the host layer's own flag parser, for the run's shape (its notes to stdout muted: the run prints them)
+        RunConfig rc;
+        fflush(stdout);
+        int saved = dup(1), nul = open("/dev/null", O_WRONLY);
+        if (nul >= 0) dup2(nul, 1);
+        parse_flags(&rc, n, rest);
+        fflush(stdout);
+        if (nul >= 0) { dup2(saved, 1); close(nul); }
+        close(saved);
+        int trains = rc.mode == MODE_TRAIN;
+        ps.micro = rc.tc.micro;
+        size_t peak = plan_walk(&rc, &ps);
+        if (g_mem_cap > 0 && trains) {   // the largest micro-batch whose plan fits
+            size_t cap = (size_t)(g_mem_cap * 1073741824.0);
+            while (peak > cap && ps.micro > 1) { ps.micro--; peak = plan_walk(&rc, &ps); }   // a plan takes ~1 ms
+            if (peak > cap) {
+                plan_print(&rc, &ps);
+                FATAL("--mem-cap %g: the run does not fit even with -b 1: its plan peaks at %.2f GiB (above); lower "
+                      "--moments / --master / --recompute or raise the cap", g_mem_cap, GIB(peak));
+            }
+        } else if (g_mem_cap > 0 && peak > (size_t)(g_mem_cap * 1073741824.0)) {
+            plan_print(&rc, &ps);
+            FATAL("--mem-cap %g: this run's plan peaks at %.2f GiB (above)", g_mem_cap, GIB(peak));
+        }
+        if (plan) {
+            plan_print(&rc, &ps);
+            run_config_free(&rc);
+            free(rest);
+            return 0;
+        }
+        if (trains && ps.micro != rc.tc.micro) {   // the host's -b: the last one on the command line wins
+            static char b[16];
+            snprintf(b, sizeof b, "%d", ps.micro);
+            rest[n++] = (char *)"-b"; rest[n++] = b; rest[n] = NULL;
+            printf("--mem-cap %g: -b %d (was %d) fits\n", g_mem_cap, ps.micro, rc.tc.micro);
+        }
+        if (trains) g_reserve_T = ps.plen + rc.max_new;
+        if (!quiet) printf("memory plan: peak %.2f GiB of device allocations (train_empo_cu --plan ... lists them)\n",
+                           GIB(peak));
+        run_config_free(&rc);
+    }
+    int rc = empo_main(n, rest);
+    if (!quiet && !help)
+        printf("memory measured: %.2f GiB at most allocated (the allocator's high-water mark: every cudaMalloc of "
+               "ours, the cuBLAS workspace included; not the CUDA context)\n", GIB(g_device_peak));
+    free(rest);
+    return rc;
+}
+#endif
+
+// ----------------------------------------------------------------------------
+// 9. main: --bench (train on random tokens, to measure speed and memory), or else every mode of
 // train_empo through the host layer, with the GPU's own flags taken off the command line first
 
 #ifndef TESTING
@@ -2605,7 +3374,9 @@ static void bench_usage(void) {
 "  -B INT          batch size                                  8\n"
 "  -T INT          sequence length                             1024\n"
 "  -x INT          steps                                       10 (the first 2 are warm-up, not timed)\n"
-"  -r INT          recompute: 0 none, 1 SwiGLU, 2 SwiGLU and RMSNorm outputs   0\n"
+"  -r INT          recompute: 0 none, 1 SwiGLU, 2 + RMSNorm outputs, 3 per layer  (train_empo_cu -h)\n"
+"  --moments NAME  AdamW moments: fp32, bf16, 8bit                (train_empo_cu -h)\n"
+"  --grads NAME    gradients: fp32, bf16                           (train_empo_cu -h)\n"
 "  --master INT    1: fp32 master weights; 0: bf16 weights, stochastic rounding  1\n"
 "  --head-rows INT rows of logits per LM-head chunk (0 = about 256 MiB)        0\n"
 "  -l FLOAT        learning rate                               1e-5\n"
@@ -2688,7 +3459,7 @@ static void bench_gen(Model *m, int n_prompts, int G, int plen, int max_new, flo
 
 static int bench_main(int argc, char **argv) {
     const char *model_path = NULL, *init_spec = NULL, *out_path = NULL, *json_path = NULL;
-    int B = 8, T = 1024, steps = 10, recompute = 0, use_master = 1, head_rows = 0, seed = 1337;
+    int B = 8, T = 1024, steps = 10, recompute = g_recompute, use_master = 1, head_rows = 0, seed = 1337;
     float lr = 1e-5f, wd = 0.0f, clip = 1.0f;
     int gen = 0, gen_prompts = 32, gen_G = 7, gen_plen = 256, gen_new = 512;
     float gen_temp = 0.9f, bw_gbs = 0.0f;
@@ -2704,7 +3475,16 @@ static int bench_main(int argc, char **argv) {
         else if (!strcmp(f, "-B")) B = arg_int(f, v, 1, 1 << 16);
         else if (!strcmp(f, "-T")) T = arg_int(f, v, 1, 1 << 22);
         else if (!strcmp(f, "-x")) steps = arg_int(f, v, 1, 1 << 30);
-        else if (!strcmp(f, "-r") || !strcmp(f, "--recompute")) recompute = arg_int(f, v, 0, 2);
+        else if (!strcmp(f, "-r") || !strcmp(f, "--recompute")) recompute = arg_int(f, v, 0, 3);
+        else if (!strcmp(f, "--moments")) {
+            g_moments = -1;
+            for (int k = 0; k < 3; k++) if (!strcmp(v, MOMENT_NAMES[k])) g_moments = k;
+            if (g_moments < 0) FATAL("--moments %s: expected fp32, bf16 or 8bit", v);
+        }
+        else if (!strcmp(f, "--grads")) {
+            if (strcmp(v, "fp32") && strcmp(v, "bf16")) FATAL("--grads %s: expected fp32 or bf16", v);
+            g_grads_bf16 = !strcmp(v, "bf16");
+        }
         else if (!strcmp(f, "--master")) use_master = arg_int(f, v, 0, 1);
         else if (!strcmp(f, "--head-rows")) head_rows = arg_int(f, v, 0, 1 << 24);
         else if (!strcmp(f, "-l")) lr = arg_float(f, v, 0.0f, 10.0f);
@@ -2819,37 +3599,8 @@ static int bench_main(int argc, char **argv) {
     return 0;
 }
 
-static const char GPU_FLAGS_HELP[] =
-"GPU flags of train_empo_cu (the others are train_empo's, below):\n"
-"  --bench         the random-token training benchmark instead (--bench -h: its flags)\n"
-"  --master INT    1: fp32 master weights; 0: bf16 weights, stochastic rounding        1\n"
-"  --recompute INT activations recomputed: 0 none, 1 SwiGLU, 2 SwiGLU and RMSNorm outputs  0\n"
-"  --head-rows INT rows of logits per LM-head chunk (0 = about 256 MiB)                0\n"
-"  --kv-gib FLOAT  KV-cache pool of generation, GiB (0 = 90% of the free memory)       0\n"
-"  --gen-batch INT responses decoded together at most                                 1024\n\n";
-
 int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) if (!strcmp(argv[i], "--bench")) return bench_main(argc, argv);
-    char **rest = (char **)xmalloc((size_t)(argc + 1) * sizeof(char *));
-    int n = 0;
-    rest[n++] = argv[0];
-    for (int i = 1; i < argc; i++) {
-        const char *f = argv[i];
-        int gpu = !strcmp(f, "--master") || !strcmp(f, "--recompute") || !strcmp(f, "--head-rows") ||
-                  !strcmp(f, "--kv-gib") || !strcmp(f, "--gen-batch");
-        if (!strcmp(f, "-h") || !strcmp(f, "--help")) fputs(GPU_FLAGS_HELP, stdout);
-        if (!gpu) { rest[n++] = argv[i]; continue; }
-        if (i + 1 >= argc) FATAL("flag %s needs a value (see -h)", f);
-        const char *v = argv[++i];
-        if (!strcmp(f, "--master")) g_use_master = arg_int(f, v, 0, 1);
-        else if (!strcmp(f, "--recompute")) g_recompute = arg_int(f, v, 0, 2);
-        else if (!strcmp(f, "--head-rows")) g_head_rows = arg_int(f, v, 0, 1 << 24);
-        else if (!strcmp(f, "--kv-gib")) g_kv_gib = arg_float(f, v, 0.0f, 1e6f);
-        else g_gen_batch = arg_int(f, v, 1, 1 << 20);
-    }
-    rest[n] = NULL;
-    int rc = empo_main(n, rest);
-    free(rest);
-    return rc;
+    return gpu_main(argc, argv);
 }
 #endif // TESTING

@@ -104,6 +104,7 @@ static cudaError_t cudaDeviceGetAttribute(int *v, cudaDeviceAttr,
 template <typename F> static cudaError_t cudaFuncSetAttribute(F, cudaFuncAttribute, int) { return cudaSuccess; }
 static cublasStatus_t cublasCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
 static cublasStatus_t cublasLtCreate(int *) { return CUBLAS_STATUS_SUCCESS; }
+static cublasStatus_t cublasSetWorkspace(int, void *, size_t) { return CUBLAS_STATUS_SUCCESS; }
 
 // Column-major D (m, n) = op(A) (m, k) @ op(B) (k, n) + beta * D + bias (m), from the BLAS
 // definition: op(A)[i, p] = transA ? A[p + i*lda] : A[i + p*lda], likewise B. Accumulates in
@@ -616,9 +617,9 @@ static void test_adamw(void) {
 
 int main(int argc, char **argv) {
     double t0 = now_seconds();
-    if (argc > 1 && !strcmp(argv[1], "--run")) {   // --run FLAGS...: train_empo_cu's EMPO program, emulated
+    if (argc > 1 && !strcmp(argv[1], "--run")) {   // --run FLAGS...: train_empo_cu's main (GPU flags, --plan)
         argv[1] = argv[0];
-        return empo_main(argc - 1, argv + 1);
+        return gpu_main(argc - 1, argv + 1);
     }
     for (int i = 1; i + 1 < argc; i++)
         if (!strcmp(argv[i], "--shuffle")) {   // the shuffled-block checks only

@@ -70,7 +70,7 @@ _, model, _ = between(src, "// 1. utilities and precision", "#ifndef TESTING", "
 head, _, tail = between(model, "static cublasHandle_t g_cublas;", "// Row-major views.", "train_empo.cu")
 model = head + """static int g_cublas, g_cublaslt;   // emulated: gemm() is emu_gemm
 static void *g_lt_workspace;
-static const size_t LT_WORKSPACE = 1 << 16;
+static const size_t LT_WORKSPACE = 32u << 20;   // as train_empo.cu: the memory plan counts it
 static int g_lt_fallbacks = 0;
 static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int transA, int lda, const floatX *Bm,
                  int transB, int ldb,
