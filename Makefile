@@ -137,6 +137,7 @@ emu-cuda: dev/cache/emu_cuda dev/cache/emu_cuda_bf16 train_empo
 	./dev/cache/emu_cuda
 	./dev/cache/emu_cuda_bf16
 	./dev/cache/emu_cuda --shuffle 12345
+	./dev/cache/emu_cuda_bf16 --shuffle 12345
 	head -8 dev/default/eval.jsonl > dev/cache/emu_eval.jsonl
 	rm -rf dev/cache/emu_run_cpu dev/cache/emu_run_gpu
 	./train_empo $(EMU_RUN) -o dev/cache/emu_run_cpu
@@ -259,6 +260,13 @@ test_empo_cu: dev/test/test_empo_cu.cu train_empo.cu train_empo.c $(HEADERS) dev
 
 test_cu: test_empo_cu
 	./test_empo_cu
+
+# sass-check: the tensor-core attention kernels compile to HMMA instructions with no register spills
+# (one bf16 compile of train_empo.cu into an object for GPU_ARCH with ptxas -v, then cuobjdump -sass;
+# prints registers, spills and HMMA count per kernel; without cuobjdump it counts mma.sync in the PTX). No GPU.
+.PHONY: sass-check
+sass-check:
+	NVCC="$(NVCC)" GPU_ARCH="$(GPU_ARCH)" dev/cuda/sass_check.sh
 
 dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h train_empo.cu train_empo.c $(HEADERS)
 	$(NVCC) $(NVCCFLAGS) $(GPU_ARCH) $< $(NVCC_LDLIBS) -o $@

@@ -572,6 +572,411 @@ __global__ void __launch_bounds__(ATT_WARPS * 32) attention_backward_dkv_kernel(
     }
 }
 
+// --- causal GQA attention on tensor cores (bf16 build, head dims 64 and 128)
+//
+// FlashAttention-2's algorithm on mma.sync m16n8k16 (bf16 in, fp32 accumulation), for the two
+// head dims Qwen2.5 uses; every other head dim, and the fp32 build, take the FMA kernels above.
+// Forward: a block of 4 warps owns 64 query rows (16 per warp); keys and values stream through
+// shared memory 64 at a time, double-buffered (cp.async loads chunk c + 1 while chunk c computes;
+// the backward streams its queries the same way). Each warp keeps its Q fragments, the scores
+// S = Q K^T, the online softmax statistics and the output O in registers; the probabilities P are
+// rounded to bf16 and reused in place as the A operand of O += P V (no shared-memory round trip).
+// Backward: a block owns 64 keys of one *query* head (so B = 1, T = 2300 gives 36 x 12 = 432
+// blocks) and streams the queries i >= its first key 32 at a time: S^T = K Q^T and dP^T = V dO^T
+// per warp (16 keys), dV += P^T dO and dK += dS^T Q from registers, and dS through shared memory
+// for dQ += dS K, which goes to an fp32 buffer by atomicAdd (FA2's choice: dQ's last bits depend
+// on the order the blocks run in). Each query head's dK, dV go to fp32 scratch, summed over the
+// group in head order by a last kernel (deterministic). Operands come from shared memory by ldmatrix (.trans
+// where the product needs the transposed tile: V, dO and Q in the k-major positions); rows are
+// padded by 8 bf16 (16 bytes) so the 8 row addresses of an ldmatrix hit distinct banks.
+
+// ==== begin tensor-core primitives: the only inline PTX of this file. dev/cuda/emulate.py
+// replaces this block by dev/cuda/emu_test.cpp's implementations of the same instructions (warp
+// collectives written from the fragment layouts of the PTX ISA, "Warp Level Matrix
+// Multiply-Accumulate Instructions": "Matrix Fragments for mma.m16n8k16 with floating point type"
+// and "Warp-level matrix load instruction: ldmatrix"; cp.async from "Data Movement and Conversion
+// Instructions"). Lane l: groupID g = l / 4, threadID_in_group t = l % 4.
+
+// d (16x8 fp32) += a (16x16 bf16, row-major) * b (16x8 bf16, column-major), one warp. A 32-bit
+// register holds two bf16, the lower column (a) or row (b) in the low half. a[0]: (g, 2t..2t+1),
+// a[1]: (g+8, 2t..), a[2]: (g, 2t+8..), a[3]: (g+8, 2t+8..); b0: (k 2t..2t+1, n g), b1: (k 2t+8.., n g);
+// d[0..1]: (g, 2t..2t+1), d[2..3]: (g+8, 2t..).
+__device__ __forceinline__ void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+// Four 8x8 b16 matrices from shared memory: lanes 8i..8i+7 give the addresses of matrix i's rows
+// (16 bytes each); r[i] of lane l = matrix i's row g, columns 2t, 2t+1.
+__device__ __forceinline__ void ldmatrix_x4(uint32_t r[4], const void *smem_row) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem_row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// The same with each matrix transposed: r[i] of lane l = matrix i's rows 2t, 2t+1 at column g.
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t r[4], const void *smem_row) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem_row);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(a));
+}
+// cp.async (PTX ISA "Data Movement and Conversion Instructions: cp.async", sm_80+): a 16-byte
+// global -> shared copy that runs in the background (.cg: through L2 only); commit_group closes
+// this thread's copies issued so far into a group, wait_group 0 waits until all of them landed.
+// Other threads see the data only after the wait and a __syncthreads.
+__device__ __forceinline__ void cp_async16(void *smem, const void *gmem) {
+    uint32_t a = (uint32_t)__cvta_generic_to_shared(smem);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" : : "r"(a), "l"(gmem) : "memory");
+}
+__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" : : : "memory"); }
+__device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" : : : "memory"); }
+// ==== end tensor-core primitives
+
+// Two floats as a bf16x2 register (round to nearest even), lo in the low half.
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    return (uint32_t)__bfloat16_as_ushort(__float2bfloat16(lo)) |
+           ((uint32_t)__bfloat16_as_ushort(__float2bfloat16(hi)) << 16);
+}
+// This lane's row address for ldmatrix_x4 of the 16x16 tile at s (row pitch p elements), in the
+// order of an A fragment: (rows 0-7, cols 0-7), (8-15, 0-7), (0-7, 8-15), (8-15, 8-15). With
+// ldmatrix_x4_trans the same addresses give two B fragments of a k-major tile (rows = k): n-tile
+// 0 in r[0], r[1], n-tile 1 (columns 8-15) in r[2], r[3].
+template <typename X> __device__ __forceinline__ const X *frag_a_addr(const X *s, int p) {
+    int l = threadIdx.x % 32;
+    return s + (l & 15) * p + (l >> 4) * 8;
+}
+// ... in the order of two B fragments of an n-major tile (rows = n, e.g. K in S = Q K^T):
+// (rows 0-7, cols 0-7), (0-7, 8-15), (8-15, 0-7), (8-15, 8-15): n-tile 0 in r[0], r[1], n-tile 1 in r[2], r[3].
+template <typename X> __device__ __forceinline__ const X *frag_b_addr(const X *s, int p) {
+    int l = threadIdx.x % 32;
+    return s + ((l & 7) + ((l >> 4) << 3)) * p + ((l >> 3) & 1) * 8;
+}
+
+#define ATT_TC_WARPS 4
+#define ATT_TC_BR 64    // forward: query rows per block; backward: keys per block (16 per warp)
+#define ATT_TC_BC 64    // forward: keys per streamed chunk
+#define ATT_TC_BQ 32    // backward: queries per streamed chunk
+#define ATT_TC_PS (ATT_TC_BC + 8)   // row pitch of the backward's dS tile (32, 64)
+
+#ifndef ENABLE_FP32
+// Starts copying rows [t0, t0 + rows) of one head (src points at row 0's first element of the
+// head, rows rowlen elements apart) into dst (rows, HD + 8) by 16-byte cp.async, and stores zeros
+// beyond T. All threads; the data is there after cp_async_wait_all() and a __syncthreads().
+template <int HD>
+__device__ __forceinline__ void att_tc_load(floatX *dst, const floatX *src, int t0, int rows, int T, size_t rowlen) {
+    constexpr int V = HD / 8;
+    for (int idx = threadIdx.x; idx < rows * V; idx += blockDim.x) {
+        int r = idx / V, c = idx % V;
+        floatX *d = dst + r * (HD + 8) + c * 8;
+        if (t0 + r < T) {
+            cp_async16(d, src + (size_t)(t0 + r) * rowlen + c * 8);
+        } else {
+            int4 z = {0, 0, 0, 0};
+            *(int4 *)d = z;
+        }
+    }
+    cp_async_commit();
+}
+
+// out (B, T, NH*HD), lse (B, NH, T) fp32; qkv (B, T, QKV) with rope applied; 16-byte aligned rows.
+// grid (T/64 query tiles, NH, B), the tile with the most keys first; 4 warps.
+template <int HD>
+__global__ void __launch_bounds__(ATT_TC_WARPS * 32)
+    attention_forward_tc_kernel(floatX *out, float *lse, const floatX *qkv, int T, int NH, int NKV, float scale) {
+    constexpr int P = HD + 8, NT = ATT_TC_BC / 8, DT = HD / 8;
+    extern __shared__ float4 att_smem4[];
+    // two stages of (K, V) chunks: chunk c + 1 loads (cp.async) while chunk c computes. Q passes
+    // through stage 1's K buffer into registers before chunk 1 is loaded there.
+    static_assert(ATT_TC_BR == ATT_TC_BC, "Q borrows a K buffer");
+    floatX *sKV = (floatX *)att_smem4, *sQ = sKV + 2 * ATT_TC_BC * P;   // sKV (2 stages, K | V, 64, P)
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    int q0 = (gridDim.x - 1 - blockIdx.x) * ATT_TC_BR, hq = blockIdx.y, b = blockIdx.z, hk = hq / (NH / NKV);
+    const size_t QKV = (size_t)(NH + 2 * NKV) * HD;
+    const floatX *base = qkv + (size_t)b * T * QKV, *kbase = base + (size_t)(NH + hk) * HD;
+    const floatX *vbase = base + (size_t)(NH + NKV + hk) * HD;
+    att_tc_load<HD>(sQ, base + (size_t)hq * HD, q0, ATT_TC_BR, T, QKV);
+    att_tc_load<HD>(sKV, kbase, 0, ATT_TC_BC, T, QKV);                      // chunk 0 into stage 0
+    att_tc_load<HD>(sKV + ATT_TC_BC * P, vbase, 0, ATT_TC_BC, T, QKV);
+    cp_async_wait_all();
+    __syncthreads();
+    uint32_t qa[HD / 16][4];   // this warp's 16 query rows as A fragments, for the whole loop
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) ldmatrix_x4(qa[kk], frag_a_addr(sQ + warp * 16 * P + kk * 16, P));
+    float o[DT][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};   // rows g and g + 8 of the warp
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++) o[dt][0] = o[dt][1] = o[dt][2] = o[dt][3] = 0.0f;
+    int row[2] = {q0 + warp * 16 + g, q0 + warp * 16 + g + 8};
+    int kend = min(T, q0 + ATT_TC_BR);   // causal: no key beyond the tile's last query
+    for (int k0 = 0, stg = 0; k0 < kend; k0 += ATT_TC_BC, stg ^= 1) {
+        cp_async_wait_all();   // this thread's copies of chunk k0 have landed
+        __syncthreads();       // everyone's have, and everyone is done with chunk k0 - 64 (and Q)
+        if (k0 + ATT_TC_BC < kend) {   // chunk k0 + 64 into the other stage, while this one computes
+            floatX *nK = sKV + (stg ^ 1) * 2 * ATT_TC_BC * P;
+            att_tc_load<HD>(nK, kbase, k0 + ATT_TC_BC, ATT_TC_BC, T, QKV);
+            att_tc_load<HD>(nK + ATT_TC_BC * P, vbase, k0 + ATT_TC_BC, ATT_TC_BC, T, QKV);
+        }
+        const floatX *sK = sKV + stg * 2 * ATT_TC_BC * P, *sV = sK + ATT_TC_BC * P;
+        float s[NT][4];   // S (16 rows, 64 keys): s[nt][e] is row row[e / 2], key k0 + 8 nt + 2t + e % 2
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++) s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++)
+#pragma unroll
+            for (int np = 0; np < NT / 2; np++) {
+                uint32_t bk[4];
+                ldmatrix_x4(bk, frag_b_addr(sK + np * 16 * P + kk * 16, P));
+                mma_bf16_16816(s[2 * np], qa[kk], bk[0], bk[1]);
+                mma_bf16_16816(s[2 * np + 1], qa[kk], bk[2], bk[3]);
+            }
+        // online softmax; a row's 64 scores are spread over the 4 lanes of its group (xor 1, 2)
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int j = k0 + nt * 8 + 2 * t + (e & 1);
+                s[nt][e] = (j <= row[e / 2] && j < T) ? s[nt][e] * scale : -INFINITY;
+                mx[e / 2] = fmaxf(mx[e / 2], s[nt][e]);
+            }
+        float corr[2], mref[2];
+#pragma unroll
+        for (int r = 0; r < 2; r++) {
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 1));
+            mx[r] = fmaxf(mx[r], __shfl_xor_sync(0xffffffffu, mx[r], 2));
+            float mnew = fmaxf(m[r], mx[r]);
+            mref[r] = mnew == -INFINITY ? 0.0f : mnew;   // a row with nothing valid yet stays at p = 0
+            corr[r] = expf(m[r] - mref[r]);              // 0 on a row's first valid chunk
+            m[r] = mnew;
+            l[r] *= corr[r];
+        }
+#pragma unroll
+        for (int nt = 0; nt < NT; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                s[nt][e] = expf(s[nt][e] - mref[e / 2]);   // masked: exp(-inf) = 0
+                l[e / 2] += s[nt][e];                      // this lane's part of the row sum
+            }
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            o[dt][0] *= corr[0]; o[dt][1] *= corr[0]; o[dt][2] *= corr[1]; o[dt][3] *= corr[1];
+        }
+        // O += P V: the C fragments of key tiles 2kk, 2kk + 1 are the A fragment of keys 16kk..16kk+15
+#pragma unroll
+        for (int kk = 0; kk < NT / 2; kk++) {
+            uint32_t pa[4] = {pack_bf16x2(s[2 * kk][0], s[2 * kk][1]), pack_bf16x2(s[2 * kk][2], s[2 * kk][3]),
+                              pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]),
+                              pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t bv[4];
+                ldmatrix_x4_trans(bv, frag_a_addr(sV + kk * 16 * P + dp * 16, P));
+                mma_bf16_16816(o[2 * dp], pa, bv[0], bv[1]);
+                mma_bf16_16816(o[2 * dp + 1], pa, bv[2], bv[3]);
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
+        l[r] += __shfl_xor_sync(0xffffffffu, l[r], 2);
+        if (row[r] >= T) continue;
+        float inv = 1.0f / l[r];
+        floatX *y = out + ((size_t)b * T + row[r]) * NH * HD + (size_t)hq * HD + 2 * t;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++)
+            *(uint32_t *)(y + dt * 8) = pack_bf16x2(o[dt][2 * r] * inv, o[dt][2 * r + 1] * inv);
+        if (t == 0) lse[((size_t)b * NH + hq) * T + row[r]] = m[r] + logf(l[r]);
+    }
+}
+
+// dq_acc (B, T, NH, HD) fp32 += dS K (unscaled, by atomicAdd; zeroed by the caller), dkv_part
+// (B, T, NH, 2, HD) fp32 = this query head's dK (scaled) and dV of every key; dout (B, T, NH*HD),
+// qkv (B, T, QKV), lse and D (B, NH, T). grid (T/64 key tiles, NH, B): tile 0 has the most work.
+template <int HD>
+__global__ void __launch_bounds__(ATT_TC_WARPS * 32)
+    attention_backward_tc_kernel(float *dq_acc, float *dkv_part, const floatX *dout, const floatX *qkv,
+                                 const float *lse, const float *D, int T, int NH, int NKV, float scale) {
+    constexpr int P = HD + 8, DT = HD / 8, DW = HD / ATT_TC_WARPS;   // DW: head dims of dQ per warp
+    extern __shared__ float4 att_smem4[];
+    // K, V of the block's keys; two stages of (Q, dO, lse, D) chunks: chunk c + 1 loads while c computes
+    floatX *sK = (floatX *)att_smem4, *sV = sK + ATT_TC_BR * P, *sQG = sV + ATT_TC_BR * P;   // sQG (2, 2, 32, P)
+    floatX *sS = sQG + 4 * ATT_TC_BQ * P;                             // dS (32 queries, 64 keys)
+    float *sLD = (float *)(sS + ATT_TC_BQ * ATT_TC_PS);               // (2 stages, lse | D, 32)
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32, g = lane / 4, t = lane % 4;
+    int j0 = blockIdx.x * ATT_TC_BR, hq = blockIdx.y, b = blockIdx.z, hk = hq / (NH / NKV);
+    const size_t QKV = (size_t)(NH + 2 * NKV) * HD, NHD = (size_t)NH * HD;
+    const floatX *base = qkv + (size_t)b * T * QKV, *gbase = dout + (size_t)b * T * NHD + (size_t)hq * HD;
+    const float *lrow = lse + ((size_t)b * NH + hq) * T, *drow = D + ((size_t)b * NH + hq) * T;
+    // starts loading query chunk i0 into stage stg (Q and dO by cp.async, lse and D by plain stores)
+    auto load_chunk = [&](int i0, int stg) {
+        floatX *q = sQG + stg * 2 * ATT_TC_BQ * P;
+        att_tc_load<HD>(q, base + (size_t)hq * HD, i0, ATT_TC_BQ, T, QKV);
+        att_tc_load<HD>(q + ATT_TC_BQ * P, gbase, i0, ATT_TC_BQ, T, NHD);
+        if (threadIdx.x < ATT_TC_BQ) {
+            int i = i0 + threadIdx.x;
+            sLD[stg * 2 * ATT_TC_BQ + threadIdx.x] = i < T ? lrow[i] : 0.0f;
+            sLD[stg * 2 * ATT_TC_BQ + ATT_TC_BQ + threadIdx.x] = i < T ? drow[i] : 0.0f;
+        }
+    };
+    att_tc_load<HD>(sK, base + (size_t)(NH + hk) * HD, j0, ATT_TC_BR, T, QKV);
+    att_tc_load<HD>(sV, base + (size_t)(NH + NKV + hk) * HD, j0, ATT_TC_BR, T, QKV);
+    load_chunk(j0, 0);
+    float dk[DT][4], dv[DT][4];   // this warp's 16 keys (rows g, g + 8) x HD
+#pragma unroll
+    for (int dt = 0; dt < DT; dt++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dk[dt][e] = dv[dt][e] = 0.0f;
+    int key[2] = {j0 + warp * 16 + g, j0 + warp * 16 + g + 8};
+    for (int i0 = j0, stg = 0; i0 < T; i0 += ATT_TC_BQ, stg ^= 1) {   // queries before j0 see none of these keys
+        cp_async_wait_all();   // this thread's copies of chunk i0 (and of K, V) have landed
+        __syncthreads();       // everyone's have, and everyone is done with chunk i0 - 32 and its dS
+        if (i0 + ATT_TC_BQ < T) load_chunk(i0 + ATT_TC_BQ, stg ^ 1);
+        const floatX *sQ = sQG + stg * 2 * ATT_TC_BQ * P, *sG = sQ + ATT_TC_BQ * P;
+        const float *sL = sLD + stg * 2 * ATT_TC_BQ, *sD = sL + ATT_TC_BQ;
+        // S^T = K Q^T and dP^T = V dO^T (16 keys, 32 queries): [nt][e] is key key[e / 2], query i0 + 8 nt + 2t + e % 2
+        float st[4][4], dpt[4][4];
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) st[nt][e] = dpt[nt][e] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; kk++) {
+            uint32_t ka[4], va[4];
+            ldmatrix_x4(ka, frag_a_addr(sK + warp * 16 * P + kk * 16, P));
+            ldmatrix_x4(va, frag_a_addr(sV + warp * 16 * P + kk * 16, P));
+#pragma unroll
+            for (int np = 0; np < 2; np++) {
+                uint32_t bq[4], bg[4];
+                ldmatrix_x4(bq, frag_b_addr(sQ + np * 16 * P + kk * 16, P));
+                ldmatrix_x4(bg, frag_b_addr(sG + np * 16 * P + kk * 16, P));
+                mma_bf16_16816(st[2 * np], ka, bq[0], bq[1]);
+                mma_bf16_16816(st[2 * np + 1], ka, bq[2], bq[3]);
+                mma_bf16_16816(dpt[2 * np], va, bg[0], bg[1]);
+                mma_bf16_16816(dpt[2 * np + 1], va, bg[2], bg[3]);
+            }
+        }
+        // P = exp(S scale - lse) (0 where masked), dS = P (dP - D); the scale of dS is applied at the end
+#pragma unroll
+        for (int nt = 0; nt < 4; nt++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int ii = nt * 8 + 2 * t + (e & 1), i = i0 + ii, j = key[e / 2];
+                float p = (j <= i && i < T) ? expf(st[nt][e] * scale - sL[ii]) : 0.0f;
+                st[nt][e] = p;
+                dpt[nt][e] = p * (dpt[nt][e] - sD[ii]);
+                sS[ii * ATT_TC_PS + warp * 16 + g + (e / 2) * 8] = fx(dpt[nt][e]);
+            }
+        // dV += P^T dO, dK += dS^T Q over the 32 queries (2 k-steps; C fragments reused as A fragments)
+#pragma unroll
+        for (int kk = 0; kk < 2; kk++) {
+            uint32_t pa[4] = {pack_bf16x2(st[2 * kk][0], st[2 * kk][1]), pack_bf16x2(st[2 * kk][2], st[2 * kk][3]),
+                              pack_bf16x2(st[2 * kk + 1][0], st[2 * kk + 1][1]),
+                              pack_bf16x2(st[2 * kk + 1][2], st[2 * kk + 1][3])};
+            uint32_t da[4] = {pack_bf16x2(dpt[2 * kk][0], dpt[2 * kk][1]),
+                              pack_bf16x2(dpt[2 * kk][2], dpt[2 * kk][3]),
+                              pack_bf16x2(dpt[2 * kk + 1][0], dpt[2 * kk + 1][1]),
+                              pack_bf16x2(dpt[2 * kk + 1][2], dpt[2 * kk + 1][3])};
+#pragma unroll
+            for (int dp = 0; dp < HD / 16; dp++) {
+                uint32_t bg[4], bq[4];
+                ldmatrix_x4_trans(bg, frag_a_addr(sG + kk * 16 * P + dp * 16, P));
+                mma_bf16_16816(dv[2 * dp], pa, bg[0], bg[1]);
+                mma_bf16_16816(dv[2 * dp + 1], pa, bg[2], bg[3]);
+                ldmatrix_x4_trans(bq, frag_a_addr(sQ + kk * 16 * P + dp * 16, P));
+                mma_bf16_16816(dk[2 * dp], da, bq[0], bq[1]);
+                mma_bf16_16816(dk[2 * dp + 1], da, bq[2], bq[3]);
+            }
+        }
+        __syncthreads();   // dS of all 4 warps is in shared memory
+        // dQ (32, HD) += dS (32, 64) K (64, HD): warp w adds head dims [w DW, (w + 1) DW)
+#pragma unroll
+        for (int mt = 0; mt < 2; mt++) {
+            float acc[DW / 8][4];
+#pragma unroll
+            for (int dt = 0; dt < DW / 8; dt++) acc[dt][0] = acc[dt][1] = acc[dt][2] = acc[dt][3] = 0.0f;
+#pragma unroll
+            for (int kk = 0; kk < ATT_TC_BR / 16; kk++) {
+                uint32_t sa[4];
+                ldmatrix_x4(sa, frag_a_addr(sS + mt * 16 * ATT_TC_PS + kk * 16, ATT_TC_PS));
+#pragma unroll
+                for (int dp = 0; dp < DW / 16; dp++) {
+                    uint32_t bk[4];
+                    ldmatrix_x4_trans(bk, frag_a_addr(sK + kk * 16 * P + warp * DW + dp * 16, P));
+                    mma_bf16_16816(acc[2 * dp], sa, bk[0], bk[1]);
+                    mma_bf16_16816(acc[2 * dp + 1], sa, bk[2], bk[3]);
+                }
+            }
+#pragma unroll
+            for (int r = 0; r < 2; r++) {
+                int i = i0 + mt * 16 + g + 8 * r;
+                if (i >= T) continue;
+                float *y = dq_acc + (((size_t)b * T + i) * NH + hq) * HD + warp * DW + 2 * t;
+#pragma unroll
+                for (int dt = 0; dt < DW / 8; dt++) {
+                    atomicAdd(y + dt * 8, acc[dt][2 * r]);
+                    atomicAdd(y + dt * 8 + 1, acc[dt][2 * r + 1]);
+                }
+            }
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < 2; r++) {
+        if (key[r] >= T) continue;
+        float *y = dkv_part + (((size_t)b * T + key[r]) * NH + hq) * 2 * HD + 2 * t;
+#pragma unroll
+        for (int dt = 0; dt < DT; dt++) {
+            y[dt * 8] = dk[dt][2 * r] * scale; y[dt * 8 + 1] = dk[dt][2 * r + 1] * scale;
+            y[HD + dt * 8] = dv[dt][2 * r]; y[HD + dt * 8 + 1] = dv[dt][2 * r + 1];
+        }
+    }
+}
+#endif
+
+// dqkv (B, T, QKV) from the tensor-core backward's fp32 scratch: dQ = scale * dq_acc, and dK, dV
+// of a kv head = the sum of its query heads' dkv_part, added in head order (the same bits every run).
+__global__ void attention_backward_tc_finish_kernel(floatX *dqkv, const float *dq_acc, const float *dkv_part,
+                                                    size_t n, int NH, int NKV, int HD, float scale) {
+    size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x;
+    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
+    if (idx >= n * QKV) return;
+    size_t row = idx / QKV;
+    int head = (int)(idx % QKV) / HD, d = (int)(idx % QKV) % HD;
+    float v;
+    if (head < NH) {
+        v = dq_acc[(row * NH + head) * HD + d] * scale;
+    } else {
+        int kv = head - NH, which = kv / NKV, hk = kv % NKV;   // which: 0 = dK, 1 = dV
+        v = 0.0f;
+        for (int hq = hk * rep; hq < (hk + 1) * rep; hq++) v += dkv_part[((row * NH + hq) * 2 + which) * HD + d];
+    }
+    dqkv[idx] = fx(v);
+}
+
+static size_t att_tc_smem_forward(int HD) {   // 2 stages of (K, V) chunks (Q borrows stage 1 at the start)
+    return (size_t)4 * ATT_TC_BC * (HD + 8) * sizeof(floatX);
+}
+static size_t att_tc_smem_backward(int HD) {   // K, V; 2 stages of (Q, dO); dS; 2 stages of (lse, D)
+    return (size_t)((2 * ATT_TC_BR + 4 * ATT_TC_BQ) * (HD + 8) + ATT_TC_BQ * ATT_TC_PS) * sizeof(floatX) +
+           4 * ATT_TC_BQ * sizeof(float);
+}
+// Whether a head dim runs on the tensor-core kernels (bf16 build, HD 64 or 128). g_att_fma_only = 1
+// sends every head dim to the FMA kernels (the tests compare the two paths through the whole model).
+static int g_att_fma_only = 0;
+static int att_use_tc(int HD) {
+#ifdef ENABLE_FP32
+    (void)HD;
+    return 0;
+#else
+    return HD == 64 || HD == 128;
+#endif
+}
+// The backward's fp32 scratch for N = B*T rows, in floats: D (B, NH, T) for every head dim; for the
+// tensor-core kernels also dq_acc (N, NH, HD) and dkv_part (N, NH, 2, HD). The model's att_D has this size.
+static size_t att_bwd_scratch_floats(size_t N, int NH, int HD) {
+    return N * NH * (att_use_tc(HD) ? 1 + 3 * (size_t)HD : 1);
+}
+static int att_aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
 static size_t att_smem_forward(int HD) {
     return (size_t)(3 * ATT_TILE * att_stride(HD) + ATT_WARPS * ATT_R * 32) * sizeof(float);
 }
@@ -602,7 +1007,15 @@ template <int DPL> static void att_setup_dpl(void) {
     att_optin(attention_backward_dq_kernel<DPL>, att_smem_dq(32 * DPL));
     att_optin(attention_backward_dkv_kernel<DPL>, att_smem_dkv(32 * DPL));
 }
-static void att_setup_all(void) { att_setup_dpl<1>(); att_setup_dpl<2>(); att_setup_dpl<4>(); att_setup_dpl<8>(); }
+static void att_setup_all(void) {
+    att_setup_dpl<1>(); att_setup_dpl<2>(); att_setup_dpl<4>(); att_setup_dpl<8>();
+#ifndef ENABLE_FP32
+    att_optin(attention_forward_tc_kernel<64>, att_tc_smem_forward(64));
+    att_optin(attention_forward_tc_kernel<128>, att_tc_smem_forward(128));
+    att_optin(attention_backward_tc_kernel<64>, att_tc_smem_backward(64));
+    att_optin(attention_backward_tc_kernel<128>, att_tc_smem_backward(128));
+#endif
+}
 static void att_check_smem(size_t need, int HD) {
     if (need > smem_optin())
         FATAL("head_dim %d: the attention kernels need %zu bytes of shared memory, the device allows %d", HD, need,
@@ -612,6 +1025,7 @@ static void att_check_smem(size_t need, int HD) {
 static void attention_setup(int HD) {
     if (HD > 256 || HD % 2) FATAL("head_dim %d: the attention kernels handle even head dims up to 256", HD);
     att_check_smem(att_smem_dkv(HD), HD);
+    if (att_use_tc(HD)) att_check_smem(att_tc_smem_backward(HD), HD);
 }
 
 // grid.z holds the batch; CUDA allows at most 65535, so larger batches go in slices.
@@ -620,6 +1034,8 @@ static void attention_setup(int HD) {
 static void attention_forward(floatX *out, float *lse, const floatX *qkv, int B, int T, int NH, int NKV, int HD) {
     float scale = 1.0f / sqrtf((float)HD);
     size_t sm = att_smem_forward(HD), QKV = (size_t)(NH + 2 * NKV) * HD;
+    int tc = !g_att_fma_only && att_use_tc(HD) && att_aligned16(out) && att_aligned16(qkv);   // bf16, HD 64 / 128
+    if (tc) sm = att_tc_smem_forward(HD);
     att_check_smem(sm, HD);
     for (int b0 = 0; b0 < B; b0 += MAX_GRID_Z) {
         int nb = B - b0 < MAX_GRID_Z ? B - b0 : MAX_GRID_Z;
@@ -627,6 +1043,15 @@ static void attention_forward(floatX *out, float *lse, const floatX *qkv, int B,
         floatX *o = out + (size_t)b0 * T * NH * HD;
         float *ls = lse + (size_t)b0 * NH * T;
         const floatX *q = qkv + (size_t)b0 * T * QKV;
+#ifndef ENABLE_FP32
+        if (tc) {
+            dim3 gt(ceil_div(T, ATT_TC_BR), NH, nb);
+            if (HD == 64) attention_forward_tc_kernel<64><<<gt, ATT_TC_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, scale);
+            else attention_forward_tc_kernel<128><<<gt, ATT_TC_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, scale);
+            LAUNCH_CHECK();
+            continue;
+        }
+#endif
         switch (att_dpl(HD)) {
         case 1: attention_forward_kernel<1><<<grid, ATT_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, HD, scale); break;
         case 2: attention_forward_kernel<2><<<grid, ATT_WARPS * 32, sm>>>(o, ls, q, T, NH, NKV, HD, scale); break;
@@ -637,7 +1062,7 @@ static void attention_forward(floatX *out, float *lse, const floatX *qkv, int B,
     }
 }
 // dqkv (B, T, QKV) = gradient of the above (overwritten, every entry); dout, out (B, T, NH*HD);
-// lse from the forward; D (B, NH, T) fp32 scratch
+// lse from the forward; D: fp32 scratch of att_bwd_scratch_floats(B*T, NH, HD) floats, (B, NH, T) first
 static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const floatX *out, const floatX *qkv,
                                const float *lse,
                                int B, int T, int NH, int NKV, int HD) {
@@ -645,6 +1070,12 @@ static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const
     LAUNCH_CHECK();
     float scale = 1.0f / sqrtf((float)HD);
     size_t sq = att_smem_dq(HD), sk = att_smem_dkv(HD), QKV = (size_t)(NH + 2 * NKV) * HD, NHD = (size_t)NH * HD;
+    int tc = !g_att_fma_only && att_use_tc(HD) && att_aligned16(dout) && att_aligned16(qkv);   // tensor cores
+    float *dq_acc = D + (size_t)B * NH * T, *dkv_part = dq_acc + (size_t)B * T * NHD;   // the tc kernels' scratch
+    if (tc) {
+        sk = att_tc_smem_backward(HD);
+        cudaCheck(cudaMemset(dq_acc, 0, (size_t)B * T * NHD * sizeof(float)));
+    }
     att_check_smem(sk, HD);
     for (int b0 = 0; b0 < B; b0 += MAX_GRID_Z) {
         int nb = B - b0 < MAX_GRID_Z ? B - b0 : MAX_GRID_Z;
@@ -652,6 +1083,20 @@ static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const
         floatX *dq = dqkv + (size_t)b0 * T * QKV;
         const floatX *g = dout + (size_t)b0 * T * NHD, *q = qkv + (size_t)b0 * T * QKV;
         const float *ls = lse + (size_t)b0 * NH * T, *d = D + (size_t)b0 * NH * T;
+#ifndef ENABLE_FP32
+        if (tc) {
+            dim3 gt(ceil_div(T, ATT_TC_BR), NH, nb);
+            float *dqa = dq_acc + (size_t)b0 * T * NHD, *dkp = dkv_part + (size_t)b0 * T * 2 * NHD;
+            if (HD == 64)
+                attention_backward_tc_kernel<64><<<gt, ATT_TC_WARPS * 32, sk>>>(dqa, dkp, g, q, ls, d, T, NH, NKV,
+                                                                                 scale);
+            else
+                attention_backward_tc_kernel<128><<<gt, ATT_TC_WARPS * 32, sk>>>(dqa, dkp, g, q, ls, d, T, NH, NKV,
+                                                                                  scale);
+            LAUNCH_CHECK();
+            continue;
+        }
+#endif
         switch (att_dpl(HD)) {
 #define ATT_BWD(DPL_)                                                                                                  \
     attention_backward_dq_kernel<DPL_><<<gq, ATT_WARPS * 32, sq>>>(dq, g, q, ls, d, T, NH, NKV, HD, scale);            \
@@ -664,6 +1109,12 @@ static void attention_backward(floatX *dqkv, float *D, const floatX *dout, const
         default: ATT_BWD(8)
 #undef ATT_BWD
         }
+        LAUNCH_CHECK();
+    }
+    if (tc) {
+        attention_backward_tc_finish_kernel<<<ceil_div((long)B * T * QKV, 256), 256>>>(dqkv, dq_acc, dkv_part,
+                                                                                       (size_t)B * T, NH, NKV, HD,
+                                                                                       scale);
         LAUNCH_CHECK();
     }
 }
@@ -1660,7 +2111,7 @@ typedef struct {
     floatX *datty;      // (N, NH*HD)
     floatX *dfch;       // (N, 2I)
     floatX *dswiglu;    // (N, I)
-    float *att_D;       // (B, NH, T)
+    float *att_D;       // (B, NH, T), then the attention backward's fp32 scratch (att_bwd_scratch_floats)
 } Activations;
 #define NUM_ACTS 28
 
@@ -2051,7 +2502,8 @@ static void model_ensure_acts(Model *m, size_t N) {
                               Lsw * N * I * X, L * N * C * X, N * C * X, N * F, N * F,
                               N * F, N * F, N * sizeof(int), N * sizeof(int), (size_t)hr * c->V * X,
                               N * C * X, N * C * X, N * C * X, N * QKV * X, N * NHD * X,
-                              N * 2 * I * X, N * I * X, N * c->NH * F};
+                              N * 2 * I * X, N * I * X,
+                              att_bwd_scratch_floats(N, c->NH, c->HD) * F};   // att_D: D + tc scratch
     size_t total = 0;
     for (int i = 0; i < NUM_ACTS; i++) total += (bytes[i] + 255) / 256 * 256;
     m->acts_memory = device_alloc(total, "activations");

@@ -5,11 +5,25 @@
 //   v1  the obvious kernel: one thread per (b, head, query), scores recomputed from global memory
 //       (two passes: max/sum, then the output). Backward: one thread per query row, dK/dV by fp32
 //       atomics. Simple, no T x T buffer, but every thread streams all its keys from L2 alone.
-//   v2  train_empo.cu: a block of 8 warps owns 32 queries (or keys); the other side is streamed
-//       through shared memory 32 rows at a time, lane j scores row j against its warp's 4 rows,
-//       online softmax in fp32 registers; backward as two kernels (dQ per query tile, dK/dV per
-//       key tile over all query heads of the group), no atomics.
-// Neither uses tensor cores: a wmma/mma version (v3) is the next step (doc/cuda.md).
+//   v2  train_empo.cu's FMA kernels (its fallback: fp32 build, head dims other than 64 and 128,
+//       launched directly here): a block of 8 warps owns 32 queries (or keys); the other side is
+//       streamed through shared memory 32 rows at a time as fp32, lane j scores row j against its
+//       warp's 4 rows, online softmax in fp32 registers; backward as two kernels (dQ per query
+//       tile, dK/dV per key tile over all query heads of the group), no atomics.
+//   v3  train_empo.cu's attention_forward / attention_backward as the model calls them: in bf16 at
+//       HD 64 / 128 the tensor-core kernels (FlashAttention-2 on mma.sync m16n8k16, ldmatrix
+//       operands, tiles double-buffered by cp.async; backward over key tiles x query heads, dQ by
+//       fp32 atomics). In the fp32 build
+//       v3 is v2 again.
+// Why v3 should win (an estimate from the arithmetic; nothing here has run on a GPU): at B=8,
+// T=1024, NH=12, HD=128 one layer's causal attention is 4 B NH HD T^2 / 2 = 25.8 GFLOP forward and
+// 2.5 x that (64 GFLOP) backward. v2 runs them as fp32 FMAs fed from shared memory: an H100's FMA
+// peak is 67 TFLOP/s, and with one shared-memory load per 4 FMAs it is bound by shared memory at
+// maybe a third of that, ~1-2 ms per layer forward. v3 issues bf16 mma.sync (H100: roughly 60% of
+// the 989 TFLOP/s wgmma peak is reachable with mma.sync); the exp of the softmax (MUFU, 16 per
+// clock per SM: T^2/2 x NH x B exps = 50M per layer, ~20 us) and the ldmatrix traffic are far
+// smaller, so the expected bound is the tensor-core issue rate: ~0.1-0.15 ms forward, ~0.3-0.4 ms
+// backward per layer (FA2-class efficiency, 150-250 TFLOP/s), i.e. about 10x v2. To be measured.
 //
 // Build: make dev-cuda. Run: ./dev/cuda/attention [B T]    (needs a GPU; compiled, not yet run)
 #include "common.h"
@@ -109,6 +123,26 @@ static void run(int version, int backward, Bufs *s) {
         LAUNCH_CHECK();
         return;
     }
+    if (version == 2) {   // the FMA kernels, whatever the build: HD 128 is their DPL 4 instance
+        if (att_dpl(s->HD) != 4) FATAL("attention.cu: v2 is launched here for head dims 97..128 only");
+        dim3 gq(ceil_div(s->T, ATT_TILE), s->NH, s->B), gk(ceil_div(s->T, ATT_TILE), s->NKV, s->B);
+        if (!backward) {
+            attention_forward_kernel<4><<<gq, ATT_WARPS * 32, att_smem_forward(s->HD)>>>(s->out, s->lse, s->qkv, s->T,
+                                                                                        s->NH, s->NKV, s->HD, scale);
+            LAUNCH_CHECK();
+            return;
+        }
+        attention_rowdot_kernel<<<ceil_div(rows, 8), 256>>>(s->D, s->dout, s->out, s->B, s->T, s->NH, s->HD);
+        attention_backward_dq_kernel<4><<<gq, ATT_WARPS * 32, att_smem_dq(s->HD)>>>(s->dqkv, s->dout, s->qkv, s->lse,
+                                                                                   s->D, s->T, s->NH, s->NKV, s->HD,
+                                                                                   scale);
+        attention_backward_dkv_kernel<4><<<gk, ATT_WARPS * 32, att_smem_dkv(s->HD)>>>(s->dqkv, s->dout, s->qkv,
+                                                                                     s->lse, s->D, s->T, s->NH,
+                                                                                     s->NKV, s->HD, scale);
+        LAUNCH_CHECK();
+        return;
+    }
+    // v3: the dispatcher train_empo.cu's model uses (tensor cores in bf16 at HD 64 / 128)
     if (!backward) attention_forward(s->out, s->lse, s->qkv, s->B, s->T, s->NH, s->NKV, s->HD);
     else attention_backward(s->dqkv, s->D, s->dout, s->out, s->qkv, s->lse, s->B, s->T, s->NH, s->NKV, s->HD);
 }
@@ -119,7 +153,7 @@ static void alloc_bufs(Bufs *s, float *qkv_h, float *dout_h) {
     s->out = (floatX *)device_alloc(N * NHD * sizeof(floatX), "out");
     s->dqkv = (floatX *)device_alloc(N * QKV * sizeof(floatX), "dqkv");
     s->lse = (float *)device_alloc(N * s->NH * sizeof(float), "lse");
-    s->D = (float *)device_alloc(N * s->NH * sizeof(float), "D");
+    s->D = (float *)device_alloc(att_bwd_scratch_floats(N, s->NH, s->HD) * sizeof(float), "D");   // + v3's scratch
     s->dk = (float *)device_alloc(N * s->NKV * s->HD * sizeof(float), "dk");
     s->dv = (float *)device_alloc(N * s->NKV * s->HD * sizeof(float), "dv");
 }
@@ -127,7 +161,8 @@ static void free_bufs(Bufs *s) {
     size_t N = (size_t)s->B * s->T, QKV = (size_t)(s->NH + 2 * s->NKV) * s->HD, NHD = (size_t)s->NH * s->HD;
     device_free(s->qkv, N * QKV * sizeof(floatX)); device_free(s->dout, N * NHD * sizeof(floatX));
     device_free(s->out, N * NHD * sizeof(floatX)); device_free(s->dqkv, N * QKV * sizeof(floatX));
-    device_free(s->lse, N * s->NH * sizeof(float)); device_free(s->D, N * s->NH * sizeof(float));
+    device_free(s->lse, N * s->NH * sizeof(float));
+    device_free(s->D, att_bwd_scratch_floats(N, s->NH, s->HD) * sizeof(float));
     device_free(s->dk, N * s->NKV * s->HD * sizeof(float)); device_free(s->dv, N * s->NKV * s->HD * sizeof(float));
 }
 
@@ -183,7 +218,7 @@ int main(int argc, char **argv) {
     int NH = 12, NKV = 2, HD = 128;
     int B = argc > 2 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 1024;
     attention_setup(HD);
-    // 1. correctness at a small shape (a partial last tile), both versions
+    // 1. correctness at a small shape (a partial last tile), every version
     {
         Bufs s;
         memset(&s, 0, sizeof s);
@@ -194,7 +229,7 @@ int main(int argc, char **argv) {
         float *ro = (float *)xmalloc(N * NHD * sizeof(float)), *rd = (float *)xmalloc(N * QKV * sizeof(float));
         float *go = (float *)xmalloc(N * NHD * sizeof(float)), *gd = (float *)xmalloc(N * QKV * sizeof(float));
         reference(ro, rd, qkv, dout, s.B, s.T, NH, NKV, HD);
-        for (int v = 1; v <= 2; v++) {
+        for (int v = 1; v <= 3; v++) {
             run(v, 0, &s); run(v, 1, &s);
             cudaCheck(cudaDeviceSynchronize());
             dev_download_x(go, s.out, N * NHD);
@@ -213,7 +248,7 @@ int main(int argc, char **argv) {
     alloc_bufs(&s, qkv, dout);
     // useful FLOPs, causal: forward 2 products of (T^2/2) x HD per head; backward 5 (2.5x)
     double fwd_flops = 4.0 * B * NH * HD * (double)T * T / 2;
-    for (int v = 1; v <= 2; v++) {
+    for (int v = 1; v <= 3; v++) {
         int reps = v == 1 ? 2 : 20;
         float f = dev_time_ms(reps, [&] { run(v, 0, &s); });
         float bw = dev_time_ms(reps, [&] { run(v, 1, &s); });

@@ -11,6 +11,8 @@
 // thread by thread without fibers, and only if it reaches a barrier is it run again as fibers (the
 // kernels here write nothing global before their first barrier, so the rerun is safe). Memory from
 // cudaMalloc and dynamic shared memory start out as NaNs: a read of anything never written shows.
+// The tensor-core instructions (mma.sync, ldmatrix, cp.async) replace train_empo.cu's primitives
+// block: warp collectives written from the PTX ISA's fragment layouts, self-tested below.
 // Ends with "empo_cu: N passed, N failed". Build and run: make emu-cuda
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,6 +44,7 @@ struct __nv_bfloat16 { uint16_t bits; };   // round to nearest even, as the hard
 static inline float __bfloat162float(__nv_bfloat16 h) { return bf16_to_f32(h.bits); }
 static inline __nv_bfloat16 __float2bfloat16(float f) { return {f32_to_bf16(f)}; }
 static inline __nv_bfloat16 __ushort_as_bfloat16(unsigned short u) { return {u}; }
+static inline unsigned short __bfloat16_as_ushort(__nv_bfloat16 h) { return h.bits; }
 static inline uint32_t __float_as_uint(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
 static inline float emu_tof(float x) { return x; }
 static inline float emu_tof(__nv_bfloat16 x) { return __bfloat162float(x); }
@@ -186,6 +189,75 @@ static inline float __shfl_xor_sync(unsigned, float x, int o) {
     return y;
 }
 #define EMU_FATAL(...) do { fprintf(stderr, "error: " __VA_ARGS__); fputc('\n', stderr); exit(1); } while (0)
+// The tensor-core instructions of train_empo.cu's primitives block, as warp collectives: each lane
+// deposits its operands in a per-warp buffer, a warp barrier, each lane gathers its own results,
+// a barrier (so the buffer is free again). Fragment layouts from the PTX ISA ("Warp Level Matrix
+// Multiply-Accumulate Instructions"), lane l: g = l / 4 (groupID), t = l % 4 (threadID_in_group).
+static uint32_t g_wfrag[32][32][6];   // [warp][lane]: a[0..3], b0, b1 of an mma; an ldmatrix row address
+static const void *g_waddr[32][32];
+static inline float emu_bf16_lo(uint32_t r) { return bf16_to_f32((uint16_t)(r & 0xffff)); }
+static inline float emu_bf16_hi(uint32_t r) { return bf16_to_f32((uint16_t)(r >> 16)); }
+// "Matrix Fragments for mma.m16n8k16 with floating point type": A (16x16, .row): a_i (i = 0..7, two
+// per 32-bit register) is at row g (i < 2 or 4 <= i < 6) or g + 8, column 2t + (i & 1) (+8 for i >= 4);
+// B (16x8, .col): b_i at row 2t + (i & 1) (+8 for i >= 2), column g; C/D: c_i at row g (+8 for
+// i >= 2), column 2t + (i & 1). So A[row][k] is in lane (row % 8) * 4 + (k % 8) / 2, register
+// (row >= 8) + 2 (k >= 8), half k % 2; B[k][n] in lane n * 4 + (k % 8) / 2, register k >= 8, half k % 2.
+// The products of bf16 values are exact in double; the sum is rounded once to fp32 (the hardware's
+// order and intermediate rounding are unspecified, so this is one admissible result).
+static inline void mma_bf16_16816(float d[4], const uint32_t a[4], uint32_t b0, uint32_t b1) {
+    uint32_t *f = g_wfrag[t_warp][t_lane];
+    f[0] = a[0]; f[1] = a[1]; f[2] = a[2]; f[3] = a[3]; f[4] = b0; f[5] = b1;
+    emu_bar_wait(g_wbar[t_warp]);
+    int g = t_lane / 4, t = t_lane % 4;
+    float out[4];
+    for (int i = 0; i < 4; i++) {
+        int row = g + (i >= 2 ? 8 : 0), col = 2 * t + (i & 1);
+        double s = d[i];
+        for (int k = 0; k < 16; k++) {
+            uint32_t ra = g_wfrag[t_warp][(row % 8) * 4 + (k % 8) / 2][(row >= 8) + 2 * (k >= 8)];
+            uint32_t rb = g_wfrag[t_warp][col * 4 + (k % 8) / 2][4 + (k >= 8)];
+            s += (double)(k % 2 ? emu_bf16_hi(ra) : emu_bf16_lo(ra)) * (k % 2 ? emu_bf16_hi(rb) : emu_bf16_lo(rb));
+        }
+        out[i] = (float)s;
+    }
+    emu_bar_wait(g_wbar[t_warp]);
+    for (int i = 0; i < 4; i++) d[i] = out[i];
+}
+// "Warp-level matrix load instruction: ldmatrix" (.m8n8.x4.b16): lanes 8i..8i+7 give the row
+// addresses of matrix i; without .trans lane l receives, for each matrix, row g's elements 2t, 2t+1;
+// with .trans the matrix is transposed on the way: rows 2t and 2t+1 of column g.
+static inline void emu_ldmatrix_x4(uint32_t r[4], const void *row_addr, int trans) {
+    if (((uintptr_t)row_addr & 15) != 0) EMU_FATAL("emu: ldmatrix row address %p not 16-byte aligned", row_addr);
+    g_waddr[t_warp][t_lane] = row_addr;
+    emu_bar_wait(g_wbar[t_warp]);
+    int g = t_lane / 4, t = t_lane % 4;
+    uint32_t out[4];
+    for (int i = 0; i < 4; i++) {
+        const uint16_t *const *rows = (const uint16_t *const *)&g_waddr[t_warp][8 * i];
+        uint16_t lo = trans ? rows[2 * t][g] : rows[g][2 * t], hi = trans ? rows[2 * t + 1][g] : rows[g][2 * t + 1];
+        out[i] = (uint32_t)lo | ((uint32_t)hi << 16);
+    }
+    emu_bar_wait(g_wbar[t_warp]);
+    for (int i = 0; i < 4; i++) r[i] = out[i];
+}
+// cp.async: the destination turns to NaN at once (its old contents are undefined from the issue
+// on) and the copy lands at the thread's next cp.async.wait_group 0, the latest moment the PTX ISA
+// allows. So a read before the wait (and a barrier) sees NaN, and so does a chunk still being
+// computed on when the next one is issued into its buffer. A block that ends with copies never
+// waited for is an error.
+static std::vector<std::pair<void *, const void *>> g_cp_pending[1024];
+static inline void cp_async16(void *smem, const void *gmem) {
+    if ((((uintptr_t)smem | (uintptr_t)gmem) & 15) != 0) EMU_FATAL("emu: cp.async of 16 bytes not 16-byte aligned");
+    memset(smem, 0xff, 16);
+    g_cp_pending[t_warp * 32 + t_lane].push_back({smem, gmem});
+}
+static inline void cp_async_commit(void) {}
+static inline void cp_async_wait_all(void) {
+    for (auto &c : g_cp_pending[t_warp * 32 + t_lane]) memcpy(c.first, c.second, 16);
+    g_cp_pending[t_warp * 32 + t_lane].clear();
+}
+static inline void ldmatrix_x4(uint32_t r[4], const void *row_addr) { emu_ldmatrix_x4(r, row_addr, 0); }
+static inline void ldmatrix_x4_trans(uint32_t r[4], const void *row_addr) { emu_ldmatrix_x4(r, row_addr, 1); }
 static inline float atomicAdd(float *p, float v) { float old = *p; *p = old + v; return old; }
 static void emu_fiber_entry(void) {
     g_job();
@@ -241,6 +313,7 @@ static void emu_launch(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
             } catch (EmuNeedsFibers &) {
                 g_needs_fibers.insert((const void *)kernel);
                 memset(emu_smem_buf, 0xff, smem);
+                for (int t = 0; t < nt; t++) g_cp_pending[t].clear();   // the serial attempt's, if any
             }
         }
         g_blocks_fibers++;
@@ -281,6 +354,8 @@ static void emu_launch(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
             if (!progressed) EMU_FATAL("emu: deadlock");
         }
         g_cur = -1;
+        for (int t = 0; t < nt; t++)
+            if (!g_cp_pending[t].empty()) EMU_FATAL("emu: a thread ended with cp.async copies it never waited for");
     }
 }
 
@@ -291,9 +366,11 @@ static void emu_launch(void (*kernel)(K...), dim3 grid, dim3 block, size_t smem,
 // launch in order and in a random order must agree, bitwise wherever no atomics are involved (the
 // emulated GEMM is deterministic, so any difference is a kernel whose result depends on the order
 // of its blocks). The embedding and RMSNorm weight gradients add with fp32 atomics, whose order
-// the shuffle changes: those only within 1e-5 of their scale.
+// the shuffle changes: those only within 1e-5 of their scale. So does dQ of the tensor-core
+// attention backward (bf16 build, HD 64 / 128: blocks of key tiles add into an fp32 dQ by atomics);
+// its dK and dV (query heads summed in order) stay bitwise.
 struct EmuSnap {
-    std::vector<float> logp, grads, att_out, att_dqkv, gen_lp, judge;
+    std::vector<float> logp, grads, att_out, att_dq, att_dkv, gen_lp, judge;
     std::vector<int> gen_tok;
     size_t sizes[NUM_PARAM_TENSORS];
     double seconds;
@@ -315,7 +392,7 @@ static void emu_snapshot(EmuSnap &o) {
     state_free(&st);
     model_free(&m);
     // attention at Qwen's head dim, forward and backward (floatX buffers)
-    int B = 2, T = 77, NH = 4, NKV = 2, HD = 128, QKV = (NH + 2 * NKV) * HD;
+    int B = 2, T = 230, NH = 4, NKV = 2, HD = 128, QKV = (NH + 2 * NKV) * HD;   // 4 key tiles: dQ adds 4 times
     size_t nq = (size_t)B * T * QKV, no = (size_t)B * T * NH * HD;
     std::vector<float> q(nq), g(no);
     uint64_t rng = 3;
@@ -324,13 +401,16 @@ static void emu_snapshot(EmuSnap &o) {
     floatX *dq = upload_x(q.data(), nq), *dg = upload_x(g.data(), no);
     floatX *dout = (floatX *)device_alloc(no * sizeof(floatX),
                                           "emu"), *ddq = (floatX *)device_alloc(nq * sizeof(floatX), "emu");
-    float *lse = (float *)device_alloc((size_t)B * NH * T * 4,
-                                       "emu"), *D = (float *)device_alloc((size_t)B * NH * T * 4, "emu");
+    float *lse = (float *)device_alloc((size_t)B * NH * T * 4, "emu");
+    float *D = (float *)device_alloc(att_bwd_scratch_floats((size_t)B * T, NH, HD) * 4, "emu");
     attention_forward(dout, lse, dq, B, T, NH, NKV, HD);
     attention_backward(ddq, D, dg, dout, dq, lse, B, T, NH, NKV, HD);
-    o.att_out.resize(no); o.att_dqkv.resize(nq);
+    std::vector<float> dqkv(nq);
+    o.att_out.resize(no);
     download_x(o.att_out.data(), dout, no);
-    download_x(o.att_dqkv.data(), ddq, nq);
+    download_x(dqkv.data(), ddq, nq);
+    for (size_t n = 0; n < (size_t)B * T; n++)   // each row: the NH query heads' dQ, then dK, dV
+        for (int c = 0; c < QKV; c++) (c < NH * HD ? o.att_dq : o.att_dkv).push_back(dqkv[n * QKV + c]);
     // generation (prefill, paged decode, the truncating sampler) and the judge's scoring
     if (model_load(&m, "dev/fixtures/qwen2_tied.bin", err, sizeof err) != 0) EMU_FATAL("%s", err);
     int p0[21], p1[2] = {40, 41};
@@ -379,13 +459,83 @@ static void emu_shuffle_checks(uint64_t seed) {
     check(emu_same_bits(a.logp, b.logp) && bitwise && atomic_err < 1e-5f,
           "shuffled: model forward (log-probs) and backward "
           "(every gradient without atomics) bitwise; the atomics' gradients within %.1e", atomic_err);
-    check(emu_same_bits(a.att_out, b.att_out) && emu_same_bits(a.att_dqkv, b.att_dqkv),
-          "shuffled: flash attention forward "
-          "and backward bitwise");
+    // dQ through fp32 atomics (tensor-core backward): the fp32 sums differ in their last bits, which
+    // can move a bf16 rounding by one unit: 2^-8 of an entry, so at most 3.9e-3 of the scale; 2 units allowed.
+    // The FMA kernels (fp32 build, other head dims) have no atomics: bitwise there.
+    float dq_err = rel_err(b.att_dq.data(), a.att_dq.data(), a.att_dq.size(), NULL);
+#ifdef ENABLE_FP32
+    const float dq_tol = 0.0f;
+#else
+    const float dq_tol = att_use_tc(128) ? 8e-3f : 0.0f;
+#endif
+    check(emu_same_bits(a.att_out, b.att_out) && emu_same_bits(a.att_dkv, b.att_dkv) && dq_err <= dq_tol,
+          "shuffled: flash attention forward and backward (dK, dV) bitwise, dQ within %.1e (bound %.0e)", dq_err,
+          dq_tol);
     check(a.gen_tok == b.gen_tok && emu_same_bits(a.gen_lp, b.gen_lp) && emu_same_bits(a.judge, b.judge),
           "shuffled: generation "
           "(prefill, paged decode, sampler) and the judge's scores bitwise (%zu tokens)", a.gen_lp.size());
     printf("(in order %.1f s, shuffled %.1f s)\n", a.seconds, b.seconds);
+}
+
+// ---- the emulated tensor-core instructions against a plain matrix product (both builds). The
+// fragments are built here from the PTX ISA's element tables ("a_i: row g for i < 2 or 4 <= i < 6,
+// else g + 8; column 2t + (i & 1), +8 for i >= 4"; "b_i: row 2t + (i & 1), +8 for i >= 2; column g";
+// "c_i: row g, +8 for i >= 2; column 2t + (i & 1)"), the other direction from the emulator's
+// gather; ldmatrix (through train_empo.cu's frag_a_addr / frag_b_addr) must give the same registers.
+static const int ST_P = 24;   // a row pitch (elements) that is not the tile width: 48 bytes, 16-byte aligned
+static void emu_tc_selftest_kernel(const uint16_t *A, const uint16_t *Bkn, const uint16_t *Bnk, float *D, int *bad) {
+    int l = threadIdx.x % 32, g = l / 4, t = l % 4;
+    auto pk = [](uint16_t lo, uint16_t hi) { return (uint32_t)lo | ((uint32_t)hi << 16); };
+    uint32_t a[4], b[2][2];   // b[n-tile][register], n-tile 1 = columns 8..15 of B (16 x 16)
+    for (int r = 0; r < 4; r++) {
+        int i = 2 * r, row = g + 8 * (r % 2), col = 2 * t + 8 * (i >= 4);
+        a[r] = pk(A[row * ST_P + col], A[row * ST_P + col + 1]);
+    }
+    for (int nt = 0; nt < 2; nt++)
+        for (int r = 0; r < 2; r++) {
+            int k = 2 * t + 8 * r, n = 8 * nt + g;
+            b[nt][r] = pk(Bkn[k * ST_P + n], Bkn[(k + 1) * ST_P + n]);
+        }
+    uint32_t la[4], lb[4], lbt[4];
+    ldmatrix_x4(la, frag_a_addr(A, ST_P));
+    ldmatrix_x4(lb, frag_b_addr(Bnk, ST_P));          // B stored n-major (B^T row-major)
+    ldmatrix_x4_trans(lbt, frag_a_addr(Bkn, ST_P));   // B stored k-major
+    int ok = 1;
+    for (int r = 0; r < 4; r++) ok &= la[r] == a[r] && lb[r] == b[r / 2][r % 2] && lbt[r] == b[r / 2][r % 2];
+    for (int nt = 0; nt < 2; nt++) {
+        float d[4];
+        for (int i = 0; i < 4; i++) d[i] = 0.25f * (float)(i + 1);   // C
+        mma_bf16_16816(d, a, b[nt][0], b[nt][1]);
+        for (int i = 0; i < 4; i++) D[(g + 8 * (i >= 2)) * 16 + 8 * nt + 2 * t + (i & 1)] = d[i];
+    }
+    bad[l] = !ok;
+}
+static void emu_tc_selftest(void) {
+    alignas(16) static uint16_t A[16 * ST_P], Bkn[16 * ST_P], Bnk[16 * ST_P];
+    float D[16 * 16];
+    int bad[32];
+    uint64_t r = 99;
+    auto rnd = [&r]() {
+        r = r * 6364136223846793005ull + 1442695040888963407ull;
+        return (float)(r >> 40) / 8388608.0f - 1.0f;
+    };
+    for (int i = 0; i < 16; i++)
+        for (int k = 0; k < 16; k++) { A[i * ST_P + k] = f32_to_bf16(rnd()); Bkn[i * ST_P + k] = f32_to_bf16(rnd()); }
+    for (int k = 0; k < 16; k++)
+        for (int n = 0; n < 16; n++) Bnk[n * ST_P + k] = Bkn[k * ST_P + n];
+    emu_launch(emu_tc_selftest_kernel, 1, 32, 0, (const uint16_t *)A, (const uint16_t *)Bkn, (const uint16_t *)Bnk, D,
+               bad);
+    double err = 0.0;
+    int nbad = 0;
+    for (int l = 0; l < 32; l++) nbad += bad[l];
+    for (int i = 0; i < 16; i++)
+        for (int n = 0; n < 16; n++) {
+            double s = 0.25 * (1 + (n % 2) + 2 * (i % 16 >= 8));   // the C each lane started from
+            for (int k = 0; k < 16; k++) s += (double)bf16_to_f32(A[i * ST_P + k]) * bf16_to_f32(Bkn[k * ST_P + n]);
+            err = std::max(err, fabs(D[i * 16 + n] - s) / std::max(1.0, fabs(s)));
+        }
+    check(err < 1e-6 && nbad == 0, "emulated mma.m16n8k16 bf16 (C + A B, 2 n-tiles) vs a plain product: %.1e; "
+          "ldmatrix x4 / x4.trans give the PTX fragments: %d lanes wrong", err, nbad);
 }
 
 #ifdef ENABLE_FP32   // the kernel-by-kernel tests use float buffers: fp32 build only
@@ -395,7 +545,7 @@ static double rel_err_dd(const float *a, const double *b, size_t n) {
     double e = 0.0, s = 0.0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs(a[i] - b[i]);
-        if (!(d <= e)) e = d;   // NaN: infinite
+        if (!(d <= e)) e = d == d ? d : INFINITY;   // a NaN stays an infinite error
         if (fabs(b[i]) > s) s = fabs(b[i]);
     }
     return s > 0 ? e / s : e;
@@ -414,7 +564,8 @@ static std::vector<float> rand_vec(size_t n, float scale) {
 static void emu_attention(int B, int T, int NH, int NKV, int HD) {
     int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
     size_t nq = (size_t)B * T * QKV, no = (size_t)B * T * NH * HD, nl = (size_t)B * NH * T;
-    std::vector<float> qkv = rand_vec(nq, 2.0f), dout = rand_vec(no, 1.0f), out(no), lse(nl), D(nl), dqkv(nq, NAN);
+    std::vector<float> qkv = rand_vec(nq, 2.0f), dout = rand_vec(no, 1.0f), out(no), lse(nl), dqkv(nq, NAN);
+    std::vector<float> D(att_bwd_scratch_floats((size_t)B * T, NH, HD));
     attention_setup(HD);
     attention_forward(out.data(), lse.data(), qkv.data(), B, T, NH, NKV, HD);
     attention_backward(dqkv.data(), D.data(), dout.data(), out.data(), qkv.data(), lse.data(), B, T, NH, NKV, HD);
@@ -627,6 +778,8 @@ int main(int argc, char **argv) {
             emu_shuffle_checks(strtoull(argv[i + 1], NULL, 10));
             return test_summary("empo_cu_shuffled");
         }
+    printf("-- the emulated tensor-core instructions\n");
+    emu_tc_selftest();
 #ifdef ENABLE_FP32
     printf("-- the kernels, one by one\n");
     emu_attention(2, 77, 4, 2, 128);   // Qwen2.5's head dim, a partial last tile

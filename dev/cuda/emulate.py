@@ -9,6 +9,9 @@ only what plain C++ can't parse or run:
   the cuBLAS/cuBLASLt gemm()            ->  emu_gemm(), a plain column-major GEMM written from the
                                             BLAS definition (so the row-/column-major mapping of
                                             matmul_forward/backward is checked too)
+  the tensor-core primitives block      ->  nothing: emu_test.cpp defines mma_bf16_16816, ldmatrix_x4
+    (// ==== begin/end tensor-core primitives)   and ldmatrix_x4_trans as warp collectives, and the
+                                            cp.async functions (the copy lands at the wait)
   test_empo_cu.cu's main                ->  test_empo_cu_main
 The include of train_empo.c (the host layer) is kept, pointed at the repository root, so the
 emulated program is the real one (emu_cuda --run FLAGS runs it). dev/cuda/emu_test.cpp includes
@@ -79,6 +82,12 @@ static void gemm(void *D, cudaDataType_t d_type, int ldd, const floatX *A, int t
 }
 
 """ + tail
+# the tensor-core primitives (inline PTX: mma.sync, ldmatrix, cp.async) -> emu_test.cpp's emulation, same names
+head, _, tail = between(model, "// ==== begin tensor-core primitives", "// ==== end tensor-core primitives",
+                        "train_empo.cu")
+model = head + "// (the tensor-core primitives: dev/cuda/emu_test.cpp's emulation)\n" + tail
+if re.search(r"\basm\s*(volatile\s*)?\(", model):
+    sys.exit("emulate.py: inline PTX in train_empo.cu outside the tensor-core primitives block")
 model = rewrite(model, "train_empo.cu")
 # the host layer: train_empo.c itself, included from dev/cache/ (plain host code, nothing to rewrite)
 if '#include "train_empo.c"' not in model:

@@ -1,8 +1,9 @@
 // test_empo_cu.cu: checks train_empo.cu against the same PyTorch + transformers fixtures as
 // test_empo.c (dev/fixtures/qwen2_{tied,untied}{,_state}.bin, made by dev/make_fixtures.py):
 // logits, loss, every parameter gradient and 10 AdamW steps with clipping; plus the attention
-// kernels at the real head dim (128) against a CPU reference, recomputation (-r) against none,
-// bf16 stochastic rounding, and the loader's errors. Built in bf16 (default) or fp32
+// kernels at the real head dims (128 and 64; in bf16 the tensor-core kernels) against a CPU
+// reference, recomputation (-r) against none, bf16 stochastic rounding, and the loader's errors.
+// Built in bf16 (default) or fp32
 // (make test_cu PRECISION=FP32), with tolerances for each below.
 // Without a GPU it prints "SKIP: no CUDA device" and exits 0. Ends with "empo_cu: N passed, N failed".
 // --tiny: a small subset (training step, decode attention, generation), for compute-sanitizer.
@@ -26,9 +27,10 @@
 // tied model overfits to a loss near 0.1, where small absolute differences are large relative
 // ones. The emulated bf16 build (software bf16, GEMMs rounded once from exact sums) measured:
 // logits 2.9e-2, loss 1.1e-3, gradients up to 4.2e-2, step losses 2.4e-2 (3.6e-2 with stochastic
-// rounding), attention 2.6e-3. The bounds are about twice that: far below what a wrong index or
-// a missing term gives (tens of percent or more), above what cuBLAS's different summation order
-// may add. Re-check them on the first GPU run (the test prints every error).
+// rounding), attention 2.6e-3 (FMA kernels), 2.9e-3 out and 3.2e-3 dqkv (the tensor-core kernels,
+// HD 64 / 128, which also round P and dS to bf16 as operands). The bounds are about twice that:
+// far below what a wrong index or a missing term gives (tens of percent or more), above what
+// cuBLAS's different summation order may add. Re-check them on the first GPU run (the test prints every error).
 #ifdef ENABLE_FP32
 static const float TOL_LOGITS = 2e-5f, TOL_LOSS = 2e-5f, TOL_GRAD = 2e-4f, TOL_STEPS = 2e-4f, TOL_STEPS_SR = 2e-4f,
 TOL_ATT = 1e-5f;
@@ -227,7 +229,7 @@ static float rel_err_d(const float *a, const double *b, size_t n) {
     double e = 0.0, s = 0.0;
     for (size_t i = 0; i < n; i++) {
         double d = fabs(a[i] - b[i]);
-        if (!(d <= e)) e = d;
+        if (!(d <= e)) e = d == d ? d : INFINITY;   // a NaN stays an infinite error
         if (fabs(b[i]) > s) s = fabs(b[i]);
     }
     return (float)(s > 0 ? e / s : e);
@@ -254,9 +256,9 @@ static void test_attention(int B, int T, int NH, int NKV, int HD) {
     floatX *d_qkv = upload_x(qkv, nqkv), *d_dout = upload_x(dout, nout);
     floatX *d_out = (floatX *)device_alloc(nout * sizeof(floatX),
                                            "test"), *d_dqkv = (floatX *)device_alloc(nqkv * sizeof(floatX), "test");
-    float *d_lse = (float *)device_alloc((size_t)B * NH * T * sizeof(float),
-                                         "test"), *d_D = (float *)device_alloc((size_t)B * NH * T * sizeof(float),
-                                                                               "test");
+    size_t nscr = att_bwd_scratch_floats((size_t)B * T, NH, HD);   // D, and the tensor-core kernels' scratch
+    float *d_lse = (float *)device_alloc((size_t)B * NH * T * sizeof(float), "test");
+    float *d_D = (float *)device_alloc(nscr * sizeof(float), "test");
     attention_forward(d_out, d_lse, d_qkv, B, T, NH, NKV, HD);
     attention_backward(d_dqkv, d_D, d_dout, d_out, d_qkv, d_lse, B, T, NH, NKV, HD);
     cudaCheck(cudaDeviceSynchronize());
@@ -281,7 +283,7 @@ static void test_attention(int B, int T, int NH, int NKV, int HD) {
     device_free(d_out, nout * sizeof(floatX));
     device_free(d_dqkv, nqkv * sizeof(floatX));
     device_free(d_lse, (size_t)B * NH * T * sizeof(float));
-    device_free(d_D, (size_t)B * NH * T * sizeof(float));
+    device_free(d_D, nscr * sizeof(float));
     free(qkv); free(dout); free(out); free(dqkv); free(lse); free(rout); free(rlse); free(rdqkv);
 }
 
@@ -1168,6 +1170,60 @@ static void test_plan(void) {
           GIB(peak), GIB(peak0));
 }
 
+#ifndef ENABLE_FP32
+// A whole model whose attention runs on the tensor-core kernels (HD 64 or 128) against the same
+// model on the FMA kernels (g_att_fma_only): log-probs and every gradient. No PyTorch fixture has
+// such a head dim, so this is what takes the tensor-core path through the model's own wiring: the
+// backward's scratch in att_D, rows padded to T_ALIGN, B > 1, two layers, GQA. The q/k weights are
+// scaled up so that the softmax is far from uniform. Both paths are bf16 with their own roundings
+// (the tensor-core one also rounds P and dS to bf16); the bound is about twice the emulated
+// difference, far below a wrong term (tens of percent).
+static void test_model_attention_tc(int NH, int NKV, int HD) {
+    ModelConfig c = {101, NH * HD, 2, NH, NKV, HD, 96, 256, 0, 1, 10000.0f, 1e-6f};
+    Model m;
+    model_init_random(&m, &c, 11);
+    size_t n = m.num_parameters, off[NUM_PARAM_TENSORS];
+    param_offsets(off, m.param_sizes, c.tied);
+    float *w = (float *)xmalloc(n * sizeof(float));
+    model_params_to_host(&m, w);
+    for (size_t i = 0; i < m.param_sizes[P_QKVW]; i++) w[off[P_QKVW] + i] *= 4.0f;
+    model_set_weights(&m, w);
+    free(w);
+    int B = 2, T = 100;
+    int *in = (int *)xmalloc(B * T * sizeof(int)), *tg = (int *)xmalloc(B * T * sizeof(int));
+    for (int i = 0; i < B * T; i++) { in[i] = (i * 37 + 11) % c.V; tg[i] = (i * 53 + 5) % c.V; }
+    float *lp[2], *g[2];
+    for (int fma = 0; fma < 2; fma++) {
+        g_att_fma_only = fma;
+        model_forward(&m, in, tg, NULL, B, T);
+        lp[fma] = (float *)xmalloc(B * T * sizeof(float));
+        memcpy(lp[fma], m.logp, B * T * sizeof(float));
+        model_zero_grad(&m);
+        model_backward(&m);
+        g[fma] = grads_to_host(&m);
+    }
+    g_att_fma_only = 0;
+    auto err = [](const float *a, const float *b, size_t k) {   // max|a - b| / max|b|, a NaN stays infinite
+        double e = 0.0, sc = 0.0;
+        for (size_t i = 0; i < k; i++) {
+            double d = fabs((double)a[i] - b[i]);
+            if (!(d <= e)) e = d == d ? d : INFINITY;
+            sc = fmax(sc, fabs((double)b[i]));
+        }
+        return (float)(sc > 0 ? e / sc : e);
+    };
+    float el = err(lp[0], lp[1], B * T), eg = 0.0f;
+    for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
+        float e = m.param_sizes[i] ? err(g[0] + off[i], g[1] + off[i], m.param_sizes[i]) : 0.0f;
+        if (!(e <= eg)) eg = e;
+    }
+    check(el < 3e-3f && eg < 4e-2f, "model with tensor-core attention (NH=%d NKV=%d HD=%d, B=%d T=%d, L=2) vs the "
+          "FMA kernels: log-probs rel err %.2e, worst gradient tensor %.2e", NH, NKV, HD, B, T, el, eg);
+    free(lp[0]); free(lp[1]); free(g[0]); free(g[1]); free(in); free(tg);
+    model_free(&m);
+}
+#endif
+
 int main(int argc, char **argv) {
     int ndev = 0;
     if (cudaGetDeviceCount(&ndev) != cudaSuccess || ndev == 0) {
@@ -1196,8 +1252,15 @@ int main(int argc, char **argv) {
     test_fixture("qwen2_untied", 0, 0);
 #endif
     test_recompute();
+    // bf16: HD 64 and 128 run on the tensor-core kernels (64-row tiles), other head dims and fp32 on the FMA ones
     test_attention(2, 77, 4, 2, 128);     // Qwen2.5's head dim, GQA 2:1, a partial tile
     test_attention(1, 300, 6, 1, 64);     // DPL 2, GQA 6:1
+    test_attention(2, 153, 12, 2, 128);   // Qwen2.5-1.5B's heads (GQA 6:1), B > 1, T a multiple of neither tile
+    test_attention(3, 40, 2, 1, 64);      // one partial tile per sequence
+#ifndef ENABLE_FP32
+    test_model_attention_tc(4, 2, 64);
+    test_model_attention_tc(2, 1, 128);
+#endif
     test_bad_input();
     int lens_a[3] = {1, 300, 77}, lens_b[2] = {520, 33};
     test_decode_attention(12, 2, 128, lens_a, 3);   // Qwen2.5-1.5B's heads: GQA 6:1, up to 2 splits
