@@ -6,7 +6,8 @@
 #   (b) ptxas must report 0 bytes of spill stores and loads (a spill would put the accumulators in
 #       local memory: correct, but slow, and nothing in the emulator would show it).
 # Prints one line per kernel: target, kernel, registers, spill stores/loads, HMMA count.
-# Needs nvcc and cuobjdump, no GPU. Usage: make sass-check (or NVCC=... GPU_ARCH=... dev/cuda/sass_check.sh)
+# Needs nvcc and cuobjdump, no GPU. Usage: make sass-check (or NVCC=... GPU_ARCH=... dev/cuda/sass_check.sh);
+# SASS_STRICT=1 (CI) refuses the PTX fallback below.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 NVCC=${NVCC:-nvcc}
@@ -25,6 +26,10 @@ OBJ=dev/cache/sass_check.o LOG=dev/cache/sass_check.ptxas SASS=dev/cache/sass_ch
 if [ -n "$CUOBJDUMP" ]; then
     "$CUOBJDUMP" -sass "$OBJ" > "$SASS"
     WHAT=HMMA
+elif [ "${SASS_STRICT:-0}" = 1 ]; then
+    echo "sass-check: no cuobjdump (SASS_STRICT=1 needs the SASS): set CUOBJDUMP=, or install NVIDIA's"
+    echo "  nvidia-cuda-cuobjdump wheel from PyPI as .ci/run does"
+    exit 1
 else
     echo "sass-check: no cuobjdump in this toolkit: counting mma.sync in the PTX instead of HMMA in the SASS"
     # the same layout as cuobjdump's: "arch = sm_XX" per target (from the .ptx file's .target), "Function : NAME"

@@ -1203,18 +1203,9 @@ static void test_model_attention_tc(int NH, int NKV, int HD) {
         g[fma] = grads_to_host(&m);
     }
     g_att_fma_only = 0;
-    auto err = [](const float *a, const float *b, size_t k) {   // max|a - b| / max|b|, a NaN stays infinite
-        double e = 0.0, sc = 0.0;
-        for (size_t i = 0; i < k; i++) {
-            double d = fabs((double)a[i] - b[i]);
-            if (!(d <= e)) e = d == d ? d : INFINITY;
-            sc = fmax(sc, fabs((double)b[i]));
-        }
-        return (float)(sc > 0 ? e / sc : e);
-    };
-    float el = err(lp[0], lp[1], B * T), eg = 0.0f;
+    float el = rel_err(lp[0], lp[1], B * T, NULL), eg = 0.0f;
     for (int i = 0; i < NUM_PARAM_TENSORS; i++) {
-        float e = m.param_sizes[i] ? err(g[0] + off[i], g[1] + off[i], m.param_sizes[i]) : 0.0f;
+        float e = m.param_sizes[i] ? rel_err(g[0] + off[i], g[1] + off[i], m.param_sizes[i], NULL) : 0.0f;
         if (!(e <= eg)) eg = e;
     }
     check(el < 3e-3f && eg < 4e-2f, "model with tensor-core attention (NH=%d NKV=%d HD=%d, B=%d T=%d, L=2) vs the "

@@ -34,7 +34,7 @@ static float rel_err(const float *a, const float *b, size_t n, float *max_abs) {
     float e = 0.0f, s = 0.0f;
     for (size_t i = 0; i < n; i++) {
         float d = fabsf(a[i] - b[i]);
-        if (!(d <= e)) e = d;   // NaN counts as an infinite error
+        if (!(d <= e)) e = d == d ? d : INFINITY;   // NaN counts as an infinite error, and stays one
         if (fabsf(b[i]) > s) s = fabsf(b[i]);
     }
     if (max_abs) *max_abs = e;
