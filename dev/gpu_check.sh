@@ -9,10 +9,13 @@
 #   4. the rollout benchmark: 32 prompts x 7 responses, 256-token prompts, 512 new tokens forced,
 #      T = 0.9, at Qwen2.5-Math-1.5B's shape (random init): ours, then HF generate (dev/bench_gen_hf.py)
 #   5. the training benchmark at the 1.5B shape, B=8 T=1024: ours, then HF (dev/bench_gpu.py)
-#   6. one EMPO step at the paper's shape (112 prompts x 7, up to 2048 new tokens, random init: the
-#      responses run to the length, there being almost no EOS) through train_empo_cu's host layer,
-#      with its split into generate / score / train, if the time is left
-#   7. a summary
+#   6. the attention lab (dev/cuda/attention 8 1024): v1 / v2 (FMA) / v3 (tensor cores) forward and
+#      backward at the 1.5B's heads, TFLOP/s and the share of the dense bf16 peak (PEAK_TFLOPS, 989)
+#   7. one EMPO step at the paper's shape (112 prompts x 7, up to 2048 new tokens, random init: the
+#      responses run to the length, there being almost no EOS) through train_empo_cu's host layer
+#      under --mem-cap 23.5 (a 24 GiB card) with the default lean settings, with its split into
+#      generate / score / train and its memory plan's peak next to the measured one, if time is left
+#   8. a summary
 # Everything goes to $OUT (default ./gpu_out): gpu_check.log (all output), results.jsonl (one line
 # per benchmark), summary.txt. Each step has its own time limit and the whole stays inside
 # DEADLINE_S (default 470) seconds. Usage: OUT=dir dev/gpu_check.sh   (GPU_ARCH=... to override)
@@ -55,7 +58,9 @@ FLAGS="$FLAGS -Xcompiler -Wall,-Wextra,-Wno-unused-function,-Wno-unused-paramete
 mkdir -p dev/cache
 ( timeout 240 "$NVCC" $FLAGS -DENABLE_FP32 $ARCH dev/test/test_empo_cu.cu -lcublas -lcublasLt \
     -o dev/cache/test_empo_cu_fp32 \
-    >"$OUT/build_fp32.log" 2>&1 ) &
+    >"$OUT/build_fp32.log" 2>&1 &&
+  timeout 200 "$NVCC" $FLAGS $ARCH dev/cuda/attention.cu -lcublas -lcublasLt -o dev/cuda/attention \
+    >>"$OUT/build_fp32.log" 2>&1 ) &
 FP32_PID=$!
 step "build bf16 (train_empo_cu, test_empo_cu)" 240 make -j2 cuda NVCC="$NVCC" GPU_ARCH="$ARCH" || \
   { echo "bf16 build failed" | tee -a "$SUM"; }
@@ -86,8 +91,10 @@ if [ -x train_empo_cu ]; then
     --json "$RES"
   step "train: HF transformers B=8" 90 $PY dev/bench_gpu.py -B 8 -T 1024 -x 8 --json "$RES" || \
     step "train: HF transformers B=4 (B=8 failed)" 60 $PY dev/bench_gpu.py -B 4 -T 1024 -x 8 --json "$RES"
-  # 6. one EMPO step at the paper's shape, with what is left (recompute 2 and micro-batches of 4 fit
-  # the rollouts' KV cache next to the activations on an 80 GB card). A random model writes no
+  # 6. the attention kernels alone
+  [ -x dev/cuda/attention ] && step "attention lab (dev/cuda/attention 8 1024)" 60 ./dev/cuda/attention 8 1024
+  # 7. one EMPO step at the paper's shape, with what is left, inside 24 GiB (--mem-cap 23.5: the
+  # plan sizes the KV pool and -b; the defaults are the lean ones). A random model writes no
   # \boxed{} answer, so the EMPO reward would be 0 everywhere and no response would train: the
   # token-entropy reward (-r entropy) gives every response an advantage, so the train phase does the
   # work of a real step (784 responses); generate and score are the same machinery.
@@ -96,7 +103,7 @@ if [ -x train_empo_cu ]; then
   rm -rf "$STEP_DIR"
   step "one EMPO step, paper shape (112 x 7, 2048 new tokens, 1.5B random init)" 300 \
     ./train_empo_cu --init qwen1.5b,T=2560 -d dev/default/train.jsonl -r entropy -x 1 -B 112 -G 7 -n 2048 -b 4 \
-    -E 0 -C 0 -S bf16 --recompute 2 -o "$STEP_DIR"
+    -E 0 -C 0 -S bf16 --mem-cap 23.5 -o "$STEP_DIR"
   [ -f "$STEP_DIR/log.jsonl" ] && cp "$STEP_DIR/log.jsonl" "$OUT/empo_step_log.jsonl" && \
     $PY - "$STEP_DIR/log.jsonl" "$RES" <<'EOF2'
 import json, sys
@@ -107,7 +114,7 @@ with open(sys.argv[2], "a") as f:
 EOF2
 fi
 
-# 7. summary
+# 8. summary
 {
   echo "test results:"
   grep -E "^(empo_cu[a-z_]*:|SKIP|FAIL|=== .*(FAILED|SKIPPED))" "$LOG"
@@ -137,5 +144,20 @@ for r in rows:
               f"{r['t_score']:.2f} + train {r['t_train']:.1f}; {r['gen_tok_s']:.0f} rollout tok/s, "
               f"mean length {r['resp_len']:.0f}")
 EOF2
+  # the attention lab's lines: "vN B=.. T=.. ...: forward X ms (Y TFLOP/s), backward X ms (Y TFLOP/s)"
+  grep -E "^v[0-9] B=" "$LOG" | while read -r line; do
+    fwd=$(sed -n 's/.*forward \([0-9.]*\) ms.*/\1/p' <<<"$line")
+    bwd=$(sed -n 's/.*backward \([0-9.]*\) ms.*/\1/p' <<<"$line")
+    awk -v l="$line" -v f="$fwd" -v b="$bwd" -v pk="${PEAK_TFLOPS:-989}" 'BEGIN {
+      fl = 8 * 1024 * 1024 * 12 * 128 * 4 / 2 * 3.5   # causal: forward 4 B T^2 NH HD / 2, backward 2.5x that
+      printf "  attention %s\n    fwd+bwd %.3f ms: %.1f TFLOP/s, %.1f%% of the %d TFLOP/s dense bf16 peak\n", l, f + b,
+             fl / ((f + b) * 1e-3) / 1e12, 100 * fl / ((f + b) * 1e-3) / 1e12 / pk, pk }'
+  done
+  # the memory plan's peak against the allocator's high-water mark of the same run (step 7)
+  plan=$(sed -n 's/^memory plan: peak \([0-9.]*\) GiB.*/\1/p' "$LOG" | tail -1)
+  meas=$(sed -n 's/^memory measured: \([0-9.]*\) GiB.*/\1/p' "$LOG" | tail -1)
+  [ -n "$plan" ] && [ -n "$meas" ] && awk -v p="$plan" -v m="$meas" 'BEGIN {
+    printf "  memory, EMPO step under --mem-cap 23.5: plan %.2f GiB, measured %.2f GiB (%+.1f%%)\n", p, m,
+           100 * (m - p) / p }'
 } 2>&1 | tee "$SUM"
 exit $status
