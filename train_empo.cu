@@ -3777,8 +3777,8 @@ static int gpu_main(int argc, char **argv) {
             while (peak > cap && ps.micro > 1) { ps.micro--; peak = plan_walk(&rc, &ps); }   // a plan takes ~1 ms
             if (peak > cap) {
                 plan_print(&rc, &ps);
-                FATAL("--mem-cap %g: the run does not fit even with -b 1: its plan peaks at %.2f GiB (above); lower "
-                      "--moments / --master / --recompute or raise the cap", g_mem_cap, GIB(peak));
+                FATAL("--mem-cap %g: the run does not fit even with -b 1: its plan peaks at %.2f GiB (above); try "
+                      "--master 0, --moments 8bit, --grads bf16, --recompute 3, or a higher cap", g_mem_cap, GIB(peak));
             }
         } else if (g_mem_cap > 0 && peak > (size_t)(g_mem_cap * 1073741824.0)) {
             plan_print(&rc, &ps);
