@@ -185,22 +185,26 @@ static void rope_apply(float *qkv, const int *pos, const float *cosb, const floa
     }
 }
 
-// One query q (HD) against P keys and values whose rows are `stride` floats apart: p (P) gets
-// the softmax of the scaled scores, out (HD) the probability-weighted sum of the values. Shared by
-// training (keys from the batch) and decoding (keys from the KV cache), so the two agree.
-static inline void attend_one(float *out, float *p, const float *q, const float *k, const float *v, long stride, int P,
-                              int HD, float scale) {
+// Softmax of p (P) in place: p = exp(p - max) / sum, the sum in order of j.
+static inline void softmax_inplace(float *p, int P) {
     float maxv = -FLT_MAX;
-    for (int j = 0; j < P; j++) {
-        const float *kj = k + (size_t)j * stride;
-        float s = dot_f32(q, kj, HD) * scale;
-        p[j] = s;
-        if (s > maxv) maxv = s;
-    }
+    for (int j = 0; j < P; j++) if (p[j] > maxv) maxv = p[j];
+    for (int j = 0; j < P; j++) p[j] -= maxv;
+    vexpf(p, p, P);
     float sum = 0.0f;
-    for (int j = 0; j < P; j++) { p[j] = expf(p[j] - maxv); sum += p[j]; }
+    for (int j = 0; j < P; j++) sum += p[j];
     float inv = 1.0f / sum;
     for (int j = 0; j < P; j++) p[j] *= inv;
+}
+
+// One query q (HD) against P keys and values whose rows are `stride` floats apart: p (P) gets
+// the softmax of the scaled scores, out (HD) the probability-weighted sum of the values. This is
+// the definition; decoding (keys from the KV cache) calls it, and training's attention_forward
+// computes the same thing, to the bit, with gemm.h's attn_scores and attn_weighted_sum.
+static inline void attend_one(float *out, float *p, const float *q, const float *k, const float *v, long stride, int P,
+                              int HD, float scale) {
+    for (int j = 0; j < P; j++) p[j] = dot_f32(q, k + (size_t)j * stride, HD) * scale;
+    softmax_inplace(p, P);
     for (int d = 0; d < HD; d++) out[d] = 0.0f;
     for (int j = 0; j < P; j++) {
         const float *vj = v + (size_t)j * stride;
@@ -210,21 +214,38 @@ static inline void attend_one(float *out, float *p, const float *q, const float 
 
 // Causal grouped-query attention. qkv (B, T, QKV) with rope applied; query head hq reads key/value
 // head hq / (NH/NKV). att (B, NH, T, T) keeps the softmax probabilities; out (B, T, NH*HD).
+// attend_one for every (b, hq, t), with the fast path: the keys of a (b, kv head) are transposed
+// once so that attn_scores takes 16 of them per vector step.
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int NH, int NKV, int HD) {
-    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
+    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, Tp = (T + 15) / 16 * 16;
     float scale = 1.0f / sqrtf((float)HD);
-    #pragma omp parallel for collapse(3)
-    for (int b = 0; b < B; b++)
-        for (int hq = 0; hq < NH; hq++)
-            for (int t = 0; t < T; t++) {
+    #pragma omp parallel
+    {
+        float *kt = (float *)xcalloc((size_t)HD * Tp, sizeof(float));   // (HD, Tp) keys transposed, 0-padded
+        int kt_of = -1;   // which (b, kv head) kt holds
+        #pragma omp for collapse(2) schedule(static)
+        for (int b = 0; b < B; b++)
+            for (int hq = 0; hq < NH; hq++) {
                 int hk = hq / rep;
                 const float *row0 = qkv + (size_t)b * T * QKV;   // this sequence's first row
-                float *a = att + (((size_t)b * NH + hq) * T + t) * T;
-                attend_one(out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD, a,
-                           row0 + (size_t)t * QKV + (size_t)hq * HD,
-                           row0 + (size_t)(NH + hk) * HD, row0 + (size_t)(NH + NKV + hk) * HD, QKV, t + 1, HD, scale);
-                for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                if (kt_of != b * NKV + hk) {
+                    for (int t = 0; t < T; t++)
+                        for (int d = 0; d < HD; d++)
+                            kt[(size_t)d * Tp + t] = row0[(size_t)t * QKV + (size_t)(NH + hk) * HD + d];
+                    kt_of = b * NKV + hk;
+                }
+                for (int t = 0; t < T; t++) {
+                    float *a = att + (((size_t)b * NH + hq) * T + t) * T;
+                    attn_scores(a, row0 + (size_t)t * QKV + (size_t)hq * HD, kt, Tp, t + 1, HD);
+                    for (int j = 0; j <= t; j++) a[j] *= scale;
+                    softmax_inplace(a, t + 1);
+                    attn_weighted_sum(out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD, a,
+                                      row0 + (size_t)(NH + NKV + hk) * HD, QKV, t + 1, HD);
+                    for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                }
             }
+        free(kt);
+    }
 }
 // dqkv (B, T, QKV) += gradient of the above; datt (T) per thread is scratch.
 // Parallel over (b, kv head): the query heads of a group all write into the same dk, dv.
@@ -267,23 +288,36 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
 }
 
 // SwiGLU: out (N, I) = silu(gate) * up, where fch (N, 2I) holds gate in [0, I) and up in [I, 2I).
+// (expf through gemm.h's vexpf, 8 at a time with expf's own bits, in chunks of EXP_CHUNK)
+#define EXP_CHUNK 512
 static void swiglu_forward(float *out, const float *fch, int N, int I) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float *g = fch + (size_t)n * 2 * I, *u = g + I;
-        float *o = out + (size_t)n * I;
-        for (int i = 0; i < I; i++) o[i] = g[i] / (1.0f + expf(-g[i])) * u[i];
+        float *o = out + (size_t)n * I, e[EXP_CHUNK];
+        for (int i0 = 0; i0 < I; i0 += EXP_CHUNK) {
+            int m = I - i0 < EXP_CHUNK ? I - i0 : EXP_CHUNK;
+            for (int i = 0; i < m; i++) e[i] = -g[i0 + i];
+            vexpf(e, e, m);   // e = expf(-g)
+            for (int i = 0; i < m; i++) o[i0 + i] = g[i0 + i] / (1.0f + e[i]) * u[i0 + i];
+        }
     }
 }
 static void swiglu_backward(float *dfch, const float *dout, const float *fch, int N, int I) {
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float *g = fch + (size_t)n * 2 * I, *u = g + I, *d = dout + (size_t)n * I;
-        float *dg = dfch + (size_t)n * 2 * I, *du = dg + I;
-        for (int i = 0; i < I; i++) {
-            float sig = 1.0f / (1.0f + expf(-g[i])), silu = g[i] * sig;
-            dg[i] = d[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
-            du[i] = d[i] * silu;
+        float *dg = dfch + (size_t)n * 2 * I, *du = dg + I, e[EXP_CHUNK];
+        for (int i0 = 0; i0 < I; i0 += EXP_CHUNK) {
+            int m = I - i0 < EXP_CHUNK ? I - i0 : EXP_CHUNK;
+            for (int i = 0; i < m; i++) e[i] = -g[i0 + i];
+            vexpf(e, e, m);
+            for (int c = 0; c < m; c++) {
+                int i = i0 + c;
+                float sig = 1.0f / (1.0f + e[c]), silu = g[i] * sig;
+                dg[i] = d[i] * u[i] * sig * (1.0f + g[i] * (1.0f - sig));
+                du[i] = d[i] * silu;
+            }
         }
     }
 }
@@ -299,10 +333,15 @@ static void logprob_forward(float *logp, float *lse, const float *logits, const 
     #pragma omp parallel for
     for (int n = 0; n < N; n++) {
         const float *x = logits + (size_t)n * V;
-        float maxv = -FLT_MAX;
+        float maxv = -FLT_MAX, e[EXP_CHUNK];
         for (int v = 0; v < V; v++) if (x[v] > maxv) maxv = x[v];
-        float s = 0.0f;
-        for (int v = 0; v < V; v++) s += expf(x[v] - maxv);
+        float s = 0.0f;   // s = sum_v expf(x[v] - maxv), in order of v
+        for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
+            int m = V - v0 < EXP_CHUNK ? V - v0 : EXP_CHUNK;
+            for (int i = 0; i < m; i++) e[i] = x[v0 + i] - maxv;
+            vexpf(e, e, m);
+            for (int i = 0; i < m; i++) s += e[i];
+        }
         lse[n] = maxv + logf(s);
         logp[n] = targets[n] >= 0 ? x[targets[n]] - lse[n] : 0.0f;
     }
@@ -315,7 +354,9 @@ static void logprob_backward(float *logits, const float *lse, const float *dlogp
         float *x = logits + (size_t)n * V;
         float g = targets[n] >= 0 ? dlogp[n] : 0.0f;
         if (g == 0.0f) { memset(x, 0, (size_t)V * sizeof(float)); continue; }
-        for (int v = 0; v < V; v++) x[v] = -g * expf(x[v] - lse[n]);
+        for (int v = 0; v < V; v++) x[v] -= lse[n];
+        vexpf(x, x, V);
+        for (int v = 0; v < V; v++) x[v] *= -g;   // -g * expf(x - lse)
         x[targets[n]] += g;
     }
 }
@@ -891,10 +932,15 @@ static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq,
 // log softmax(logits)[tok] of one row: the model's own log-probability, untouched by temperature or
 // truncation, which is what the policy-gradient objective differentiates.
 static float row_logprob(const float *logits, int V, int tok) {
-    float maxv = -FLT_MAX;
+    float maxv = -FLT_MAX, e[EXP_CHUNK];
     for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
     float s = 0.0f;
-    for (int v = 0; v < V; v++) s += expf(logits[v] - maxv);
+    for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
+        int m = V - v0 < EXP_CHUNK ? V - v0 : EXP_CHUNK;
+        for (int i = 0; i < m; i++) e[i] = logits[v0 + i] - maxv;
+        vexpf(e, e, m);
+        for (int i = 0; i < m; i++) s += e[i];
+    }
     return logits[tok] - maxv - logf(s);
 }
 
@@ -935,17 +981,35 @@ static int sample_token(const float *logits, int V, const SamplerConfig *sc, uin
     float inv_t = 1.0f / sc->temperature, sum = 0.0f;
     float u = random_f32(rng);
     int trunc = (sc->top_k > 0 && sc->top_k < V) || sc->top_p < 1.0f;
+    float e[EXP_CHUNK];   // e[i] = expf((logits[v0 + i] - logits[best]) * inv_t), a chunk at a time
+#define SAMPLE_EXP_CHUNK(v0, m)                                                    \
+    do {                                                                           \
+        m = V - (v0) < EXP_CHUNK ? V - (v0) : EXP_CHUNK;                           \
+        for (int i = 0; i < m; i++) e[i] = (logits[(v0) + i] - logits[best]) * inv_t; \
+        vexpf(e, e, m);                                                            \
+    } while (0)
+    int m;
     if (!trunc) {   // plain sampling: one pass, no sort
-        for (int v = 0; v < V; v++) sum += expf((logits[v] - logits[best]) * inv_t);
+        for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
+            SAMPLE_EXP_CHUNK(v0, m);
+            for (int i = 0; i < m; i++) sum += e[i];
+        }
         float r = u * sum, acc = 0.0f;
-        for (int v = 0; v < V; v++) { acc += expf((logits[v] - logits[best]) * inv_t); if (acc > r) return v; }
+        for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
+            SAMPLE_EXP_CHUNK(v0, m);
+            for (int i = 0; i < m; i++) { acc += e[i]; if (acc > r) return v0 + i; }
+        }
         return best;   // rounding at the very end of the sum
     }
-    for (int v = 0; v < V; v++) {
-        scratch[v].p = expf((logits[v] - logits[best]) * inv_t);
-        scratch[v].id = v;
-        sum += scratch[v].p;
+    for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
+        SAMPLE_EXP_CHUNK(v0, m);
+        for (int i = 0; i < m; i++) {
+            scratch[v0 + i].p = e[i];
+            scratch[v0 + i].id = v0 + i;
+            sum += e[i];
+        }
     }
+#undef SAMPLE_EXP_CHUNK
     qsort(scratch, (size_t)V, sizeof(ProbId), probid_desc);
     int n = V;
     if (sc->top_k > 0 && sc->top_k < n) n = sc->top_k;

@@ -3,6 +3,8 @@
 // usage: bench_cpu V C L NH NKV I B T iters             (training step)
 //        bench_cpu gen V C L NH NKV I B P N iters        (decode: B sequences, P prompt tokens, N new)
 //        bench_cpu empo V C L NH NKV I B G P N           (one EMPO step: B prompts x G responses)
+//        bench_cpu roofline V C L NH NKV I B T iters     (FMA peak, memory bandwidth, sgemm at the model's shapes)
+//        bench_cpu ops V C L NH NKV I B T iters          (the forward's time, op by op)
 #define TESTING
 #include "../train_empo.c"
 
@@ -101,7 +103,219 @@ static int bench_empo_step(int argc, char **argv) {
     return 0;
 }
 
+// The clock of the roofline and op timings: wall time, or with BENCH_CPU_TIME=1 this process's CPU
+// time (for A/B comparisons on a shared machine at 1 thread, where wall time counts other jobs' turns).
+static double bench_clock(void) {
+    static int cpu = -1;
+    if (cpu < 0) cpu = getenv("BENCH_CPU_TIME") && atoi(getenv("BENCH_CPU_TIME"));
+    if (!cpu) return now_seconds();
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+// ---- the roofline: what this machine can do at most, against which every other figure is read
+
+// fp32 FMA peak of one thread: 12 independent accumulators in registers (more than FMA latency x
+// FMA ports on current x86 cores), no loads, so the loop runs at the FMA units' throughput.
+#define PEAK_LOOP(V, W)                                                                              \
+    static double peak_loop_##W(long iters) {                                                        \
+        V m, a, x0, x1, x2, x3, x4, x5, x6, x7, x8, x9, x10, x11;                                    \
+        for (int i = 0; i < W; i++) { m[i] = 0.999999f; a[i] = 1e-7f; }                              \
+        x0 = a; x1 = x0 + a; x2 = x1 + a; x3 = x2 + a; x4 = x3 + a; x5 = x4 + a;                     \
+        x6 = x5 + a; x7 = x6 + a; x8 = x7 + a; x9 = x8 + a; x10 = x9 + a; x11 = x10 + a;             \
+        __asm__("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(x4), "+v"(x5));                    \
+        __asm__("" : "+v"(x6), "+v"(x7), "+v"(x8), "+v"(x9), "+v"(x10), "+v"(x11));                  \
+        for (long it = 0; it < iters; it++) {                                                        \
+            x0 = x0 * m + a; x1 = x1 * m + a; x2 = x2 * m + a; x3 = x3 * m + a;                      \
+            x4 = x4 * m + a; x5 = x5 * m + a; x6 = x6 * m + a; x7 = x7 * m + a;                      \
+            x8 = x8 * m + a; x9 = x9 * m + a; x10 = x10 * m + a; x11 = x11 * m + a;                  \
+        }                                                                                            \
+        V s = x0 + x1 + x2 + x3 + x4 + x5 + x6 + x7 + x8 + x9 + x10 + x11;                           \
+        return s[0];                                                                                 \
+    }
+typedef float peak_v8 __attribute__((vector_size(32)));
+PEAK_LOOP(peak_v8, 8)
+#ifdef __AVX512F__
+typedef float peak_v16 __attribute__((vector_size(64)));
+PEAK_LOOP(peak_v16, 16)
+#endif
+
+// GFLOP/s of `threads` threads each running the loop (2 flops per FMA lane), best of 5
+static double peak_gflops(int width, int threads) {
+    long iters = 20000000 / width;
+    double best = 1e30, sink = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = bench_clock();
+        #pragma omp parallel num_threads(threads) reduction(+ : sink)
+        {
+#ifdef __AVX512F__
+            sink += width == 16 ? peak_loop_16(iters) : peak_loop_8(iters);
+#else
+            sink += peak_loop_8(iters);
+#endif
+        }
+        double dt = bench_clock() - t0;
+        if (dt < best) best = dt;
+    }
+    if (sink == 12345.0) printf(" ");
+    return 2.0 * 12 * width * (double)iters * threads / best / 1e9;
+}
+
+// memory bandwidth, GB/s, best of 5: a sum over 512 MiB (read), and a copy of 256 MiB (read + write)
+static void bandwidth(int threads, double *read_gbs, double *copy_gbs) {
+    size_t n = (size_t)128 << 20;
+    float *x = (float *)xmalloc(n * sizeof(float)), *y = (float *)xmalloc(n / 2 * sizeof(float));
+    #pragma omp parallel for num_threads(threads)
+    for (size_t i = 0; i < n; i++) x[i] = (float)(i & 1023);
+    #pragma omp parallel for num_threads(threads)
+    for (size_t i = 0; i < n / 2; i++) y[i] = 0.0f;
+    double best_r = 1e30, best_c = 1e30, sink = 0.0;
+    for (int rep = 0; rep < 5; rep++) {
+        double t0 = bench_clock(), s = 0.0;
+        #pragma omp parallel num_threads(threads) reduction(+ : s)
+        {
+            float acc[16] = {0};
+            #pragma omp for schedule(static)
+            for (size_t i = 0; i < n; i += 16)
+                for (int l = 0; l < 16; l++) acc[l] += x[i + l];
+            for (int l = 0; l < 16; l++) s += acc[l];
+        }
+        double t1 = bench_clock();
+        sink += s;
+        #pragma omp parallel for num_threads(threads) schedule(static)
+        for (size_t i = 0; i < n / 2; i++) y[i] = x[i];
+        double t2 = bench_clock();
+        if (t1 - t0 < best_r) best_r = t1 - t0;
+        if (t2 - t1 < best_c) best_c = t2 - t1;
+    }
+    if (sink == 12345.0) printf(" ");
+    *read_gbs = n * sizeof(float) / best_r / 1e9;
+    *copy_gbs = n * sizeof(float) / best_c / 1e9;   // n/2 floats read + n/2 written
+    free(x); free(y);
+}
+
+// sgemm at the benchmark model's shapes: best of `iters` GFLOP/s per shape, as JSON
+static int bench_roofline(int argc, char **argv) {
+    if (argc != 11) FATAL("usage: bench_cpu roofline V C L NH NKV I B T iters");
+    ModelConfig c = bench_config(argv + 2);
+    int B = atoi(argv[8]), T = atoi(argv[9]), iters = atoi(argv[10]), nth = 1;
+#ifdef _OPENMP
+    nth = omp_get_max_threads();
+#endif
+    int N = B * T, QKV = cfg_qkv_dim(&c), QD = c.NH * c.HD;
+    printf("{\"threads\": %d, \"peak8_1\": %.1f, \"peak8_all\": %.1f", nth, peak_gflops(8, 1), peak_gflops(8, nth));
+#ifdef __AVX512F__
+    printf(", \"peak16_1\": %.1f, \"peak16_all\": %.1f", peak_gflops(16, 1), peak_gflops(16, nth));
+#endif
+    double rd, cp;
+    bandwidth(1, &rd, &cp);
+    printf(", \"bw_read_1\": %.1f, \"bw_copy_1\": %.1f", rd, cp);
+    bandwidth(nth, &rd, &cp);
+    printf(", \"bw_read_all\": %.1f, \"bw_copy_all\": %.1f, \"gemm\": [", rd, cp);
+    // name, M, N, K, and how A and B are read (0: forward x @ W^T, 1: d_input dy @ W, 2: d_weight dy^T @ x)
+    struct { const char *name; int M, N, K, kind; } shapes[] = {
+        {"qkv fwd", N, QKV, c.C, 0}, {"attn proj fwd", N, c.C, QD, 0}, {"mlp up fwd", N, 2 * c.I, c.C, 0},
+        {"mlp down fwd", N, c.C, c.I, 0}, {"lm head fwd", N, c.V, c.C, 0}, {"lm head d_input", N, c.C, c.V, 1},
+        {"lm head d_weight", c.V, c.C, N, 2}, {"mlp up d_weight", 2 * c.I, c.C, N, 2},
+        {"decode b56 mlp up", 56, 2 * c.I, c.C, 3}, {"decode b56 lm head", 56, c.V, c.C, 3},
+    };
+    int ns = (int)(sizeof shapes / sizeof shapes[0]);
+    for (int s = 0; s < ns; s++) {
+        int M = shapes[s].M, Nn = shapes[s].N, K = shapes[s].K, kind = shapes[s].kind;
+        // operands: kind 0/3: A (M, K), W (N, K); kind 1: A (M, K), W (K, N); kind 2: dy (K, M), x (K, N)
+        float *A = (float *)xmalloc((size_t)M * K * sizeof(float));
+        float *W = (float *)xmalloc((size_t)Nn * K * sizeof(float));
+        float *Cm = (float *)xmalloc((size_t)M * Nn * sizeof(float));
+        uint64_t rng = 11;
+        for (size_t i = 0; i < (size_t)M * K; i++) A[i] = random_f32(&rng) - 0.5f;
+        for (size_t i = 0; i < (size_t)Nn * K; i++) W[i] = random_f32(&rng) - 0.5f;
+        memset(Cm, 0, (size_t)M * Nn * sizeof(float));
+        float *packed = kind == 3 ? pack_panels(W, Nn, K) : NULL;
+        double best = 1e30;
+        for (int it = 0; it < iters + 1; it++) {
+            double t0 = bench_clock();
+            if (kind == 0) sgemm(M, Nn, K, A, K, 1, W, 1, K, Cm, Nn, 0, NULL);
+            else if (kind == 1) sgemm(M, Nn, K, A, K, 1, W, Nn, 1, Cm, Nn, 1, NULL);
+            else if (kind == 2) sgemm(M, Nn, K, A, 1, M, W, Nn, 1, Cm, Nn, 1, NULL);
+            else sgemm(M, Nn, K, A, K, 1, W, 1, K, Cm, Nn, 0, packed);
+            double dt = bench_clock() - t0;
+            if (it > 0 && dt < best) best = dt;
+        }
+        printf("%s{\"name\": \"%s\", \"M\": %d, \"N\": %d, \"K\": %d, \"gflops\": %.1f}", s ? ", " : "",
+               shapes[s].name, M, Nn, K, 2.0 * M * Nn * K / best / 1e9);
+        free(A); free(W); free(Cm); free(packed);
+    }
+    printf("]}\n");
+    return 0;
+}
+
+// ---- where the forward's time goes: model_forward's ops one by one (the same calls, in the same
+// order, each timed; keep in step with train_empo.c's model_forward), summed over the layers, as JSON
+static int bench_ops(int argc, char **argv) {
+    if (argc != 11) FATAL("usage: bench_cpu ops V C L NH NKV I B T iters");
+    ModelConfig c = bench_config(argv + 2);
+    int B = atoi(argv[8]), T = atoi(argv[9]), iters = atoi(argv[10]);
+    Model mm;
+    Model *m = &mm;
+    model_init_random(m, &c, 1);
+    int N = B * T;
+    int *in = (int *)xmalloc((size_t)N * sizeof(int)), *tg = (int *)xmalloc((size_t)N * sizeof(int));
+    uint64_t rng = 7;
+    for (int i = 0; i < N; i++) { in[i] = random_u32(&rng) % c.V; tg[i] = random_u32(&rng) % c.V; }
+    model_forward(m, in, tg, NULL, B, T);   // warm-up: allocations
+    enum { OP_EMB, OP_RMS, OP_QKV, OP_ROPE, OP_ATT, OP_PROJ, OP_RES, OP_UP, OP_SWI, OP_DOWN, OP_LM, OP_LOGP, NOPS };
+    const char *names[NOPS] = {"embedding", "rmsnorm", "qkv matmul", "rope", "attention", "attn proj matmul",
+                               "residual", "mlp up matmul", "swiglu", "mlp down matmul", "lm head matmul",
+                               "log-softmax"};
+    double best[NOPS], tot_best = 1e30;
+    for (int o = 0; o < NOPS; o++) best[o] = 1e30;
+    int C = c.C, L = c.L, NH = c.NH, NKV = c.NKV, HD = c.HD, I = c.I, V = c.V, QKV = cfg_qkv_dim(&c);
+    ParameterTensors *p = &m->params;
+    ActivationTensors *a = &m->acts;
+    for (int it = 0; it < iters; it++) {
+        double t[NOPS] = {0}, t0 = bench_clock(), tt = t0, t1;
+#define TICK(op) (t1 = bench_clock(), t[op] += t1 - tt, tt = t1)
+        embedding_forward(a->encoded, in, p->wte, N, C); TICK(OP_EMB);
+        for (int l = 0; l < L; l++) {
+            float *resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
+            float *ln1 = a->ln1 + (size_t)l * N * C, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
+            float *qkv = a->qkv + (size_t)l * N * QKV, *att = a->att + (size_t)l * B * NH * T * T;
+            float *atty = a->atty + (size_t)l * N * NH * HD, *resid2 = a->resid2 + (size_t)l * N * C;
+            float *ln2 = a->ln2 + (size_t)l * N * C, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
+            float *fch = a->fch + (size_t)l * N * 2 * I, *fch_swiglu = a->fch_swiglu + (size_t)l * N * I;
+            float *resid3 = a->resid3 + (size_t)l * N * C, *tmp = m->scratch.dln;
+            rmsnorm_forward(ln1, ln1_rstd, resid, p->ln1w + (size_t)l * C, N, C, c.rms_eps); TICK(OP_RMS);
+            matmul_forward(qkv, ln1, p->qkvw + (size_t)l * QKV * C, p->qkvb + (size_t)l * QKV, N, C, QKV);
+            TICK(OP_QKV);
+            rope_apply(qkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1); TICK(OP_ROPE);
+            attention_forward(atty, att, qkv, B, T, NH, NKV, HD); TICK(OP_ATT);
+            matmul_forward(tmp, atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C); TICK(OP_PROJ);
+            residual_forward(resid2, resid, tmp, (size_t)N * C); TICK(OP_RES);
+            rmsnorm_forward(ln2, ln2_rstd, resid2, p->ln2w + (size_t)l * C, N, C, c.rms_eps); TICK(OP_RMS);
+            matmul_forward(fch, ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I); TICK(OP_UP);
+            swiglu_forward(fch_swiglu, fch, N, I); TICK(OP_SWI);
+            matmul_forward(tmp, fch_swiglu, p->fcprojw + (size_t)l * C * I, NULL, N, I, C); TICK(OP_DOWN);
+            residual_forward(resid3, resid2, tmp, (size_t)N * C); TICK(OP_RES);
+        }
+        rmsnorm_forward(a->lnf, a->lnf_rstd, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, N, C, c.rms_eps);
+        TICK(OP_RMS);
+        matmul_forward(a->logits, a->lnf, p->lmw, NULL, N, C, V); TICK(OP_LM);
+        logprob_forward(a->logp, a->lse, a->logits, tg, N, V); TICK(OP_LOGP);
+#undef TICK
+        for (int o = 0; o < NOPS; o++) if (t[o] < best[o]) best[o] = t[o];
+        if (tt - t0 < tot_best) tot_best = tt - t0;
+    }
+    printf("{\"total_s\": %.4f, \"ops\": [", tot_best);
+    for (int o = 0; o < NOPS; o++) printf("%s[\"%s\", %.5f]", o ? ", " : "", names[o], best[o]);
+    printf("]}\n");
+    free(in); free(tg); model_free(m);
+    return 0;
+}
+
 int main(int argc, char **argv) {
+    if (argc > 1 && !strcmp(argv[1], "roofline")) return bench_roofline(argc, argv);
+    if (argc > 1 && !strcmp(argv[1], "ops")) return bench_ops(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "gen")) return bench_generate(argc, argv);
     if (argc > 1 && !strcmp(argv[1], "empo")) return bench_empo_step(argc, argv);
     if (argc != 10) FATAL("usage: bench_cpu V C L NH NKV I B T iters");
@@ -115,13 +329,13 @@ int main(int argc, char **argv) {
     for (int i = 0; i < B * T; i++) { in[i] = random_u32(&rng) % c.V; tg[i] = random_u32(&rng) % c.V; }
     double best_fb = 1e30, best_fwd = 1e30;
     for (int it = 0; it < iters + 1; it++) {   // the first iteration warms up (allocations)
-        double t0 = now_seconds();
+        double t0 = bench_clock();
         model_forward(&m, in, tg, NULL, B, T);
-        double t1 = now_seconds();
+        double t1 = bench_clock();
         model_zero_grad(&m);
         model_backward(&m);
         model_update(&m, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.0f, 1.0f);
-        double t2 = now_seconds();
+        double t2 = bench_clock();
         if (it > 0) { if (t2 - t0 < best_fb) best_fb = t2 - t0; if (t1 - t0 < best_fwd) best_fwd = t1 - t0; }
     }
     printf("{\"params\": %zu, \"fwd_s\": %.4f, \"step_s\": %.4f, \"tok_s\": %.1f, \"loss\": %.4f}\n",

@@ -6,35 +6,63 @@ on the same mid-size config and thread count, fp32.
           (8 prompts x G=7), against transformers' generate()
   empo:   one EMPO step (8 prompts x G=7, 64-token prompts, 64 new tokens forced, random model):
           the generate / score / train split (empo.c only)
-Reports the best of N iterations for each and the ratios. Run: make bench
+First the roofline: this machine's fp32 FMA peak (a register-only FMA loop, 1 thread and all
+threads) and memory bandwidth, then sgemm's GFLOP/s at the model's GEMM shapes as a share of that
+peak, and the forward's time op by op. Each timed figure is the median of RUNS (5) runs, and both
+sides run in the same invocation of this script. Run: make bench
 """
 import json
 import os
+import statistics
 import subprocess
 import sys
 import time
 
 CFG = dict(V=32000, C=512, L=8, NH=8, NKV=2, I=1408, B=4, T=256)
-ITERS = int(os.environ.get("ITERS", "5"))
+RUNS = int(os.environ.get("RUNS", "5"))   # every figure is the median of RUNS measurements
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def bench_ours(threads):
+def run_json(args, threads):
     env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    args = [os.path.join(ROOT, "bench_cpu")] + [str(CFG[k]) for k in "V C L NH NKV I B T".split()] + [str(ITERS)]
-    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
+    out = subprocess.run([os.path.join(ROOT, "bench_cpu")] + [str(a) for a in args], env=env, check=True,
+                         capture_output=True, text=True).stdout
     return json.loads(out)
+
+
+def median_of(f, keys):
+    """Runs f() RUNS times; the median of each key."""
+    rs = [f() for _ in range(RUNS)]
+    out = dict(rs[0])
+    for k in keys:
+        out[k] = statistics.median(r[k] for r in rs)
+    return out
+
+
+MODEL = "V C L NH NKV I".split()
+
+
+def bench_ours(threads):
+    # one timed iteration per process (after its warm-up), RUNS processes
+    r = median_of(lambda: run_json([CFG[k] for k in MODEL + ["B", "T"]] + [1], threads), ["fwd_s", "step_s"])
+    r["tok_s"] = CFG["B"] * CFG["T"] / r["step_s"]
+    return r
+
+
+def roofline(threads):
+    return run_json(["roofline"] + [CFG[k] for k in MODEL + ["B", "T"]] + [RUNS], threads)
+
+
+def ops(threads):
+    return run_json(["ops"] + [CFG[k] for k in MODEL + ["B", "T"]] + [RUNS], threads)
 
 
 GEN = dict(P=32, N=64)
 
 
 def bench_ours_gen(threads, batch):
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
-    args = [os.path.join(ROOT, "bench_cpu"), "gen"] + [str(CFG[k]) for k in "V C L NH NKV I".split()]
-    args += [str(batch), str(GEN["P"]), str(GEN["N"]), "2"]
-    out = subprocess.run(args, env=env, check=True, capture_output=True, text=True).stdout
-    return json.loads(out)
+    return median_of(lambda: run_json(["gen"] + [CFG[k] for k in MODEL] + [batch, GEN["P"], GEN["N"], 1], threads),
+                     ["time_s", "tok_s"])
 
 
 def torch_model():
@@ -50,14 +78,16 @@ def bench_torch_gen(threads, batch):
     torch.set_num_threads(threads)
     model = torch_model().eval()
     x = torch.randint(0, CFG["V"], (batch, GEN["P"]))
-    best = 1e30
+    times = []
     with torch.no_grad():
-        for _ in range(2):
+        for it in range(RUNS + 1):   # the first warms up
             t0 = time.perf_counter()
             model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=GEN["N"],
                            min_new_tokens=GEN["N"], pad_token_id=0, eos_token_id=None)
-            best = min(best, time.perf_counter() - t0)
-    return dict(time_s=best, tok_s=batch * GEN["N"] / best)
+            if it > 0:
+                times.append(time.perf_counter() - t0)
+    t = statistics.median(times)
+    return dict(time_s=t, tok_s=batch * GEN["N"] / t)
 
 
 def bench_torch(threads):
@@ -67,8 +97,8 @@ def bench_torch(threads):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     x = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
     y = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
-    best_step, best_fwd = 1e30, 1e30
-    for it in range(ITERS + 1):
+    steps, fwds = [], []
+    for it in range(RUNS + 1):
         t0 = time.perf_counter()
         logits = model(input_ids=x).logits
         loss = torch.nn.functional.cross_entropy(logits.view(-1, CFG["V"]), y.view(-1))
@@ -79,15 +109,41 @@ def bench_torch(threads):
         opt.step()
         t2 = time.perf_counter()
         if it > 0:
-            best_step, best_fwd = min(best_step, t2 - t0), min(best_fwd, t1 - t0)
+            steps.append(t2 - t0)
+            fwds.append(t1 - t0)
     n = sum(p.numel() for p in model.parameters())
-    return dict(params=n, fwd_s=best_fwd, step_s=best_step, tok_s=CFG["B"] * CFG["T"] / best_step,
-                torch=torch.__version__)
+    step, fwd = statistics.median(steps), statistics.median(fwds)
+    return dict(params=n, fwd_s=fwd, step_s=step, tok_s=CFG["B"] * CFG["T"] / step, torch=torch.__version__)
+
+
+def print_roofline(threads):
+    r = roofline(threads)
+    peak1 = max(r["peak8_1"], r.get("peak16_1", 0))
+    peak = max(r["peak8_all"], r.get("peak16_all", 0))
+    print(f"roofline: fp32 FMA peak {peak1:.1f} GFLOP/s on 1 thread, {peak:.1f} on {threads} (8-wide "
+          f"{r['peak8_all']:.1f}" + (f", 16-wide {r['peak16_all']:.1f}" if "peak16_all" in r else "") + "); memory "
+          f"{r['bw_read_1']:.1f} GB/s read on 1 thread, {r['bw_read_all']:.1f} read / {r['bw_copy_all']:.1f} copy on "
+          f"{threads}")
+    print(f"  sgemm at the model's shapes, {threads} threads (best of {RUNS}):")
+    for g in r["gemm"]:
+        print(f"    {g['name']:20s} M={g['M']:6d} N={g['N']:6d} K={g['K']:6d} {g['gflops']:7.1f} GFLOP/s "
+              f"{100 * g['gflops'] / peak:5.1f}% of peak")
+    return peak
+
+
+def print_ops(threads):
+    o = ops(threads)
+    print(f"  forward op by op, {threads} threads (best of {RUNS}, summed over layers): "
+          f"total {o['total_s']*1e3:.1f} ms")
+    for name, t in o["ops"]:
+        print(f"    {name:18s} {t*1e3:8.1f} ms {100 * t / o['total_s']:5.1f}%")
 
 
 if __name__ == "__main__":
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
-    print(f"config {CFG}, {threads} threads, best of {ITERS} iterations")
+    print(f"config {CFG}, {threads} threads, median of {RUNS} runs")
+    print_roofline(threads)
+    print_ops(threads)
     ours = bench_ours(threads)
     print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw "
           f"{ours['step_s']*1e3:8.1f} ms | {ours['tok_s']:8.1f} tok/s")
@@ -100,10 +156,7 @@ if __name__ == "__main__":
           f"ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
     print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward "
           f"{ref['fwd_s']/ours['fwd_s']:.2f}x")
-    args = [os.path.join(ROOT, "bench_cpu"), "empo"] + [str(CFG[k]) for k in "V C L NH NKV I".split()]
-    args += ["8", "7", "64", "64"]
-    e = json.loads(subprocess.run(args, env=dict(os.environ, OMP_NUM_THREADS=str(threads)), check=True,
-                                  capture_output=True, text=True).stdout)
+    e = run_json(["empo"] + [CFG[k] for k in MODEL] + [8, 7, 64, 64], threads)
     print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score "
           f"{e['score_s']*1e3:.1f} ms"
           f" + train {e['train_s']:.2f} s ({1/e['step_s']:.3f} steps/s)")

@@ -1,60 +1,234 @@
-// gemm.h: the fast path of train_empo.c's matmuls, a cache-blocked single-precision GEMM.
-// It follows the classic Goto/BLIS recipe: cut K and N into blocks that stay in cache, copy
+// gemm.h: the fast paths of train_empo.c: its matmuls (a cache-blocked single-precision GEMM),
+// attention's two matmuls row by row, and expf 8 at a time. train_empo.c keeps the plain
+// definitions; each fast path here computes the same bits, in every build and at any thread count.
+// The GEMM follows the classic Goto/BLIS recipe: cut K and N into blocks that stay in cache, copy
 // ("pack") the current blocks of A and B into contiguous panels, and let a small register-blocked
-// micro-kernel do rank-1 updates of a 6x16 tile of C. Packing also lets one routine serve all
-// three matmuls of training (forward, d_input, d_weight): A and B are read through arbitrary
-// row/column strides, so transposes cost nothing extra. The vectors are 8 floats wide on every
-// machine (not the widest the CPU has), so the summation order, and every result, is the same on
-// AVX2 and AVX-512 builds.
+// micro-kernel do rank-1 updates of a tile of C (6x16 with AVX2, 12x32 with AVX-512). Packing also
+// lets one routine serve all three matmuls of training (forward, d_input, d_weight): A and B are
+// read through arbitrary row/column strides, so transposes cost nothing extra.
 #ifndef EMPOC_GEMM_H
 #define EMPOC_GEMM_H
 
 #include <stdlib.h>
 #include <string.h>
+#include <math.h>
+#if defined(__AVX2__) || defined(__FMA__) || defined(__AVX512F__)
+#include <immintrin.h>
+#endif
 #ifdef _OPENMP
 #include <omp.h>
 #endif
 
-#define GEMM_MR 6     // micro-tile rows: 6 x 2 vectors of 8 = 12 accumulator registers (AVX2 has 16)
-#define GEMM_NR 16    // micro-tile columns
+// The K block is part of the definition of every result: each element of C is the sum of its K
+// products taken in order, one fused multiply-add at a time from 0 within a block of GEMM_KC, and
+// the blocks' partial sums added into C in order. Tile shapes, vector widths and the thread split
+// change only which elements are computed together, never that order, so every build (AVX2 or
+// AVX-512, 1 or 2 threads) gets the same bits. GEMM_KC must not change with the machine.
 #define GEMM_KC 256   // K block: a 16-column B panel (16 KB) stays in L1
-#define GEMM_MC 96    // M block: the packed A block (96 KB) stays in L2
+#define GEMM_NR 16    // a packed B panel is 16 columns wide on every build (pack_panels' format)
 #define GEMM_NC 1024  // N block: the packed B block (1 MB) stays in L2/L3
+#ifdef __AVX512F__
+// AVX-512 has 32 vector registers: a 12 x 32 tile (two B panels) is 24 accumulators, and each k
+// step does 24 FMAs for 2 loads of B and 12 broadcasts of A, against 12 for 8 with the 6 x 16 tile.
+#define GEMM_MR 12
+#define GEMM_MC 96    // M block: the packed A block (96 KB) stays in L2
+#else
+#define GEMM_MR 6     // micro-tile rows: 6 x 2 vectors of 8 = 12 accumulator registers (AVX2 has 16)
+#define GEMM_MC 96
+#endif
 
 typedef float gemm_v8 __attribute__((vector_size(32)));
 
+// a * b + c with one rounding, on every lane. Written out rather than left to the compiler's
+// contraction of a*b+c: GCC tuned for AMD Zen (-march=native there) keeps a lone loop-carried
+// accumulator as a multiply and an add (two roundings) but fuses it when there are several,
+// so the result would depend on how many accumulators a loop happens to have.
+// (Macros, not functions: a function returning a vector type warns in builds without AVX.)
+#ifdef __FMA__
+#define gemm_fma8(a, b, c) ((gemm_v8)_mm256_fmadd_ps((__m256)(a), (__m256)(b), (__m256)(c)))
+#else
+#define gemm_fma8(a, b, c)                                                          \
+    ({                                                                              \
+        gemm_v8 a_ = (a), b_ = (b), c_ = (c);                                       \
+        for (int i_ = 0; i_ < 8; i_++) c_[i_] = fmaf(a_[i_], b_[i_], c_[i_]);       \
+        c_;                                                                         \
+    })
+#endif
+#define gemm_splat8(x) ((gemm_v8){0} + (float)(x))
+
+// C's tile is needed only after the K loop: start fetching it now so the loads don't stall
+static inline void gemm_prefetch_c(float *C, long ldc, int mr, int nr) {
+    for (int i = 0; i < mr; i++) {
+        __builtin_prefetch(C + (long)i * ldc, 1);
+        __builtin_prefetch(C + (long)i * ldc + nr - 1, 1);
+    }
+}
+// C[mr x nr] = (accumulate ? C : 0) + tile, row by row
+static inline void gemm_store(float *C, long ldc, const float *tile, int ld_tile, int mr, int nr, int accumulate) {
+    for (int i = 0; i < mr; i++) {
+        float *row = C + (long)i * ldc;
+        const float *t = tile + (size_t)i * ld_tile;
+        if (accumulate) for (int j = 0; j < nr; j++) row[j] += t[j];
+        else memcpy(row, t, (size_t)nr * sizeof(float));
+    }
+}
+
+#ifdef __AVX512F__
+typedef float gemm_v16 __attribute__((vector_size(64)));
+static inline gemm_v16 gemm_fma16(gemm_v16 a, gemm_v16 b, gemm_v16 c) {
+    return (gemm_v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
+}
+// C[12 x 16*NP] (+)= sum_k Ap[k][0..12) * (B0[k][0..16), B1[k][0..16)). Ap, B0, B1 packed panels;
+// NP = 1 or 2 panels (a constant at each call site, so each is its own unrolled loop).
+static inline __attribute__((always_inline)) void gemm_micro_np(int K, const float *Ap, const float *B0,
+                                                                const float *B1, float *C, long ldc, int mr,
+                                                                int nr, int accumulate, const int NP) {
+    gemm_prefetch_c(C, ldc, mr, nr);
+    gemm_v16 c0[GEMM_MR], c1[GEMM_MR];
+    for (int i = 0; i < GEMM_MR; i++) { c0[i] = (gemm_v16){0}; c1[i] = (gemm_v16){0}; }
+    for (int k = 0; k < K; k++) {
+        gemm_v16 b0, b1 = {0};
+        memcpy(&b0, B0 + (size_t)k * GEMM_NR, 64);
+        if (NP == 2) memcpy(&b1, B1 + (size_t)k * GEMM_NR, 64);
+        for (int i = 0; i < GEMM_MR; i++) {
+            gemm_v16 a = (gemm_v16){0} + Ap[i];
+            c0[i] = gemm_fma16(a, b0, c0[i]);
+            if (NP == 2) c1[i] = gemm_fma16(a, b1, c1[i]);
+        }
+        Ap += GEMM_MR;
+    }
+    if (mr == GEMM_MR && nr == 16 * NP) {   // a full tile: vector stores
+        for (int i = 0; i < GEMM_MR; i++) {
+            float *row = C + (long)i * ldc;
+            gemm_v16 x;
+            if (accumulate) { memcpy(&x, row, 64); c0[i] = x + c0[i]; }
+            memcpy(row, &c0[i], 64);
+            if (NP == 2) {
+                if (accumulate) { memcpy(&x, row + 16, 64); c1[i] = x + c1[i]; }
+                memcpy(row + 16, &c1[i], 64);
+            }
+        }
+        return;
+    }
+    float tile[GEMM_MR][32];
+    for (int i = 0; i < GEMM_MR; i++) { memcpy(tile[i], &c0[i], 64); memcpy(tile[i] + 16, &c1[i], 64); }
+    gemm_store(C, ldc, &tile[0][0], 32, mr, nr, accumulate);
+}
+#else
 // C[6x16] (+)= sum_k Ap[k][0..6) * Bp[k][0..16). Ap, Bp packed; C row stride ldc.
 static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C, long ldc, int mr, int nr,
                               int accumulate) {
-    // C's tile is needed only after the K loop: start fetching it now so the loads don't stall
-    for (int i = 0; i < mr; i++) {
-        __builtin_prefetch(C + (long)i * ldc, 1);
-        __builtin_prefetch(C + (long)i * ldc + 15, 1);
-    }
+    gemm_prefetch_c(C, ldc, mr, nr);
     gemm_v8 c[GEMM_MR][2];
     memset(c, 0, sizeof c);
     for (int k = 0; k < K; k++) {
         gemm_v8 b0, b1;
         memcpy(&b0, Bp, 32); memcpy(&b1, Bp + 8, 32);
         for (int i = 0; i < GEMM_MR; i++) {
-            gemm_v8 a = {Ap[i], Ap[i], Ap[i], Ap[i], Ap[i], Ap[i], Ap[i], Ap[i]};
-            c[i][0] += a * b0;
-            c[i][1] += a * b1;
+            gemm_v8 a = gemm_splat8(Ap[i]);
+            c[i][0] = gemm_fma8(a, b0, c[i][0]);
+            c[i][1] = gemm_fma8(a, b1, c[i][1]);
         }
         Ap += GEMM_MR; Bp += GEMM_NR;
     }
     float tile[GEMM_MR][GEMM_NR];
     memcpy(tile, c, sizeof tile);
-    for (int i = 0; i < mr; i++) {
-        float *row = C + (long)i * ldc;
-        if (accumulate) for (int j = 0; j < nr; j++) row[j] += tile[i][j];
-        else for (int j = 0; j < nr; j++) row[j] = tile[i][j];
+    gemm_store(C, ldc, &tile[0][0], GEMM_NR, mr, nr, accumulate);
+}
+#endif
+
+// One mc x nc block of C from a packed A block and packed B panels (panel(p) gives panel p's
+// first k of this K block).
+static inline void gemm_block(int mc, int nc, int kc, const float *Ap, const float *Bp0, size_t panel_stride,
+                              float *C, long ldc, int acc) {
+    int np = (nc + GEMM_NR - 1) / GEMM_NR;
+#ifdef __AVX512F__
+    for (int p = 0; p < np; p += 2) {
+        int n0 = p * GEMM_NR, nr = nc - n0 < 2 * GEMM_NR ? nc - n0 : 2 * GEMM_NR;
+        const float *b0 = Bp0 + (size_t)p * panel_stride, *b1 = b0 + panel_stride;
+        for (int q = 0; q < mc; q += GEMM_MR) {
+            int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
+            float *c = C + (long)q * ldc + n0;
+            if (p + 1 < np) gemm_micro_np(kc, Ap + (size_t)q * kc, b0, b1, c, ldc, mr, nr, acc, 2);
+            else gemm_micro_np(kc, Ap + (size_t)q * kc, b0, NULL, c, ldc, mr, nr, acc, 1);
+        }
+    }
+#else
+    for (int p = 0; p < np; p++) {
+        int n0 = p * GEMM_NR, nr = nc - n0 < GEMM_NR ? nc - n0 : GEMM_NR;
+        for (int q = 0; q < mc; q += GEMM_MR) {
+            int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
+            gemm_micro(kc, Ap + (size_t)q * kc, Bp0 + (size_t)p * panel_stride, C + (long)q * ldc + n0, ldc, mr, nr,
+                       acc);
+        }
+    }
+#endif
+}
+
+// The packing buffers live as long as the program and only grow: allocating and freeing a 1 MB
+// block on every call went through mmap/munmap, and the page faults and TLB shootdowns of that
+// cost more than the packing itself (perf: ~15% of a training step).
+static float *gemm_bbuf, *gemm_abuf;
+static size_t gemm_bcap, gemm_acap;
+static float *gemm_grow(float **buf, size_t *cap, size_t n) {
+    if (n > *cap) {
+        free(*buf);
+        *buf = (float *)aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+        *cap = *buf ? n : 0;
+    }
+    return *buf;
+}
+
+// Packs B[pc:pc+kc, n0:n0+16*npan) into npan panels at dst ([p][k][16], zero-padded past N).
+static inline void gemm_pack_b(float *dst, int npan, int n0, int pc, int kc, int N, const float *B, long rsb,
+                               long csb) {
+    for (int p = 0; p < npan; p++, dst += (size_t)kc * GEMM_NR) {
+        int c0 = n0 + p * GEMM_NR, nn = N - c0 < GEMM_NR ? N - c0 : GEMM_NR;
+        if (rsb == 1) {   // B^T is row-major (a weight matrix): read each of its rows contiguously
+            for (int j = 0; j < GEMM_NR; j++) {
+                const float *src = B + pc + (long)(c0 + j) * csb;
+                if (j < nn) for (int k = 0; k < kc; k++) dst[k * GEMM_NR + j] = src[k];
+                else for (int k = 0; k < kc; k++) dst[k * GEMM_NR + j] = 0.0f;
+            }
+        } else {
+            float *d = dst;
+            for (int k = 0; k < kc; k++, d += GEMM_NR) {
+                const float *src = B + (long)(pc + k) * rsb + (long)c0 * csb;
+                int j = 0;
+                if (csb == 1) for (; j < nn; j++) d[j] = src[j];
+                else for (; j < nn; j++) d[j] = src[(long)j * csb];
+                for (; j < GEMM_NR; j++) d[j] = 0.0f;
+            }
+        }
+    }
+}
+// Packs A[ic:ic+mc, pc:pc+kc] into panels Ap[q][k][MR], zero-padded past mc.
+static inline void gemm_pack_a(float *Ap, int mc, int ic, int pc, int kc, const float *A, long rsa, long csa) {
+    for (int q = 0; q < mc; q += GEMM_MR) {
+        float *dst = Ap + (size_t)q * kc;
+        int mm = mc - q < GEMM_MR ? mc - q : GEMM_MR;
+        const float *src0 = A + (long)(ic + q) * rsa + (long)pc * csa;
+        if (csa == 1 && mm == GEMM_MR) {   // row-major A, a full panel
+            for (int k = 0; k < kc; k++)
+                for (int i = 0; i < GEMM_MR; i++) dst[k * GEMM_MR + i] = src0[(long)i * rsa + k];
+            continue;
+        }
+        for (int k = 0; k < kc; k++, dst += GEMM_MR) {
+            const float *src = src0 + (long)k * csa;
+            int i = 0;
+            for (; i < mm; i++) dst[i] = src[(long)i * rsa];
+            for (; i < GEMM_MR; i++) dst[i] = 0.0f;
+        }
     }
 }
 
 // C[m*ldc + n] = (accumulate ? C : 0) + sum_k A[m*rsa + k*csa] * B[k*rsb + n*csb]
-// for m < M, n < N, k < K. Parallel over M blocks with OpenMP. Bpre, if not NULL, is B already
-// packed by pack_panels (then B is not read): generation packs each weight once, not every step.
+// for m < M, n < N, k < K. Bpre, if not NULL, is B already packed by pack_panels (then B is not
+// read): generation packs each weight once, not every step.
+// Threads: with many rows (training: M = B*T), each thread takes an equal range of rows and they
+// share the packing of B (two barriers per K block). With few rows (decoding: M = the batch), a
+// split by rows would leave a thread idle for a whole block (56 rows: 36 + 20), so each thread
+// takes an equal range of B's panels instead, packs them itself and needs no barrier at all.
 static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, const float *Bpre) {
     if (M <= 0 || N <= 0) return;
@@ -62,82 +236,83 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
         if (!accumulate) for (int m = 0; m < M; m++) memset(C + (long)m * ldc, 0, (size_t)N * sizeof(float));
         return;
     }
-    int nc_max = N < GEMM_NC ? N : GEMM_NC;
     int kc_max = K < GEMM_KC ? K : GEMM_KC;
+    int nc_max = N < GEMM_NC ? N : GEMM_NC;
     int npanels = (nc_max + GEMM_NR - 1) / GEMM_NR;
-    float *Bp = (float *)aligned_alloc(64, ((size_t)npanels * GEMM_NR * kc_max * sizeof(float) + 63) / 64 * 64);
-    // Split M into blocks of at most GEMM_MC rows, a multiple of the thread count of them, so
-    // that no thread idles at the end of the parallel loop.
-    int nthreads = 1;
+    int nthreads = 1, nested = 0;
 #ifdef _OPENMP
     nthreads = omp_get_max_threads();
+    nested = omp_in_parallel();   // called from a parallel region: run on this thread, private buffers
+    if (nested) nthreads = 1;
 #endif
-    int nblocks = (M + GEMM_MC - 1) / GEMM_MC;
-    nblocks = (nblocks + nthreads - 1) / nthreads * nthreads;
-    int mcb = (M + nblocks - 1) / nblocks;
-    mcb = (mcb + GEMM_MR - 1) / GEMM_MR * GEMM_MR;
-    #pragma omp parallel
+    int by_rows = M >= nthreads * GEMM_MC;
+    // by panels, each thread packs into its own part of Bp: the last N block splits differently,
+    // and a thread may start on it while another still reads its panels of the block before
+    int own = ((npanels + 1) / 2 + nthreads - 1) / nthreads * 2;   // most panels a thread takes
+    size_t bsize = (size_t)(by_rows ? npanels : own * nthreads) * GEMM_NR * kc_max;
+    size_t asize = (size_t)GEMM_MC * kc_max;
+    float *Bp = NULL, *Aall = NULL;
+    if (!nested) {
+        Bp = Bpre ? NULL : gemm_grow(&gemm_bbuf, &gemm_bcap, bsize);
+        Aall = gemm_grow(&gemm_abuf, &gemm_acap, asize * nthreads);
+    } else {
+        Bp = Bpre ? NULL : (float *)aligned_alloc(64, (bsize * sizeof(float) + 63) / 64 * 64);
+        Aall = (float *)aligned_alloc(64, (asize * sizeof(float) + 63) / 64 * 64);
+    }
+    if ((!Bpre && !Bp) || !Aall) FATAL("sgemm: out of memory for the packing buffers");
+    #pragma omp parallel num_threads(nthreads) if (!nested)
     {
-        float *Ap = (float *)aligned_alloc(64, (size_t)GEMM_MC * GEMM_KC * sizeof(float));
+        int th = 0, nth = 1;
+#ifdef _OPENMP
+        if (!nested) { th = omp_get_thread_num(); nth = omp_get_num_threads(); }
+#endif
+        float *Ap = Aall + asize * th;
+        // this thread's rows [m0, m1) (all of them when splitting by panels)
+        int rows = by_rows ? ((M + nth - 1) / nth + GEMM_MR - 1) / GEMM_MR * GEMM_MR : M;
+        int m0 = by_rows ? th * rows : 0, m1 = m0 + rows < M ? m0 + rows : M;
         for (int jc = 0; jc < N; jc += GEMM_NC) {
             int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC;
             int np = (nc + GEMM_NR - 1) / GEMM_NR;
+            // this thread's panels [p0, p1) of the block (all of them when splitting by rows), in
+            // pairs: the AVX-512 micro-kernel takes two panels at a time
+            int p0 = 0, p1 = np;
+            if (!by_rows) {
+                int pairs = (np + 1) / 2, per = (pairs + nth - 1) / nth;
+                p0 = th * per * 2 < np ? th * per * 2 : np;
+                p1 = p0 + per * 2 < np ? p0 + per * 2 : np;
+            }
             for (int pc = 0; pc < K; pc += GEMM_KC) {
                 int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
                 int acc = accumulate || pc > 0;
-                // pack B[pc:pc+kc, jc:jc+nc] into panels Bp[p][k][16], zero-padded at the edge
-                #pragma omp for schedule(static)
-                for (int p = 0; p < (Bpre ? 0 : np); p++) {
-                    float *dst = Bp + (size_t)p * kc * GEMM_NR;
-                    int n0 = jc + p * GEMM_NR, nn = N - n0 < GEMM_NR ? N - n0 : GEMM_NR;
-                    if (rsb == 1) {   // B^T is row-major (a weight matrix): read each of its rows contiguously
-                        for (int j = 0; j < GEMM_NR; j++) {
-                            const float *src = B + pc + (long)(n0 + j) * csb;
-                            if (j < nn) for (int k = 0; k < kc; k++) dst[k * GEMM_NR + j] = src[k];
-                            else for (int k = 0; k < kc; k++) dst[k * GEMM_NR + j] = 0.0f;
-                        }
-                    } else {
-                        for (int k = 0; k < kc; k++) {
-                            const float *src = B + (long)(pc + k) * rsb + (long)n0 * csb;
-                            int j = 0;
-                            if (csb == 1) for (; j < nn; j++) dst[j] = src[j];
-                            else for (; j < nn; j++) dst[j] = src[(long)j * csb];
-                            for (; j < GEMM_NR; j++) dst[j] = 0.0f;
-                            dst += GEMM_NR;
-                        }
+                size_t pstride = Bpre ? (size_t)K * GEMM_NR : (size_t)kc * GEMM_NR;
+                // where this thread's panel p0 is
+                const float *panels = Bpre ? Bpre + ((size_t)(jc / GEMM_NR + p0) * K + pc) * GEMM_NR
+                                    : by_rows ? Bp + (size_t)p0 * pstride : Bp + (size_t)th * own * kc_max * GEMM_NR;
+                if (!Bpre && by_rows) {   // everyone packs a share of the panels, then waits for the rest
+                    int per = (np + nth - 1) / nth, q0 = th * per < np ? th * per : np;
+                    int q1 = q0 + per < np ? q0 + per : np;
+                    if (q1 > q0) gemm_pack_b(Bp + (size_t)q0 * kc * GEMM_NR, q1 - q0, jc + q0 * GEMM_NR, pc, kc, N, B,
+                                             rsb, csb);
+                    #pragma omp barrier
+                } else if (!Bpre && p1 > p0) {   // own panels only
+                    gemm_pack_b((float *)panels, p1 - p0, jc + p0 * GEMM_NR, pc, kc, N, B, rsb, csb);
+                }
+                if (p1 > p0) {
+                    int ncols = (p1 * GEMM_NR < nc ? p1 * GEMM_NR : nc) - p0 * GEMM_NR;
+                    for (int ic = m0; ic < m1; ic += GEMM_MC) {
+                        int mc = m1 - ic < GEMM_MC ? m1 - ic : GEMM_MC;
+                        gemm_pack_a(Ap, mc, ic, pc, kc, A, rsa, csa);
+                        gemm_block(mc, ncols, kc, Ap, panels, pstride,
+                                   C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc, acc);
                     }
-                }   // implicit barrier: Bp is ready for everyone
-                #pragma omp for schedule(static, 1)
-                for (int ic = 0; ic < M; ic += mcb) {
-                    int mc = M - ic < mcb ? M - ic : mcb;
-                    // pack A[ic:ic+mc, pc:pc+kc] into panels Ap[q][k][6]
-                    for (int q = 0; q < mc; q += GEMM_MR) {
-                        float *dst = Ap + (size_t)q * kc;
-                        int mm = mc - q < GEMM_MR ? mc - q : GEMM_MR;
-                        for (int k = 0; k < kc; k++) {
-                            const float *src = A + (long)(ic + q) * rsa + (long)(pc + k) * csa;
-                            int i = 0;
-                            for (; i < mm; i++) dst[i] = src[(long)i * rsa];
-                            for (; i < GEMM_MR; i++) dst[i] = 0.0f;
-                            dst += GEMM_MR;
-                        }
-                    }
-                    for (int p = 0; p < np; p++) {
-                        int n0 = p * GEMM_NR, nr = nc - n0 < GEMM_NR ? nc - n0 : GEMM_NR;
-                        for (int q = 0; q < mc; q += GEMM_MR) {
-                            int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
-                            const float *panel = Bpre ? Bpre + ((size_t)(jc / GEMM_NR + p) * K + pc) * GEMM_NR
-                                                      : Bp + (size_t)p * kc * GEMM_NR;
-                            gemm_micro(kc, Ap + (size_t)q * kc, panel, C + (long)(ic + q) * ldc + jc + n0, ldc, mr, nr,
-                                       acc);
-                        }
-                    }
-                }   // implicit barrier before Bp is overwritten
+                }
+                if (!Bpre && by_rows) {
+                    #pragma omp barrier   // before Bp is overwritten by the next block
+                }
             }
         }
-        free(Ap);
     }
-    free(Bp);
+    if (nested) { free(Bp); free(Aall); }
 }
 
 // A weight W (OC, C), used as B = W^T, packed once the way sgemm packs it: panel p holds columns
@@ -184,6 +359,152 @@ static void matmul_few_rows(float *out, const float *inp, const float *weight, i
             }
         }
     }
+}
+
+// ---- attention's two matmuls, one query row at a time (train_empo.c's attention_forward).
+// attend_one there computes a score as dot_f32(q, k_j) (8 partial sums, lane l taking d = l mod 8,
+// one fma at a time from 0, then a fixed tree) and the output as out[d] = fma(p_j, v_j[d], out[d])
+// in order of j. Key by key that leaves the FMA units mostly idle (each score is a chain of 8
+// dependent fmas and a horizontal sum); these do the same operations on 8 keys, or 64 output
+// columns, at once along the vector, so every bit is the same.
+
+// s[j] = dot_f32(q, k_j, HD) for j < n, from the keys transposed: KT[d * ldk + j]. KT must hold
+// finite values up to column n rounded up to 16 (the lanes past n are computed and dropped).
+static void attn_scores(float *s, const float *q, const float *KT, long ldk, int n, int HD) {
+    int HD8 = HD / 8 * 8;
+    for (int j0 = 0; j0 < n; j0 += 16) {
+        gemm_v8 a0[8], a1[8], kv;
+        for (int l = 0; l < 8; l++) { a0[l] = (gemm_v8){0}; a1[l] = (gemm_v8){0}; }
+        for (int i = 0; i < HD8; i += 8)
+            for (int l = 0; l < 8; l++) {
+                const float *kr = KT + (long)(i + l) * ldk + j0;
+                gemm_v8 qv = gemm_splat8(q[i + l]);
+                memcpy(&kv, kr, 32); a0[l] = gemm_fma8(qv, kv, a0[l]);
+                memcpy(&kv, kr + 8, 32); a1[l] = gemm_fma8(qv, kv, a1[l]);
+            }
+        gemm_v8 r0 = ((a0[0] + a0[4]) + (a0[1] + a0[5])) + ((a0[2] + a0[6]) + (a0[3] + a0[7]));
+        gemm_v8 r1 = ((a1[0] + a1[4]) + (a1[1] + a1[5])) + ((a1[2] + a1[6]) + (a1[3] + a1[7]));
+        for (int i = HD8; i < HD; i++) {   // dot_f32's tail: s = fma(q, k, s)
+            const float *kr = KT + (long)i * ldk + j0;
+            memcpy(&kv, kr, 32); r0 = gemm_fma8(gemm_splat8(q[i]), kv, r0);
+            memcpy(&kv, kr + 8, 32); r1 = gemm_fma8(gemm_splat8(q[i]), kv, r1);
+        }
+        float r[16];
+        memcpy(r, &r0, 32); memcpy(r + 8, &r1, 32);
+        int m = n - j0 < 16 ? n - j0 : 16;
+        memcpy(s + j0, r, (size_t)m * sizeof(float));
+    }
+}
+
+// out[d] = sum_{j < n} p[j] * v[j * stride + d] for d < HD: from 0, one fma per j, in order of j.
+static void attn_weighted_sum(float *out, const float *p, const float *v, long stride, int n, int HD) {
+    int d0 = 0;
+    for (; d0 + 64 <= HD; d0 += 64) {   // 8 vectors of accumulators: enough independent fmas per j
+        gemm_v8 acc[8], x;
+        for (int u = 0; u < 8; u++) acc[u] = (gemm_v8){0};
+        for (int j = 0; j < n; j++) {
+            const float *vj = v + (long)j * stride + d0;
+            gemm_v8 pj = gemm_splat8(p[j]);
+            for (int u = 0; u < 8; u++) { memcpy(&x, vj + 8 * u, 32); acc[u] = gemm_fma8(pj, x, acc[u]); }
+        }
+        memcpy(out + d0, acc, sizeof acc);
+    }
+    for (; d0 + 8 <= HD; d0 += 8) {
+        gemm_v8 acc = {0}, x;
+        for (int j = 0; j < n; j++) {
+            memcpy(&x, v + (long)j * stride + d0, 32);
+            acc = gemm_fma8(gemm_splat8(p[j]), x, acc);
+        }
+        memcpy(out + d0, &acc, 32);
+    }
+    for (; d0 < HD; d0++) {
+        float acc = 0.0f;
+        for (int j = 0; j < n; j++) acc = fmaf(p[j], v[(long)j * stride + d0], acc);
+        out[d0] = acc;
+    }
+}
+
+// ---- expf, 8 at a time, with the same bits as the C library's scalar expf.
+// The softmaxes (log-softmax over the vocabulary, attention, sampling) and SiLU spend most of
+// their time in expf, one call per element. glibc (2.28 and later) computes expf(x) in double:
+// x*32/ln2 = k + r, 2^(k/32) from a 32-entry table, a cubic in r, one rounding to float at the
+// end; vexpf does the same operations in the same order (and with the same fused multiply-adds
+// as glibc's FMA build, which x86-64 glibc selects on every CPU that has FMA) on 4 doubles per
+// vector. Elements outside |x| < 88 (overflow, underflow, inf, NaN) go to the library's expf.
+// Whether vexpf matches this machine's expf is checked once at startup on a spread of inputs;
+// if not (another C library), every call goes to expf, so results never depend on the fast path.
+#if defined(__AVX2__) && defined(__FMA__)
+static const unsigned long long vexpf_tab[32] = {   // bits of 2^(i/32), less i << 47
+    0x3ff0000000000000, 0x3fefd9b0d3158574, 0x3fefb5586cf9890f, 0x3fef9301d0125b51, 0x3fef72b83c7d517b,
+    0x3fef54873168b9aa, 0x3fef387a6e756238, 0x3fef1e9df51fdee1, 0x3fef06fe0a31b715, 0x3feef1a7373aa9cb,
+    0x3feedea64c123422, 0x3feece086061892d, 0x3feebfdad5362a27, 0x3feeb42b569d4f82, 0x3feeab07dd485429,
+    0x3feea47eb03a5585, 0x3feea09e667f3bcd, 0x3fee9f75e8ec5f74, 0x3feea11473eb0187, 0x3feea589994cce13,
+    0x3feeace5422aa0db, 0x3feeb737b0cdc5e5, 0x3feec49182a3f090, 0x3feed503b23e255d, 0x3feee89f995ad3ad,
+    0x3feeff76f2fb5e47, 0x3fef199bdd85529c, 0x3fef3720dcef9069, 0x3fef5818dcfba487, 0x3fef7c97337b9b5f,
+    0x3fefa4afa2a490da, 0x3fefd0765b6e4540};
+static int vexpf_fast = 0;   // set by vexpf_check at startup
+
+static inline __m128 vexpf4(__m128 x) {
+    const __m256d inv_ln2_n = _mm256_set1_pd(0x1.71547652b82fep+5), shift = _mm256_set1_pd(0x1.8p+52);
+    const __m256d c0 = _mm256_set1_pd(0x1.c6af84b912394p-20), c1 = _mm256_set1_pd(0x1.ebfce50fac4f3p-13);
+    const __m256d c2 = _mm256_set1_pd(0x1.62e42ff0c52d6p-6), one = _mm256_set1_pd(1.0);
+    __m256d xd = _mm256_cvtps_pd(x);
+    __m256d kd = _mm256_fmadd_pd(inv_ln2_n, xd, shift);   // k + shift: k = round(x*32/ln2)
+    __m256i ki = _mm256_castpd_si256(kd);
+    kd = _mm256_sub_pd(kd, shift);
+    __m256d r = _mm256_fmsub_pd(inv_ln2_n, xd, kd);       // x*32/ln2 - k
+    __m256i t = _mm256_i64gather_epi64((const long long *)vexpf_tab, _mm256_and_si256(ki, _mm256_set1_epi64x(31)), 8);
+    t = _mm256_add_epi64(t, _mm256_slli_epi64(ki, 47));   // 2^(k/32)
+    __m256d z = _mm256_fmadd_pd(r, c0, c1), r2 = _mm256_mul_pd(r, r);
+    __m256d y = _mm256_fmadd_pd(r, c2, one);
+    y = _mm256_fmadd_pd(z, r2, y);
+    y = _mm256_mul_pd(y, _mm256_castsi256_pd(t));
+    return _mm256_cvtpd_ps(y);
+}
+#endif
+
+// out[i] = expf(x[i]) for i < n (out may be x)
+static void vexpf(float *out, const float *x, int n) {
+    int i = 0;
+#if defined(__AVX2__) && defined(__FMA__)
+    if (vexpf_fast)
+        for (; i + 8 <= n; i += 8) {
+            __m256 v = _mm256_loadu_ps(x + i);
+            // the fast path covers |x| <= 0x1.5fffffp6 (87.99...): top 12 bits of the float <= 0x42a
+            __m256i top = _mm256_and_si256(_mm256_srli_epi32(_mm256_castps_si256(v), 20), _mm256_set1_epi32(0x7ff));
+            if (!_mm256_testz_si256(_mm256_cmpgt_epi32(top, _mm256_set1_epi32(0x42a)), _mm256_set1_epi32(-1))) {
+                for (int j = 0; j < 8; j++) out[i + j] = expf(x[i + j]);
+                continue;
+            }
+            __m128 lo = vexpf4(_mm256_castps256_ps128(v)), hi = vexpf4(_mm256_extractf128_ps(v, 1));
+            _mm256_storeu_ps(out + i, _mm256_set_m128(hi, lo));
+        }
+#endif
+    for (; i < n; i++) out[i] = expf(x[i]);
+}
+
+// The startup check: vexpf against expf on 2^18 inputs spread over the fast path's range and
+// its edges. Runs before main (and before any thread), so vexpf_fast never changes while in use.
+__attribute__((constructor)) static void vexpf_check(void) {
+#if defined(__AVX2__) && defined(__FMA__)
+    enum { NCHECK = 1 << 18 };
+    static float x[NCHECK], y[NCHECK];
+    unsigned s = 12345;
+    for (int i = 0; i < NCHECK; i++) {
+        s = s * 1664525u + 1013904223u;
+        float v;
+        if (i < 64) v = i < 32 ? -0x1.5fffffp6f + i * 1e-5f : 0x1.5fffffp6f - (i - 32) * 1e-5f;   // the edges
+        else if (i & 1) { unsigned b = s >> 1; b = (b % 0x42b00000u) | ((s & 1u) << 31); memcpy(&v, &b, 4); }
+        else v = ((float)(s >> 8) / 16777216.0f - 0.5f) * 176.0f;
+        x[i] = v;
+    }
+    vexpf_fast = 1;
+    vexpf(y, x, NCHECK);
+    for (int i = 0; i < NCHECK; i++) {
+        float e = expf(x[i]);
+        if (memcmp(&e, &y[i], 4) != 0) { vexpf_fast = 0; break; }
+    }
+#endif
 }
 
 #endif // EMPOC_GEMM_H
