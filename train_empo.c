@@ -247,43 +247,76 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
         free(kt);
     }
 }
-// dqkv (B, T, QKV) += gradient of the above; datt (T) per thread is scratch.
-// Parallel over (b, kv head): the query heads of a group all write into the same dk, dv.
+// dqkv (B, T, QKV) += gradient of the above. Parallel over (b, kv head): the query heads of a group all
+// write into the same dk, dv. What it computes, per (b, hq, t) in order of hq then t:
+//     datt[t2] = dot_f32(g, v[t2]);  dot = sum_{t2 <= t} datt[t2] * a[t2] (products rounded, then added in order)
+//     for t2 <= t: dv[t2] += a[t2] * g;  ds = a[t2] * (datt[t2] - dot) * scale;  dq += ds * k[t2];  dk[t2] += ds * q
+// (every += one fma). The fast path, to the bit: the values are transposed once per (b, kv head) so that
+// gemm.h's attn_scores gives the datt row; dk, dv accumulate in contiguous per-thread copies, 4 query rows
+// at a time (attn_rank4_acc: each element still takes its terms in order of t); dq via attn_weighted_acc.
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int NH, int NKV, int HD) {
-    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
+    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, Tp = (T + 15) / 16 * 16;
     float scale = 1.0f / sqrtf((float)HD);
     #pragma omp parallel
     {
-        float *datt = (float *)xmalloc((size_t)T * sizeof(float));
+        float *vt = (float *)xcalloc((size_t)HD * Tp, sizeof(float));   // (HD, Tp) values transposed, 0-padded
+        float *dkb = (float *)xmalloc((size_t)T * HD * sizeof(float));   // (T, HD) this group's dk; dvb its dv
+        float *dvb = (float *)xmalloc((size_t)T * HD * sizeof(float));
+        float *datt = (float *)xmalloc((size_t)Tp * sizeof(float));
+        float *ds = (float *)xmalloc((size_t)4 * T * sizeof(float));   // the 4 query rows' d(scores)
         #pragma omp for collapse(2)
         for (int b = 0; b < B; b++)
-            for (int hk = 0; hk < NKV; hk++)
+            for (int hk = 0; hk < NKV; hk++) {
+                const float *row0 = qkv + (size_t)b * T * QKV;
+                float *drow0 = dqkv + (size_t)b * T * QKV;
+                size_t ko = (size_t)(NH + hk) * HD, vo = (size_t)(NH + NKV + hk) * HD;
+                for (int t = 0; t < T; t++) {
+                    for (int d = 0; d < HD; d++) vt[(size_t)d * Tp + t] = row0[(size_t)t * QKV + vo + d];
+                    memcpy(dkb + (size_t)t * HD, drow0 + (size_t)t * QKV + ko, (size_t)HD * sizeof(float));
+                    memcpy(dvb + (size_t)t * HD, drow0 + (size_t)t * QKV + vo, (size_t)HD * sizeof(float));
+                }
                 for (int hq = hk * rep; hq < (hk + 1) * rep; hq++)
-                    for (int t = 0; t < T; t++) {
-                        const float *a = att + (((size_t)b * NH + hq) * T + t) * T;
-                        const float *g = dout + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
-                        const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)hq * HD;
-                        float *dq = dqkv + ((size_t)b * T + t) * QKV + (size_t)hq * HD;
-                        // through out = att @ v
-                        float dot = 0.0f;
-                        for (int t2 = 0; t2 <= t; t2++) {
-                            const float *v = qkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + NKV + hk) * HD;
-                            float *dv = dqkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + NKV + hk) * HD;
-                            float s = dot_f32(g, v, HD);
-                            for (int d = 0; d < HD; d++) dv[d] += a[t2] * g[d];
-                            datt[t2] = s;
-                            dot += s * a[t2];
+                    for (int t0 = 0; t0 < T; t0 += 4) {
+                        int nb = T - t0 < 4 ? T - t0 : 4;
+                        const float *a[4], *g[4], *q[4], *dsr[4];
+                        for (int j = 0; j < nb; j++) {
+                            int t = t0 + j;
+                            a[j] = att + (((size_t)b * NH + hq) * T + t) * T;
+                            g[j] = dout + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
+                            q[j] = row0 + (size_t)t * QKV + (size_t)hq * HD;
+                            float *dsj = ds + (size_t)j * T;
+                            dsr[j] = dsj;
+                            attn_scores(datt, g[j], vt, Tp, t + 1, HD);   // through out = att @ v
+                            float dot = 0.0f;
+                            // the products first, then their sum: two loops, so that no fma fuses them
+                            for (int t2 = 0; t2 <= t; t2++) dsj[t2] = datt[t2] * a[j][t2];
+                            for (int t2 = 0; t2 <= t; t2++) dot += dsj[t2];
+                            // through the softmax, then the scaled q.k
+                            for (int t2 = 0; t2 <= t; t2++) dsj[t2] = a[j][t2] * (datt[t2] - dot) * scale;
+                            float *dq = drow0 + (size_t)t * QKV + (size_t)hq * HD;
+                            attn_weighted_acc(dq, dsj, row0 + ko, QKV, t + 1, HD);
                         }
-                        // through the softmax, then the scaled q.k
-                        for (int t2 = 0; t2 <= t; t2++) {
-                            float ds = a[t2] * (datt[t2] - dot) * scale;
-                            const float *k = qkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + hk) * HD;
-                            float *dk = dqkv + ((size_t)b * T + t2) * QKV + (size_t)(NH + hk) * HD;
-                            for (int d = 0; d < HD; d++) { dq[d] += ds * k[d]; dk[d] += ds * q[d]; }
+                        if (nb == 4) {   // rows t2 <= t0 take all four query rows' terms; the next three fewer
+                            attn_rank4_acc(dvb, a, g, t0 + 1, HD);
+                            attn_rank4_acc(dkb, dsr, q, t0 + 1, HD);
+                            for (int j = 1; j < 4; j++) {
+                                attn_rank1_acc(dvb + (size_t)(t0 + 1) * HD, a[j] + t0 + 1, g[j], j, HD);
+                                attn_rank1_acc(dkb + (size_t)(t0 + 1) * HD, dsr[j] + t0 + 1, q[j], j, HD);
+                            }
+                        } else {
+                            for (int j = 0; j < nb; j++) {
+                                attn_rank1_acc(dvb, a[j], g[j], t0 + j + 1, HD);
+                                attn_rank1_acc(dkb, dsr[j], q[j], t0 + j + 1, HD);
+                            }
                         }
                     }
-        free(datt);
+                for (int t = 0; t < T; t++) {
+                    memcpy(drow0 + (size_t)t * QKV + ko, dkb + (size_t)t * HD, (size_t)HD * sizeof(float));
+                    memcpy(drow0 + (size_t)t * QKV + vo, dvb + (size_t)t * HD, (size_t)HD * sizeof(float));
+                }
+            }
+        free(vt); free(dkb); free(dvb); free(datt); free(ds);
     }
 }
 

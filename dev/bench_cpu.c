@@ -4,7 +4,7 @@
 //        bench_cpu gen V C L NH NKV I B P N iters        (decode: B sequences, P prompt tokens, N new)
 //        bench_cpu empo V C L NH NKV I B G P N           (one EMPO step: B prompts x G responses)
 //        bench_cpu roofline V C L NH NKV I B T iters     (FMA peak, memory bandwidth, sgemm at the model's shapes)
-//        bench_cpu ops V C L NH NKV I B T iters          (the forward's time, op by op)
+//        bench_cpu ops V C L NH NKV I B T iters          (the forward's and backward's time, op by op)
 #define TESTING
 #include "../train_empo.c"
 
@@ -306,8 +306,65 @@ static int bench_ops(int argc, char **argv) {
         for (int o = 0; o < NOPS; o++) if (t[o] < best[o]) best[o] = t[o];
         if (tt - t0 < tot_best) tot_best = tt - t0;
     }
+    // the backward, op by op (keep in step with model_backward); it needs the forward just before
+    enum { B_LOGP, B_LM, B_RMS, B_DOWN, B_SWI, B_UP, B_PROJ, B_ATT, B_ROPE, B_QKV, B_EMB, B_ZERO, NBOPS };
+    const char *bnames[NBOPS] = {"log-softmax", "lm head matmul", "rmsnorm", "mlp down matmul", "swiglu",
+                                 "mlp up matmul", "attn proj matmul", "attention", "rope", "qkv matmul",
+                                 "embedding", "memset"};
+    double bbest[NBOPS], btot_best = 1e30;
+    for (int o = 0; o < NBOPS; o++) bbest[o] = 1e30;
+    model_forward(m, in, tg, NULL, B, T);
+    model_zero_grad(m);
+    model_backward(m);   // warm-up: the gradient buffers
+    ParameterTensors *g = &m->grads;
+    GradScratch *s = &m->scratch;
+    for (int it = 0; it < iters; it++) {
+        model_forward(m, in, tg, NULL, B, T);
+        double t[NBOPS] = {0}, t0 = bench_clock(), tt = t0, t1;
+#define TICK(op) (t1 = bench_clock(), t[op] += t1 - tt, tt = t1)
+        logprob_backward(a->logits, a->lse, m->dlogp, m->targets, N, V); TICK(B_LOGP);
+        memset(s->dln, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
+        matmul_backward(s->dln, g->lmw, NULL, a->logits, a->lnf, p->lmw, N, C, V); TICK(B_LM);
+        memset(s->dresidual, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
+        rmsnorm_backward(s->dresidual, g->lnfw, s->dln, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, a->lnf_rstd,
+                         N, C); TICK(B_RMS);
+        for (int l = L - 1; l >= 0; l--) {
+            float *resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
+            float *ln1 = a->ln1 + (size_t)l * N * C, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
+            float *qkv = a->qkv + (size_t)l * N * QKV, *att = a->att + (size_t)l * B * NH * T * T;
+            float *atty = a->atty + (size_t)l * N * NH * HD, *resid2 = a->resid2 + (size_t)l * N * C;
+            float *ln2 = a->ln2 + (size_t)l * N * C, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
+            float *fch = a->fch + (size_t)l * N * 2 * I, *fch_swiglu = a->fch_swiglu + (size_t)l * N * I;
+            memset(s->dswiglu, 0, (size_t)N * I * sizeof(float)); TICK(B_ZERO);
+            matmul_backward(s->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, s->dresidual, fch_swiglu,
+                            p->fcprojw + (size_t)l * C * I, N, I, C); TICK(B_DOWN);
+            swiglu_backward(s->dfch, s->dswiglu, fch, N, I); TICK(B_SWI);
+            memset(s->dln, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
+            matmul_backward(s->dln, g->fcw + (size_t)l * 2 * I * C, NULL, s->dfch, ln2,
+                            p->fcw + (size_t)l * 2 * I * C, N, C, 2 * I); TICK(B_UP);
+            rmsnorm_backward(s->dresidual, g->ln2w + (size_t)l * C, s->dln, resid2, p->ln2w + (size_t)l * C,
+                             ln2_rstd, N, C); TICK(B_RMS);
+            memset(s->datty, 0, (size_t)N * NH * HD * sizeof(float)); TICK(B_ZERO);
+            matmul_backward(s->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, s->dresidual, atty,
+                            p->attprojw + (size_t)l * C * NH * HD, N, NH * HD, C); TICK(B_PROJ);
+            memset(s->dqkv, 0, (size_t)N * QKV * sizeof(float)); TICK(B_ZERO);
+            attention_backward(s->dqkv, s->datty, qkv, att, B, T, NH, NKV, HD); TICK(B_ATT);
+            rope_apply(s->dqkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, -1); TICK(B_ROPE);
+            memset(s->dln, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
+            matmul_backward(s->dln, g->qkvw + (size_t)l * QKV * C, g->qkvb + (size_t)l * QKV, s->dqkv, ln1,
+                            p->qkvw + (size_t)l * QKV * C, N, C, QKV); TICK(B_QKV);
+            rmsnorm_backward(s->dresidual, g->ln1w + (size_t)l * C, s->dln, resid, p->ln1w + (size_t)l * C,
+                             ln1_rstd, N, C); TICK(B_RMS);
+        }
+        embedding_backward(g->wte, s->dresidual, m->inputs, N, C); TICK(B_EMB);
+#undef TICK
+        for (int o = 0; o < NBOPS; o++) if (t[o] < bbest[o]) bbest[o] = t[o];
+        if (tt - t0 < btot_best) btot_best = tt - t0;
+    }
     printf("{\"total_s\": %.4f, \"ops\": [", tot_best);
     for (int o = 0; o < NOPS; o++) printf("%s[\"%s\", %.5f]", o ? ", " : "", names[o], best[o]);
+    printf("], \"bwd_total_s\": %.4f, \"bwd_ops\": [", btot_best);
+    for (int o = 0; o < NBOPS; o++) printf("%s[\"%s\", %.5f]", o ? ", " : "", bnames[o], bbest[o]);
     printf("]}\n");
     free(in); free(tg); model_free(m);
     return 0;

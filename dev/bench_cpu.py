@@ -128,7 +128,7 @@ def print_roofline(threads):
     for g in r["gemm"]:
         print(f"    {g['name']:20s} M={g['M']:6d} N={g['N']:6d} K={g['K']:6d} {g['gflops']:7.1f} GFLOP/s "
               f"{100 * g['gflops'] / peak:5.1f}% of peak")
-    return peak
+    return r
 
 
 def print_ops(threads):
@@ -137,12 +137,15 @@ def print_ops(threads):
           f"total {o['total_s']*1e3:.1f} ms")
     for name, t in o["ops"]:
         print(f"    {name:18s} {t*1e3:8.1f} ms {100 * t / o['total_s']:5.1f}%")
+    print(f"  backward op by op (model_backward, without the update): total {o['bwd_total_s']*1e3:.1f} ms")
+    for name, t in o["bwd_ops"]:
+        print(f"    {name:18s} {t*1e3:8.1f} ms {100 * t / o['bwd_total_s']:5.1f}%")
 
 
 if __name__ == "__main__":
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
     print(f"config {CFG}, {threads} threads, median of {RUNS} runs")
-    print_roofline(threads)
+    roof = print_roofline(threads)
     print_ops(threads)
     ours = bench_ours(threads)
     print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw "
@@ -164,5 +167,10 @@ if __name__ == "__main__":
     for batch in (1, 56):
         o = bench_ours_gen(threads, batch)
         r = bench_torch_gen(threads, batch)
+        # at batch 1 a step reads every fp32 weight once but only one row of the embedding table (V x C):
+        # memory bandwidth / those bytes bounds tokens/s
+        wbytes = 4 * (ours["params"] - CFG["V"] * CFG["C"])
+        bound = f" | bound {roof['bw_read_all'] * 1e9 / wbytes:6.1f} tok/s ({wbytes / 1e6:.0f} MB/token)" \
+            if batch == 1 else ""
         print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s | HF generate {r['tok_s']:8.1f} tok/s | ratio "
-              f"{r['time_s']/o['time_s']:.2f}x")
+              f"{r['time_s']/o['time_s']:.2f}x{bound}")

@@ -424,6 +424,50 @@ static void attn_weighted_sum(float *out, const float *p, const float *v, long s
     }
 }
 
+// out[d] = fma(p[n-1], v[(n-1) * stride + d], ... fma(p[0], v[d], out[d])) for d < HD: attn_weighted_sum
+// accumulating onto out's own values, one fma per j in order of j (attention_backward's dq).
+static void attn_weighted_acc(float *out, const float *p, const float *v, long stride, int n, int HD) {
+    int d0 = 0;
+    for (; d0 + 64 <= HD; d0 += 64) {
+        gemm_v8 acc[8], x;
+        memcpy(acc, out + d0, sizeof acc);
+        for (int j = 0; j < n; j++) {
+            const float *vj = v + (long)j * stride + d0;
+            gemm_v8 pj = gemm_splat8(p[j]);
+            for (int u = 0; u < 8; u++) { memcpy(&x, vj + 8 * u, 32); acc[u] = gemm_fma8(pj, x, acc[u]); }
+        }
+        memcpy(out + d0, acc, sizeof acc);
+    }
+    for (; d0 < HD; d0++) {
+        float acc = out[d0];
+        for (int j = 0; j < n; j++) acc = fmaf(p[j], v[(long)j * stride + d0], acc);
+        out[d0] = acc;
+    }
+}
+
+// The rank-1 updates of attention_backward for 4 consecutive query rows at once: for each key row
+// j < n, D[j][d] = fma(w3[j], x3[d], fma(w2[j], x2[d], fma(w1[j], x1[d], fma(w0[j], x0[d], D[j][d]))))
+// (D (n, HD) contiguous), which is the four rows' updates one after the other, loading D once.
+static void attn_rank4_acc(float *D, const float *const w[4], const float *const x[4], int n, int HD) {
+    for (int j = 0; j < n; j++) {
+        float *dj = D + (long)j * HD;
+        float w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
+        for (int d = 0; d < HD; d++) {
+            float y = fmaf(w0, x[0][d], dj[d]);
+            y = fmaf(w1, x[1][d], y);
+            y = fmaf(w2, x[2][d], y);
+            dj[d] = fmaf(w3, x[3][d], y);
+        }
+    }
+}
+// The same for one query row: D[j][d] = fma(w[j], x[d], D[j][d]) for j < n.
+static void attn_rank1_acc(float *D, const float *w, const float *x, int n, int HD) {
+    for (int j = 0; j < n; j++) {
+        float *dj = D + (long)j * HD, wj = w[j];
+        for (int d = 0; d < HD; d++) dj[d] = fmaf(wj, x[d], dj[d]);
+    }
+}
+
 // ---- expf, 8 at a time, with the same bits as the C library's scalar expf.
 // The softmaxes (log-softmax over the vocabulary, attention, sampling) and SiLU spend most of
 // their time in expf, one call per element. glibc (2.28 and later) computes expf(x) in double:
