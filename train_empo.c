@@ -646,6 +646,29 @@ static void model_reserve(Model *m, int B, int T) { model_resize(m, B, T); }
 // ----------------------------------------------------------------------------
 // 3. forward, loss, backward, update
 
+// Layer l's saved activations for the current batch (N = B*T rows), read by its forward and its
+// backward (and by dev/bench_cpu.c's op timers): slices of the one activation block.
+typedef struct {
+    float *resid;      // (N, C) the layer's input: the embedding, or the previous layer's resid3
+    float *ln1, *ln1_rstd, *qkv, *att, *atty;   // (N, C), (N), (N, QKV), (B, NH, T, T), (N, NH*HD)
+    float *resid2, *ln2, *ln2_rstd, *fch, *fch_swiglu, *resid3;   // (N, C), (N, C), (N), (N, 2I), (N, I), (N, C)
+} LayerActs;
+static LayerActs layer_acts(Model *m, int l) {
+    const ModelConfig *c = &m->config;
+    ActivationTensors *a = &m->acts;
+    size_t B = m->B, T = m->T, N = B * T, C = c->C;
+    LayerActs la = {
+        .resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C,
+        .ln1 = a->ln1 + l * N * C, .ln1_rstd = a->ln1_rstd + l * N,
+        .qkv = a->qkv + l * N * cfg_qkv_dim(c), .att = a->att + l * B * c->NH * T * T,
+        .atty = a->atty + l * N * c->NH * c->HD, .resid2 = a->resid2 + l * N * C,
+        .ln2 = a->ln2 + l * N * C, .ln2_rstd = a->ln2_rstd + l * N,
+        .fch = a->fch + l * N * 2 * c->I, .fch_swiglu = a->fch_swiglu + l * N * c->I,
+        .resid3 = a->resid3 + l * N * C,
+    };
+    return la;
+}
+
 // inputs, targets (B, T) token ids; targets may be NULL (then only logits), and a target of -1
 // means "no target here". mask (B, T) weights each position's loss (NULL = all 1). The loss is the
 // masked mean of -log p(target): sum(mask * -logp) / sum(mask). It also leaves m->dlogp set for
@@ -665,26 +688,20 @@ static void model_forward(Model *m, const int *inputs, const int *targets, const
     ActivationTensors *a = &m->acts;
     embedding_forward(a->encoded, inputs, p->wte, N, C);
     for (int l = 0; l < L; l++) {
-        float *resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;   // (N, C)
-        float *ln1 = a->ln1 + (size_t)l * N * C, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
-        float *qkv = a->qkv + (size_t)l * N * QKV, *att = a->att + (size_t)l * B * NH * T * T;
-        float *atty = a->atty + (size_t)l * N * NH * HD, *resid2 = a->resid2 + (size_t)l * N * C;
-        float *ln2 = a->ln2 + (size_t)l * N * C, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
-        float *fch = a->fch + (size_t)l * N * 2 * I, *fch_swiglu = a->fch_swiglu + (size_t)l * N * I;
-        float *resid3 = a->resid3 + (size_t)l * N * C;
+        LayerActs la = layer_acts(m, l);
         float *tmp = m->scratch.dln;   // (N, C) projection outputs, before the residual add
-        rmsnorm_forward(ln1, ln1_rstd, resid, p->ln1w + (size_t)l * C, N, C, c->rms_eps);
-        matmul_forward(qkv, ln1, p->qkvw + (size_t)l * QKV * C, c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL,
-                       N, C, QKV);
-        rope_apply(qkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1);
-        attention_forward(atty, att, qkv, B, T, NH, NKV, HD);
-        matmul_forward(tmp, atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C);
-        residual_forward(resid2, resid, tmp, (size_t)N * C);
-        rmsnorm_forward(ln2, ln2_rstd, resid2, p->ln2w + (size_t)l * C, N, C, c->rms_eps);
-        matmul_forward(fch, ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I);
-        swiglu_forward(fch_swiglu, fch, N, I);
-        matmul_forward(tmp, fch_swiglu, p->fcprojw + (size_t)l * C * I, NULL, N, I, C);
-        residual_forward(resid3, resid2, tmp, (size_t)N * C);
+        rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w + (size_t)l * C, N, C, c->rms_eps);
+        matmul_forward(la.qkv, la.ln1, p->qkvw + (size_t)l * QKV * C,
+                       c->qkv_bias ? p->qkvb + (size_t)l * QKV : NULL, N, C, QKV);
+        rope_apply(la.qkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1);
+        attention_forward(la.atty, la.att, la.qkv, B, T, NH, NKV, HD);
+        matmul_forward(tmp, la.atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C);
+        residual_forward(la.resid2, la.resid, tmp, (size_t)N * C);
+        rmsnorm_forward(la.ln2, la.ln2_rstd, la.resid2, p->ln2w + (size_t)l * C, N, C, c->rms_eps);
+        matmul_forward(la.fch, la.ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I);
+        swiglu_forward(la.fch_swiglu, la.fch, N, I);
+        matmul_forward(tmp, la.fch_swiglu, p->fcprojw + (size_t)l * C * I, NULL, N, I, C);
+        residual_forward(la.resid3, la.resid2, tmp, (size_t)N * C);
     }
     rmsnorm_forward(a->lnf, a->lnf_rstd, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, N, C, c->rms_eps);
     matmul_forward(a->logits, a->lnf, p->lmw, NULL, N, C, V);
@@ -733,34 +750,30 @@ static void model_backward(Model *m) {
     memset(s->dresidual, 0, (size_t)N * C * sizeof(float));
     rmsnorm_backward(s->dresidual, g->lnfw, s->dln, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, a->lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
-        float *resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
-        float *ln1 = a->ln1 + (size_t)l * N * C, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
-        float *qkv = a->qkv + (size_t)l * N * QKV, *att = a->att + (size_t)l * B * NH * T * T;
-        float *atty = a->atty + (size_t)l * N * NH * HD, *resid2 = a->resid2 + (size_t)l * N * C;
-        float *ln2 = a->ln2 + (size_t)l * N * C, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
-        float *fch = a->fch + (size_t)l * N * 2 * I, *fch_swiglu = a->fch_swiglu + (size_t)l * N * I;
+        LayerActs la = layer_acts(m, l);
         // dresidual holds dLoss/d(resid3); the residual adds pass it through unchanged
         memset(s->dswiglu, 0, (size_t)N * I * sizeof(float));
-        matmul_backward(s->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, s->dresidual, fch_swiglu,
+        matmul_backward(s->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, s->dresidual, la.fch_swiglu,
                         p->fcprojw + (size_t)l * C * I, N, I, C);
-        swiglu_backward(s->dfch, s->dswiglu, fch, N, I);
+        swiglu_backward(s->dfch, s->dswiglu, la.fch, N, I);
         memset(s->dln, 0, (size_t)N * C * sizeof(float));
-        matmul_backward(s->dln, g->fcw + (size_t)l * 2 * I * C, NULL, s->dfch, ln2, p->fcw + (size_t)l * 2 * I * C,
-                        N, C, 2 * I);
-        rmsnorm_backward(s->dresidual, g->ln2w + (size_t)l * C, s->dln, resid2, p->ln2w + (size_t)l * C, ln2_rstd,
-                         N, C);
+        matmul_backward(s->dln, g->fcw + (size_t)l * 2 * I * C, NULL, s->dfch, la.ln2,
+                        p->fcw + (size_t)l * 2 * I * C, N, C, 2 * I);
+        rmsnorm_backward(s->dresidual, g->ln2w + (size_t)l * C, s->dln, la.resid2, p->ln2w + (size_t)l * C,
+                         la.ln2_rstd, N, C);
         // now dresidual = dLoss/d(resid2)
         memset(s->datty, 0, (size_t)N * NH * HD * sizeof(float));
-        matmul_backward(s->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, s->dresidual, atty,
+        matmul_backward(s->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, s->dresidual, la.atty,
                         p->attprojw + (size_t)l * C * NH * HD, N, NH * HD, C);
         memset(s->dqkv, 0, (size_t)N * QKV * sizeof(float));
-        attention_backward(s->dqkv, s->datty, qkv, att, B, T, NH, NKV, HD);
+        attention_backward(s->dqkv, s->datty, la.qkv, la.att, B, T, NH, NKV, HD);
         rope_apply(s->dqkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, -1);
         memset(s->dln, 0, (size_t)N * C * sizeof(float));
         matmul_backward(s->dln, g->qkvw + (size_t)l * QKV * C, c->qkv_bias ? g->qkvb + (size_t)l * QKV : NULL,
-                        s->dqkv, ln1,
+                        s->dqkv, la.ln1,
                         p->qkvw + (size_t)l * QKV * C, N, C, QKV);
-        rmsnorm_backward(s->dresidual, g->ln1w + (size_t)l * C, s->dln, resid, p->ln1w + (size_t)l * C, ln1_rstd, N, C);
+        rmsnorm_backward(s->dresidual, g->ln1w + (size_t)l * C, s->dln, la.resid, p->ln1w + (size_t)l * C,
+                         la.ln1_rstd, N, C);
         // now dresidual = dLoss/d(layer input)
     }
     embedding_backward(g->wte, s->dresidual, m->inputs, N, C);

@@ -278,25 +278,20 @@ static int bench_ops(int argc, char **argv) {
 #define TICK(op) (t1 = bench_clock(), t[op] += t1 - tt, tt = t1)
         embedding_forward(a->encoded, in, p->wte, N, C); TICK(OP_EMB);
         for (int l = 0; l < L; l++) {
-            float *resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
-            float *ln1 = a->ln1 + (size_t)l * N * C, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
-            float *qkv = a->qkv + (size_t)l * N * QKV, *att = a->att + (size_t)l * B * NH * T * T;
-            float *atty = a->atty + (size_t)l * N * NH * HD, *resid2 = a->resid2 + (size_t)l * N * C;
-            float *ln2 = a->ln2 + (size_t)l * N * C, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
-            float *fch = a->fch + (size_t)l * N * 2 * I, *fch_swiglu = a->fch_swiglu + (size_t)l * N * I;
-            float *resid3 = a->resid3 + (size_t)l * N * C, *tmp = m->scratch.dln;
-            rmsnorm_forward(ln1, ln1_rstd, resid, p->ln1w + (size_t)l * C, N, C, c.rms_eps); TICK(OP_RMS);
-            matmul_forward(qkv, ln1, p->qkvw + (size_t)l * QKV * C, p->qkvb + (size_t)l * QKV, N, C, QKV);
+            LayerActs la = layer_acts(m, l);
+            float *tmp = m->scratch.dln;
+            rmsnorm_forward(la.ln1, la.ln1_rstd, la.resid, p->ln1w + (size_t)l * C, N, C, c.rms_eps); TICK(OP_RMS);
+            matmul_forward(la.qkv, la.ln1, p->qkvw + (size_t)l * QKV * C, p->qkvb + (size_t)l * QKV, N, C, QKV);
             TICK(OP_QKV);
-            rope_apply(qkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1); TICK(OP_ROPE);
-            attention_forward(atty, att, qkv, B, T, NH, NKV, HD); TICK(OP_ATT);
-            matmul_forward(tmp, atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C); TICK(OP_PROJ);
-            residual_forward(resid2, resid, tmp, (size_t)N * C); TICK(OP_RES);
-            rmsnorm_forward(ln2, ln2_rstd, resid2, p->ln2w + (size_t)l * C, N, C, c.rms_eps); TICK(OP_RMS);
-            matmul_forward(fch, ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I); TICK(OP_UP);
-            swiglu_forward(fch_swiglu, fch, N, I); TICK(OP_SWI);
-            matmul_forward(tmp, fch_swiglu, p->fcprojw + (size_t)l * C * I, NULL, N, I, C); TICK(OP_DOWN);
-            residual_forward(resid3, resid2, tmp, (size_t)N * C); TICK(OP_RES);
+            rope_apply(la.qkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, +1); TICK(OP_ROPE);
+            attention_forward(la.atty, la.att, la.qkv, B, T, NH, NKV, HD); TICK(OP_ATT);
+            matmul_forward(tmp, la.atty, p->attprojw + (size_t)l * C * NH * HD, NULL, N, NH * HD, C); TICK(OP_PROJ);
+            residual_forward(la.resid2, la.resid, tmp, (size_t)N * C); TICK(OP_RES);
+            rmsnorm_forward(la.ln2, la.ln2_rstd, la.resid2, p->ln2w + (size_t)l * C, N, C, c.rms_eps); TICK(OP_RMS);
+            matmul_forward(la.fch, la.ln2, p->fcw + (size_t)l * 2 * I * C, NULL, N, C, 2 * I); TICK(OP_UP);
+            swiglu_forward(la.fch_swiglu, la.fch, N, I); TICK(OP_SWI);
+            matmul_forward(tmp, la.fch_swiglu, p->fcprojw + (size_t)l * C * I, NULL, N, I, C); TICK(OP_DOWN);
+            residual_forward(la.resid3, la.resid2, tmp, (size_t)N * C); TICK(OP_RES);
         }
         rmsnorm_forward(a->lnf, a->lnf_rstd, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, N, C, c.rms_eps);
         TICK(OP_RMS);
@@ -329,32 +324,27 @@ static int bench_ops(int argc, char **argv) {
         rmsnorm_backward(s->dresidual, g->lnfw, s->dln, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, a->lnf_rstd,
                          N, C); TICK(B_RMS);
         for (int l = L - 1; l >= 0; l--) {
-            float *resid = l == 0 ? a->encoded : a->resid3 + (size_t)(l - 1) * N * C;
-            float *ln1 = a->ln1 + (size_t)l * N * C, *ln1_rstd = a->ln1_rstd + (size_t)l * N;
-            float *qkv = a->qkv + (size_t)l * N * QKV, *att = a->att + (size_t)l * B * NH * T * T;
-            float *atty = a->atty + (size_t)l * N * NH * HD, *resid2 = a->resid2 + (size_t)l * N * C;
-            float *ln2 = a->ln2 + (size_t)l * N * C, *ln2_rstd = a->ln2_rstd + (size_t)l * N;
-            float *fch = a->fch + (size_t)l * N * 2 * I, *fch_swiglu = a->fch_swiglu + (size_t)l * N * I;
+            LayerActs la = layer_acts(m, l);
             memset(s->dswiglu, 0, (size_t)N * I * sizeof(float)); TICK(B_ZERO);
-            matmul_backward(s->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, s->dresidual, fch_swiglu,
+            matmul_backward(s->dswiglu, g->fcprojw + (size_t)l * C * I, NULL, s->dresidual, la.fch_swiglu,
                             p->fcprojw + (size_t)l * C * I, N, I, C); TICK(B_DOWN);
-            swiglu_backward(s->dfch, s->dswiglu, fch, N, I); TICK(B_SWI);
+            swiglu_backward(s->dfch, s->dswiglu, la.fch, N, I); TICK(B_SWI);
             memset(s->dln, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
-            matmul_backward(s->dln, g->fcw + (size_t)l * 2 * I * C, NULL, s->dfch, ln2,
+            matmul_backward(s->dln, g->fcw + (size_t)l * 2 * I * C, NULL, s->dfch, la.ln2,
                             p->fcw + (size_t)l * 2 * I * C, N, C, 2 * I); TICK(B_UP);
-            rmsnorm_backward(s->dresidual, g->ln2w + (size_t)l * C, s->dln, resid2, p->ln2w + (size_t)l * C,
-                             ln2_rstd, N, C); TICK(B_RMS);
+            rmsnorm_backward(s->dresidual, g->ln2w + (size_t)l * C, s->dln, la.resid2, p->ln2w + (size_t)l * C,
+                             la.ln2_rstd, N, C); TICK(B_RMS);
             memset(s->datty, 0, (size_t)N * NH * HD * sizeof(float)); TICK(B_ZERO);
-            matmul_backward(s->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, s->dresidual, atty,
+            matmul_backward(s->datty, g->attprojw + (size_t)l * C * NH * HD, NULL, s->dresidual, la.atty,
                             p->attprojw + (size_t)l * C * NH * HD, N, NH * HD, C); TICK(B_PROJ);
             memset(s->dqkv, 0, (size_t)N * QKV * sizeof(float)); TICK(B_ZERO);
-            attention_backward(s->dqkv, s->datty, qkv, att, B, T, NH, NKV, HD); TICK(B_ATT);
+            attention_backward(s->dqkv, s->datty, la.qkv, la.att, B, T, NH, NKV, HD); TICK(B_ATT);
             rope_apply(s->dqkv, m->pos, m->rope_cos, m->rope_sin, N, NH, NKV, HD, -1); TICK(B_ROPE);
             memset(s->dln, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
-            matmul_backward(s->dln, g->qkvw + (size_t)l * QKV * C, g->qkvb + (size_t)l * QKV, s->dqkv, ln1,
+            matmul_backward(s->dln, g->qkvw + (size_t)l * QKV * C, g->qkvb + (size_t)l * QKV, s->dqkv, la.ln1,
                             p->qkvw + (size_t)l * QKV * C, N, C, QKV); TICK(B_QKV);
-            rmsnorm_backward(s->dresidual, g->ln1w + (size_t)l * C, s->dln, resid, p->ln1w + (size_t)l * C,
-                             ln1_rstd, N, C); TICK(B_RMS);
+            rmsnorm_backward(s->dresidual, g->ln1w + (size_t)l * C, s->dln, la.resid, p->ln1w + (size_t)l * C,
+                             la.ln1_rstd, N, C); TICK(B_RMS);
         }
         embedding_backward(g->wte, s->dresidual, m->inputs, N, C); TICK(B_EMB);
 #undef TICK
