@@ -157,13 +157,10 @@ static void rmsnorm_backward(float *dx, float *dw, const float *dout, const floa
         float *d = dx + (size_t)n * C;
         for (int c = 0; c < C; c++) d[c] += r * (w[c] * g[c] - xn[c] * r * dot);
     }
-    // dw reduces over rows: split by columns so threads never write the same element
-    #pragma omp parallel for
-    for (int c = 0; c < C; c++) {
-        float s = 0.0f;
-        for (int n = 0; n < N; n++) s += dout[(size_t)n * C + c] * x[(size_t)n * C + c] * rstd[n];
-        dw[c] += s;
-    }
+    // dw[c] += sum_n (dout[n][c] * x[n][c]) * rstd[n], each term rounded, then added in order of n.
+    // A reduction over rows: gemm.h's colsum_prod3 splits it by columns (no two threads write one
+    // element) and takes 64 of them per row, so that it reads rows, not columns N rows apart.
+    colsum_prod3(dw, dout, x, rstd, N, C);
 }
 
 // Rotates the q and k heads of qkv (N, QKV) in place; pos (N) gives each row's position.
@@ -363,21 +360,10 @@ static void residual_forward(float *out, const float *a, const float *b, size_t 
 // Log-softmax at the targets. logits (N, V); targets (N), -1 = no target. Writes logp (N) and the
 // log-sum-exp lse (N), which the backward uses to rebuild the softmax without storing it.
 static void logprob_forward(float *logp, float *lse, const float *logits, const int *targets, int N, int V) {
-    #pragma omp parallel for
-    for (int n = 0; n < N; n++) {
-        const float *x = logits + (size_t)n * V;
-        float maxv = -FLT_MAX, e[EXP_CHUNK];
-        for (int v = 0; v < V; v++) if (x[v] > maxv) maxv = x[v];
-        float s = 0.0f;   // s = sum_v expf(x[v] - maxv), in order of v
-        for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
-            int m = V - v0 < EXP_CHUNK ? V - v0 : EXP_CHUNK;
-            for (int i = 0; i < m; i++) e[i] = x[v0 + i] - maxv;
-            vexpf(e, e, m);
-            for (int i = 0; i < m; i++) s += e[i];
-        }
-        lse[n] = maxv + logf(s);
-        logp[n] = targets[n] >= 0 ? x[targets[n]] - lse[n] : 0.0f;
-    }
+    // lse[n] = maxv + logf(sum_v expf(x[v] - maxv)), maxv the row's max and the sum in order of v
+    // (gemm.h's rows_logsumexp: 8 rows side by side, so that their sums' adds overlap)
+    rows_logsumexp(lse, logits, N, V);
+    for (int n = 0; n < N; n++) logp[n] = targets[n] >= 0 ? logits[(size_t)n * V + targets[n]] - lse[n] : 0.0f;
 }
 // Given dlogp (N) = dLoss/dlogp at each target, overwrites logits (N, V) with dLoss/dlogits:
 // d logp / d logits = onehot(target) - softmax.
@@ -785,13 +771,8 @@ static float model_grad_norm(const Model *m) {
     enum { CHUNK = 1 << 16 };
     size_t n = m->num_parameters, nchunks = (n + CHUNK - 1) / CHUNK;
     double *part = (double *)xcalloc(nchunks, sizeof(double));
-    #pragma omp parallel for schedule(static)
-    for (size_t c = 0; c < nchunks; c++) {
-        double s = 0.0;
-        size_t end = (c + 1) * CHUNK < n ? (c + 1) * CHUNK : n;
-        for (size_t i = c * CHUNK; i < end; i++) s += (double)m->grads_memory[i] * m->grads_memory[i];
-        part[c] = s;
-    }
+    // part[c] = sum of g^2 over chunk c, in double, in order (gemm.h: 8 chunks side by side)
+    if (nchunks > 0) chunk_sumsq(part, m->grads_memory, nchunks, CHUNK, n - (nchunks - 1) * CHUNK);
     double ss = 0.0;
     for (size_t c = 0; c < nchunks; c++) ss += part[c];
     free(part);
@@ -814,15 +795,19 @@ static float model_update(Model *m, float lr, float beta1, float beta2, float ep
     if (grad_clip > 0.0f && grad_clip / (norm + 1e-6f) < 1.0f) scale = grad_clip / (norm + 1e-6f);
     m->adam_step++;
     double bc1 = 1.0 - pow(beta1, m->adam_step), bc2 = 1.0 - pow(beta2, m->adam_step);   // in double, as torch does
-    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2);
-    #pragma omp parallel for
-    for (size_t i = 0; i < m->num_parameters; i++) {
+    float step_size = (float)(lr / bc1), bc2_sqrt = (float)sqrt(bc2), decay = fmaf(-lr, weight_decay, 1.0f);
+    // gemm.h's adamw_fast does the loop below 8 parameters at a time, the same operations; the
+    // loop itself does what is left (fewer than 8)
+    size_t done = adamw_fast(m->params_memory, m->grads_memory, m->m_memory, m->v_memory, m->num_parameters, scale,
+                             beta1, beta2, decay, step_size, bc2_sqrt, eps);
+    for (size_t i = done; i < m->num_parameters; i++) {
         float grad = m->grads_memory[i] * scale;
-        float mm = beta1 * m->m_memory[i] + (1.0f - beta1) * grad;
-        float vv = beta2 * m->v_memory[i] + (1.0f - beta2) * grad * grad;
+        float mm = fmaf(beta1, m->m_memory[i], (1.0f - beta1) * grad);
+        float vv = fmaf(beta2, m->v_memory[i], (1.0f - beta2) * grad * grad);
         m->m_memory[i] = mm;
         m->v_memory[i] = vv;
-        float w = m->params_memory[i] * (1.0f - lr * weight_decay);
+        float w = m->params_memory[i] * decay;
+        gemm_opaque(w);   // rounded before the subtraction (not fused into it)
         m->params_memory[i] = w - step_size * mm / (sqrtf(vv) / bc2_sqrt + eps);
     }
     return norm;

@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <math.h>
+#include <float.h>
 #if defined(__AVX2__) || defined(__FMA__) || defined(__AVX512F__)
 #include <immintrin.h>
 #endif
@@ -54,7 +55,16 @@ typedef float gemm_v8 __attribute__((vector_size(32)));
         c_;                                                                         \
     })
 #endif
+// x on every lane. A real broadcast (from memory it is a load, not a shuffle); `(gemm_v8){0} + x`
+// made the compiler add 0 first (it may not drop that: -0 + 0 is +0), and on Intel cores the
+// add and the register broadcast compete with the FMAs for their ports (a third of the GEMM).
+// The results are the same: a -0 and a +0 factor differ only when the accumulator is -0, and an
+// accumulator that starts at +0 never becomes -0.
+#ifdef __AVX__
+#define gemm_splat8(x) ((gemm_v8)_mm256_set1_ps((float)(x)))
+#else
 #define gemm_splat8(x) ((gemm_v8){0} + (float)(x))
+#endif
 
 // C's tile is needed only after the K loop: start fetching it now so the loads don't stall
 static inline void gemm_prefetch_c(float *C, long ldc, int mr, int nr) {
@@ -91,7 +101,7 @@ static inline __attribute__((always_inline)) void gemm_micro_np(int K, const flo
         memcpy(&b0, B0 + (size_t)k * GEMM_NR, 64);
         if (NP == 2) memcpy(&b1, B1 + (size_t)k * GEMM_NR, 64);
         for (int i = 0; i < GEMM_MR; i++) {
-            gemm_v16 a = (gemm_v16){0} + Ap[i];
+            gemm_v16 a = (gemm_v16)_mm512_set1_ps(Ap[i]);   // see gemm_splat8
             c0[i] = gemm_fma16(a, b0, c0[i]);
             if (NP == 2) c1[i] = gemm_fma16(a, b1, c1[i]);
         }
@@ -468,6 +478,129 @@ static void attn_rank1_acc(float *D, const float *w, const float *x, int n, int 
     }
 }
 
+// ---- the reductions and the update, with the plain code's order of operations
+
+// v, unchanged, but opaque to the optimizer: a product marked so is rounded before whatever
+// consumes it, since the compiler can no longer fuse it into a later add (an fma). The fast paths
+// below use it where the plain code's scalar loop compiles to a multiply and a separate add.
+#ifdef __AVX__
+#define gemm_opaque(v) __asm__("" : "+x"(v))
+#else
+#define gemm_opaque(v) __asm__("" : "+m"(v))
+#endif
+
+// dw[c] += sum_n (a[n*C + c] * b[n*C + c]) * r[n] for c < C: each term rounded, then added in order
+// of n (rmsnorm_backward's dw). The plain loop walks a column N rows apart (one cache line per term);
+// this takes 64 columns at once, row by row, which is the same arithmetic on contiguous loads.
+static void colsum_prod3(float *dw, const float *a, const float *b, const float *r, int N, int C) {
+    int C8 = C / 8 * 8, nblk = (C8 + 63) / 64;
+    #pragma omp parallel for schedule(static)
+    for (int blk = 0; blk < nblk; blk++) {
+        int c0 = blk * 64, nv = (C8 - c0) / 8 < 8 ? (C8 - c0) / 8 : 8;
+        gemm_v8 s[8], x, y;
+        for (int u = 0; u < 8; u++) s[u] = (gemm_v8){0};
+        for (int n = 0; n < N; n++) {
+            const float *an = a + (size_t)n * C + c0, *bn = b + (size_t)n * C + c0;
+            gemm_v8 rn = gemm_splat8(r[n]);
+            for (int u = 0; u < nv; u++) {
+                memcpy(&x, an + 8 * u, 32); memcpy(&y, bn + 8 * u, 32);
+                gemm_v8 t = x * y * rn;
+                gemm_opaque(t);
+                s[u] = s[u] + t;
+            }
+        }
+        for (int u = 0; u < nv; u++)
+            for (int l = 0; l < 8; l++) dw[c0 + 8 * u + l] += s[u][l];
+    }
+    for (int c = C8; c < C; c++) {   // the last C mod 8 columns
+        float sc = 0.0f;
+        for (int n = 0; n < N; n++) {
+            float t = a[(size_t)n * C + c] * b[(size_t)n * C + c] * r[n];
+            gemm_opaque(t);
+            sc += t;
+        }
+        dw[c] += sc;
+    }
+}
+
+// sum_i x[i]^2 in double over each of n chunks of len floats (the chunks contiguous, the last one
+// last_len long): part[c] = the sum of chunk c, from 0 in order of i. One chunk's sum is a chain of
+// dependent adds; taking 8 chunks side by side gives the core 8 independent chains.
+// (A float times a float is exact in double, so fused or not, each step is one rounding.)
+static void chunk_sumsq(double *part, const float *x, size_t nchunks, size_t len, size_t last_len) {
+    size_t ngroups = (nchunks + 7) / 8;
+    #pragma omp parallel for schedule(static)
+    for (size_t gi = 0; gi < ngroups; gi++) {
+        size_t c0 = gi * 8, nc = nchunks - c0 < 8 ? nchunks - c0 : 8;
+        if (nc == 8 && (c0 + 8 < nchunks || last_len == len)) {
+            double s[8] = {0};
+            const float *xs = x + c0 * len;
+            for (size_t i = 0; i < len; i++)
+                for (int l = 0; l < 8; l++) { double v = xs[(size_t)l * len + i]; s[l] = fma(v, v, s[l]); }
+            for (int l = 0; l < 8; l++) part[c0 + l] = s[l];
+        } else {
+            for (size_t c = c0; c < c0 + nc; c++) {
+                size_t n = c + 1 == nchunks ? last_len : len;
+                double sc = 0.0;
+                for (size_t i = 0; i < n; i++) { double v = x[c * len + i]; sc = fma(v, v, sc); }
+                part[c] = sc;
+            }
+        }
+    }
+}
+
+// model_update's AdamW loop for i < n / 8 * 8 (the caller does the rest), 8 parameters at a time
+// with the scalar loop's operations: grad = g * scale; m = fma(beta1, m, (1 - beta1) * grad);
+// v = fma(beta2, v, (1 - beta2) * grad * grad); p = p * decay - (step * m) / (sqrt(v) / bc2_sqrt + eps).
+// Returns n / 8 * 8. (Scalar, the loop is bound by sqrtf and two divisions per parameter.)
+static size_t adamw_fast(float *p, const float *g, float *m, float *v, size_t n, float scale, float beta1,
+                         float beta2, float decay, float step, float bc2_sqrt, float eps) {
+#if defined(__AVX__) && defined(__FMA__)
+    size_t n8 = n / 8;
+    #pragma omp parallel for schedule(static)
+    for (size_t k = 0; k < n8; k++) {
+        size_t i = k * 8;
+        __m256 grad = _mm256_mul_ps(_mm256_loadu_ps(g + i), _mm256_set1_ps(scale));
+        __m256 t1 = _mm256_mul_ps(_mm256_set1_ps(1.0f - beta1), grad);
+        __m256 t2 = _mm256_mul_ps(_mm256_mul_ps(_mm256_set1_ps(1.0f - beta2), grad), grad);
+        __m256 mm = _mm256_fmadd_ps(_mm256_set1_ps(beta1), _mm256_loadu_ps(m + i), t1);
+        __m256 vv = _mm256_fmadd_ps(_mm256_set1_ps(beta2), _mm256_loadu_ps(v + i), t2);
+        _mm256_storeu_ps(m + i, mm);
+        _mm256_storeu_ps(v + i, vv);
+        __m256 w = _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_set1_ps(decay));
+        gemm_opaque(w);   // w - upd below: a multiply and a subtract, as in the scalar loop
+        __m256 den = _mm256_add_ps(_mm256_div_ps(_mm256_sqrt_ps(vv), _mm256_set1_ps(bc2_sqrt)), _mm256_set1_ps(eps));
+        __m256 upd = _mm256_div_ps(_mm256_mul_ps(_mm256_set1_ps(step), mm), den);
+        _mm256_storeu_ps(p + i, _mm256_sub_ps(w, upd));
+    }
+    return n8 * 8;
+#else
+    (void)p; (void)g; (void)m; (void)v; (void)n; (void)scale; (void)beta1; (void)beta2; (void)decay; (void)step;
+    (void)bc2_sqrt; (void)eps;
+    return 0;
+#endif
+}
+
+// ---- the log-sum-exp of many rows (the log-softmax over the vocabulary)
+
+// max_v x[v] for v < V, as `if (x[v] > m) m = x[v]` from -FLT_MAX: NaNs are never taken. Lanes
+// keep their own maxima (max_ps(x, m) is exactly that rule); the value is the same, and when it is
+// a zero its sign does not matter to anyone who subtracts it (x - 0 and x - (-0) differ only in the
+// sign of a zero, whose exp is 1 either way).
+static inline float row_max(const float *x, int V) {
+    int v = 0;
+    float m = -FLT_MAX;
+#ifdef __AVX__
+    __m256 mv = _mm256_set1_ps(-FLT_MAX);
+    for (; v + 8 <= V; v += 8) mv = _mm256_max_ps(_mm256_loadu_ps(x + v), mv);
+    float lanes[8];
+    _mm256_storeu_ps(lanes, mv);
+    for (int l = 0; l < 8; l++) if (lanes[l] > m) m = lanes[l];
+#endif
+    for (; v < V; v++) if (x[v] > m) m = x[v];
+    return m;
+}
+
 // ---- expf, 8 at a time, with the same bits as the C library's scalar expf.
 // The softmaxes (log-softmax over the vocabulary, attention, sampling) and SiLU spend most of
 // their time in expf, one call per element. glibc (2.28 and later) computes expf(x) in double:
@@ -549,6 +682,35 @@ __attribute__((constructor)) static void vexpf_check(void) {
         if (memcmp(&e, &y[i], 4) != 0) { vexpf_fast = 0; break; }
     }
 #endif
+}
+
+// lse[n] = m + logf(sum_v expf(x[n*V + v] - m)) with m = row_max(row n), the sum in float and in
+// order of v: the log-softmax's normalizer. The sum of one row is a chain of V dependent adds (the
+// latency of an add per element); 8 rows at a time are 8 independent chains.
+static void rows_logsumexp(float *lse, const float *x, int N, int V) {
+    enum { CH = 512 };
+    int ngroups = (N + 7) / 8;
+    #pragma omp parallel for schedule(static)
+    for (int gi = 0; gi < ngroups; gi++) {
+        int n0 = gi * 8, nr = N - n0 < 8 ? N - n0 : 8;
+        float mx[8], s[8] = {0}, e[8][CH];
+        for (int r = 0; r < nr; r++) mx[r] = row_max(x + (size_t)(n0 + r) * V, V);
+        for (int v0 = 0; v0 < V; v0 += CH) {
+            int m = V - v0 < CH ? V - v0 : CH;
+            for (int r = 0; r < nr; r++) {
+                const float *xr = x + (size_t)(n0 + r) * V + v0;
+                for (int i = 0; i < m; i++) e[r][i] = xr[i] - mx[r];
+                vexpf(e[r], e[r], m);
+            }
+            if (nr == 8)
+                for (int i = 0; i < m; i++)
+                    for (int r = 0; r < 8; r++) s[r] += e[r][i];
+            else
+                for (int r = 0; r < nr; r++)
+                    for (int i = 0; i < m; i++) s[r] += e[r][i];
+        }
+        for (int r = 0; r < nr; r++) lse[n0 + r] = mx[r] + logf(s[r]);
+    }
 }
 
 #endif // EMPOC_GEMM_H
