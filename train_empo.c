@@ -196,8 +196,9 @@ static inline void softmax_inplace(float *p, int P) {
 
 // One query q (HD) against P keys and values whose rows are `stride` floats apart: p (P) gets
 // the softmax of the scaled scores, out (HD) the probability-weighted sum of the values. This is
-// the definition; decoding (keys from the KV cache) calls it, and training's attention_forward
-// computes the same thing, to the bit, with gemm.h's attn_scores and attn_weighted_sum.
+// the definition. Both engines' loops compute the same thing, to the bit, with gemm.h's vector
+// kernels: training's attention_forward (attn_scores, attn_weighted_sum) and decoding's
+// attention_cached_forward (attn_scores_rows, for keys in rows).
 static inline void attend_one(float *out, float *p, const float *q, const float *k, const float *v, long stride, int P,
                               int HD, float scale) {
     for (int j = 0; j < P; j++) p[j] = dot_f32(q, k + (size_t)j * stride, HD) * scale;
@@ -914,11 +915,15 @@ static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, 
         #pragma omp for collapse(2) schedule(dynamic, 4)
         for (int i = 0; i < N; i++)
             for (int hq = 0; hq < NH; hq++) {
-                int hk = hq / rep;
-                attend_one(out + (size_t)i * NH * HD + (size_t)hq * HD, sc, qkv + (size_t)i * QKV + (size_t)hq * HD,
-                           kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD, 
-                           kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD,
-                           (long)kvd, pos[i] + 1, HD, scale);
+                int hk = hq / rep, P = pos[i] + 1;
+                const float *q = qkv + (size_t)i * QKV + (size_t)hq * HD;
+                const float *k = kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD;
+                const float *v = kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD;
+                // attend_one(out, sc, q, k, v, kvd, P, HD, scale), through gemm.h's vector kernels
+                attn_scores_rows(sc, q, k, (long)kvd, P, HD);
+                for (int j = 0; j < P; j++) sc[j] *= scale;
+                softmax_inplace(sc, P);
+                attn_weighted_sum(out + (size_t)i * NH * HD + (size_t)hq * HD, sc, v, (long)kvd, P, HD);
             }
         free(sc);
     }

@@ -406,6 +406,40 @@ static void attn_scores(float *s, const float *q, const float *KT, long ldk, int
     }
 }
 
+// s[j] = dot_f32(q, k + j * stride, HD) for j < n: the scores against keys stored as rows (the KV
+// cache, where transposing them every step would cost what it saves). dot_f32's 8 partial sums are
+// the 8 lanes of one vector, then its fixed tree and its tail; 4 keys side by side keep 4 chains
+// of fmas in flight (one key alone is a chain of HD/8 dependent fmas).
+static void attn_scores_rows(float *s, const float *q, const float *k, long stride, int n, int HD) {
+    int HD8 = HD / 8 * 8;
+    for (int j0 = 0; j0 < n; j0 += 4) {
+        int nk = n - j0 < 4 ? n - j0 : 4;
+        gemm_v8 acc[4], qv, kv;
+        for (int u = 0; u < 4; u++) acc[u] = (gemm_v8){0};
+        const float *k0 = k + (long)j0 * stride;
+        if (nk == 4)
+            for (int i = 0; i < HD8; i += 8) {
+                memcpy(&qv, q + i, 32);
+                for (int u = 0; u < 4; u++) {
+                    memcpy(&kv, k0 + u * stride + i, 32);
+                    acc[u] = gemm_fma8(qv, kv, acc[u]);
+                }
+            }
+        else
+            for (int u = 0; u < nk; u++)
+                for (int i = 0; i < HD8; i += 8) {
+                    memcpy(&qv, q + i, 32); memcpy(&kv, k0 + u * stride + i, 32);
+                    acc[u] = gemm_fma8(qv, kv, acc[u]);
+                }
+        for (int u = 0; u < nk; u++) {
+            gemm_v8 a = acc[u];
+            float r = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            for (int i = HD8; i < HD; i++) r = fmaf(q[i], k0[u * stride + i], r);
+            s[j0 + u] = r;
+        }
+    }
+}
+
 // out[d] = sum_{j < n} p[j] * v[j * stride + d] for d < HD: from 0, one fma per j, in order of j.
 static void attn_weighted_sum(float *out, const float *p, const float *v, long stride, int n, int HD) {
     int d0 = 0;
