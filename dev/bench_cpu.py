@@ -36,6 +36,7 @@ def median_of(f, keys):
     out = dict(rs[0])
     for k in keys:
         out[k] = statistics.median(r[k] for r in rs)
+        out[k + "_range"] = (min(r[k] for r in rs), max(r[k] for r in rs))
     return out
 
 
@@ -87,7 +88,7 @@ def bench_torch_gen(threads, batch):
             if it > 0:
                 times.append(time.perf_counter() - t0)
     t = statistics.median(times)
-    return dict(time_s=t, tok_s=batch * GEN["N"] / t)
+    return dict(time_s=t, tok_s=batch * GEN["N"] / t, time_s_range=(min(times), max(times)))
 
 
 def bench_torch(threads):
@@ -113,7 +114,12 @@ def bench_torch(threads):
             fwds.append(t1 - t0)
     n = sum(p.numel() for p in model.parameters())
     step, fwd = statistics.median(steps), statistics.median(fwds)
-    return dict(params=n, fwd_s=fwd, step_s=step, tok_s=CFG["B"] * CFG["T"] / step, torch=torch.__version__)
+    return dict(params=n, fwd_s=fwd, step_s=step, tok_s=CFG["B"] * CFG["T"] / step, torch=torch.__version__,
+                fwd_s_range=(min(fwds), max(fwds)), step_s_range=(min(steps), max(steps)))
+
+
+def ms_range(r):
+    return f"{r[0] * 1e3:.1f}-{r[1] * 1e3:.1f}"
 
 
 def print_roofline(threads):
@@ -159,6 +165,9 @@ if __name__ == "__main__":
           f"ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
     print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward "
           f"{ref['fwd_s']/ours['fwd_s']:.2f}x")
+    print("  ranges (min-max of the runs, ms): empo.c fwd " + ms_range(ours["fwd_s_range"]) + ", step "
+          + ms_range(ours["step_s_range"]) + " | PyTorch fwd " + ms_range(ref["fwd_s_range"]) + ", step "
+          + ms_range(ref["step_s_range"]))
     e = run_json(["empo"] + [CFG[k] for k in MODEL] + [8, 7, 64, 64], threads)
     print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score "
           f"{e['score_s']*1e3:.1f} ms"
@@ -174,3 +183,5 @@ if __name__ == "__main__":
             if batch == 1 else ""
         print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s | HF generate {r['tok_s']:8.1f} tok/s | ratio "
               f"{r['time_s']/o['time_s']:.2f}x{bound}")
+        print(f"    ranges (ms per generate call): empo.c {ms_range(o['time_s_range'])} | "
+              f"HF {ms_range(r['time_s_range'])}")
