@@ -1,5 +1,6 @@
 // gemm.h: the fast paths of train_empo.c: its matmuls (a cache-blocked single-precision GEMM),
-// attention's two matmuls row by row, and expf 8 at a time. train_empo.c keeps the plain
+// attention's two matmuls row by row, the reductions and the AdamW update taken several chains at a
+// time, the log-sum-exp of many rows, and expf 8 at a time. train_empo.c keeps the plain
 // definitions; each fast path here computes the same bits, in every build and at any thread count.
 // The GEMM follows the classic Goto/BLIS recipe: cut K and N into blocks that stay in cache, copy
 // ("pack") the current blocks of A and B into contiguous panels, and let a small register-blocked
