@@ -195,19 +195,17 @@ static inline void softmax_inplace(float *p, int P) {
 }
 
 // One query q (HD) against P keys and values whose rows are `stride` floats apart: p (P) gets
-// the softmax of the scaled scores, out (HD) the probability-weighted sum of the values. This is
-// the definition. Both engines' loops compute the same thing, to the bit, with gemm.h's vector
-// kernels: training's attention_forward (attn_scores, attn_weighted_sum) and decoding's
-// attention_cached_forward (attn_scores_rows, for keys in rows).
+// the softmax of the scaled scores, out (HD) the probability-weighted sum of the values:
+//     p[j] = dot_f32(q, k_j) * scale;  softmax_inplace(p);  out[d] = sum_j p[j] * v_j[d] (one fma per j, in order)
+// Decoding calls it (keys from the KV cache). The two sums go through gemm.h's vector kernels,
+// the same bits: attn_scores_rows (4 keys side by side) and attn_weighted_sum (64 columns in
+// registers); training's attention_forward computes the same with the keys transposed (attn_scores).
 static inline void attend_one(float *out, float *p, const float *q, const float *k, const float *v, long stride, int P,
                               int HD, float scale) {
-    for (int j = 0; j < P; j++) p[j] = dot_f32(q, k + (size_t)j * stride, HD) * scale;
+    attn_scores_rows(p, q, k, stride, P, HD);
+    for (int j = 0; j < P; j++) p[j] *= scale;
     softmax_inplace(p, P);
-    for (int d = 0; d < HD; d++) out[d] = 0.0f;
-    for (int j = 0; j < P; j++) {
-        const float *vj = v + (size_t)j * stride;
-        for (int d = 0; d < HD; d++) out[d] += p[j] * vj[d];
-    }
+    attn_weighted_sum(out, p, v, stride, P, HD);
 }
 
 // Causal grouped-query attention. qkv (B, T, QKV) with rope applied; query head hq reads key/value
@@ -915,15 +913,11 @@ static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, 
         #pragma omp for collapse(2) schedule(dynamic, 4)
         for (int i = 0; i < N; i++)
             for (int hq = 0; hq < NH; hq++) {
-                int hk = hq / rep, P = pos[i] + 1;
-                const float *q = qkv + (size_t)i * QKV + (size_t)hq * HD;
-                const float *k = kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD;
-                const float *v = kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD;
-                // attend_one(out, sc, q, k, v, kvd, P, HD, scale), through gemm.h's vector kernels
-                attn_scores_rows(sc, q, k, (long)kvd, P, HD);
-                for (int j = 0; j < P; j++) sc[j] *= scale;
-                softmax_inplace(sc, P);
-                attn_weighted_sum(out + (size_t)i * NH * HD + (size_t)hq * HD, sc, v, (long)kvd, P, HD);
+                int hk = hq / rep;
+                attend_one(out + (size_t)i * NH * HD + (size_t)hq * HD, sc, qkv + (size_t)i * QKV + (size_t)hq * HD,
+                           kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD,
+                           kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD,
+                           (long)kvd, pos[i] + 1, HD, scale);
             }
         free(sc);
     }
@@ -968,8 +962,7 @@ static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq,
 // log softmax(logits)[tok] of one row: the model's own log-probability, untouched by temperature or
 // truncation, which is what the policy-gradient objective differentiates.
 static float row_logprob(const float *logits, int V, int tok) {
-    float maxv = -FLT_MAX, e[EXP_CHUNK];
-    for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
+    float maxv = row_max(logits, V), e[EXP_CHUNK];
     float s = 0.0f;
     for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
         int m = V - v0 < EXP_CHUNK ? V - v0 : EXP_CHUNK;
@@ -985,8 +978,7 @@ static float row_logprob(const float *logits, int V, int tok) {
 //   H = lse - sum_v p(v) logit(v),   KL(U || p) = -log V - (1/V) sum_v log p(v) = lse - mean(logit) - log V.
 // In double: sum_v p(v) logit(v) cancels against lse, and a float sum over 150k terms would lose digits.
 static void row_token_stats(const float *logits, int V, double *entropy, double *certainty) {
-    float maxv = -FLT_MAX;
-    for (int v = 0; v < V; v++) if (logits[v] > maxv) maxv = logits[v];
+    float maxv = row_max(logits, V);
     double s = 0.0, sx = 0.0, sl = 0.0;   // sum e^(x - max), sum e^(x - max) (x - max), sum (x - max)
     for (int v = 0; v < V; v++) {
         double x = (double)logits[v] - maxv, e = exp(x);
