@@ -169,7 +169,7 @@ static void test_greedy_vs_hf(void) {
     GreedyFixture gf;
     if (greedy_fixture_open(&gf, &m) != 0) return;
     int n = gf.n;
-    SamplerConfig sc = {0.0f, 1.0f, 0, gf.max_new, 0, 1};
+    SamplerConfig sc = {0.0f, 1.0f, 0, gf.max_new, 0, 1, 0};
     Generation gen;
     generate(&m, (const int *const *)gf.prompts, gf.plen, n, 1, &sc, &gen, 0);
     int ok = 1, stopped = 0;
@@ -240,7 +240,7 @@ static void test_sampling(void) {
     float logits[V];
     uint64_t rng = 99;
     for (int v = 0; v < V; v++) logits[v] = 3.0f * random_normal(&rng);
-    SamplerConfig sc = {1.0f, 1.0f, 0, 1, 0, 0};
+    SamplerConfig sc = {1.0f, 1.0f, 0, 1, 0, 0, 0};
     sampling_case("T=1", logits, V, sc, 200000);
     sc.temperature = 0.7f; sampling_case("T=0.7", logits, V, sc, 200000);
     sc.temperature = 1.0f; sc.top_p = 0.9f; sampling_case("T=1 top_p=0.9", logits, V, sc, 200000);
@@ -254,13 +254,14 @@ static void test_sampling(void) {
     for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
     ProbId scratch[V];
     int ok = 1;
-    SamplerConfig k1 = {1.0f, 1.0f, 1, 1, 0, 0}, tiny_p = {1.0f, 1e-6f, 0, 1, 0, 0}, greedy = {0.0f, 1.0f, 0, 1, 0, 0};
+    SamplerConfig k1 = {1.0f, 1.0f, 1, 1, 0, 0, 0}, tiny_p = {1.0f, 1e-6f, 0, 1, 0, 0, 0};
+    SamplerConfig greedy = {0.0f, 1.0f, 0, 1, 0, 0, 0};
     for (int i = 0; i < 100; i++) ok &= sample_token(logits, V, &k1, &rng, scratch) == best;
     for (int i = 0; i < 100; i++) ok &= sample_token(logits, V, &tiny_p, &rng, scratch) == best;
     ok &= sample_token(logits, V, &greedy, &rng, scratch) == best;
     check(ok, "sampling: top_k=1, tiny top_p and T=0 always give the argmax");
     float tie[4] = {1.0f, 3.0f, 3.0f, 0.0f};
-    SamplerConfig k2 = {1.0f, 1.0f, 2, 1, 0, 0};
+    SamplerConfig k2 = {1.0f, 1.0f, 2, 1, 0, 0, 0};
     int c1 = 0, c2 = 0, other = 0;
     for (int i = 0; i < 10000; i++) {
         int t = sample_token(tie, 4, &k2, &rng, scratch);
@@ -281,7 +282,7 @@ static void test_logprobs(void) {
     int p0[4] = {5, 9, 17, 3}, p1[2] = {40, 41};
     const int *prompts[2] = {p0, p1};
     int plen[2] = {4, 2}, G = 5;   // 10 responses: decoding goes through the pre-packed GEMM path
-    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7};
+    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7, 0};
     Generation gen;
     generate(&m, prompts, plen, 2, G, &sc, &gen, 0);
     float worst = 0.0f;
@@ -361,7 +362,7 @@ static void test_eval_accuracy(void) {
     enum { N = 8 };
     const Problem *probs[N];
     for (int i = 0; i < N; i++) probs[i] = &ps.items[i];
-    SamplerConfig greedy = {0.0f, 1.0f, 0, 48, 0, 1};
+    SamplerConfig greedy = {0.0f, 1.0f, 0, 48, 0, 1, 0};
     Scorer scorer = scorer_math();
     Rollouts r;
     rollouts_sample(&r, &m, &tok, &scorer, TEMPLATE_PLAIN, probs, N, 1, &greedy, 0);

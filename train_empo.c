@@ -925,7 +925,8 @@ static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, 
 
 // Runs N new tokens through the model, reading and extending the KV cache: token i is tokens[i],
 // of sequence seq[i], at position pos[i]. Writes logits (n_out, V) for the tokens out_rows[0..n_out)
-// (only those rows pay for the LM head). The same layer functions as training, so the two agree.
+// (only those rows pay for the LM head; none when n_out is 0, and kv->x keeps the final residual
+// stream). The same layer functions as training, so the two agree.
 static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq, const int *pos, int N,
                        const int *out_rows, int n_out, float *logits) {
     const ModelConfig *c = &m->config;
@@ -953,6 +954,7 @@ static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq,
         matmul_forward_packed(kv->tmp, kv->sw, p->fcprojw + (size_t)l * C * I, kv_packed(kv, 4 * l + 3), NULL, N, I, C);
         residual_forward(kv->x, kv->x, kv->tmp, (size_t)N * C);
     }
+    if (n_out == 0) return;
     for (int j = 0; j < n_out; j++) memcpy(kv->tmp + (size_t)j * C, kv->x + (size_t)out_rows[j] * C,
                                            (size_t)C * sizeof(float));
     rmsnorm_forward(kv->ln, kv->fch /* rstd, unused */, kv->tmp, p->lnfw, n_out, C, c->rms_eps);
@@ -1083,6 +1085,8 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     kv_init(&kv, c, cap, n, maxlen > n ? maxlen : n);
     if (n >= 8) kv_pack_weights(&kv, m);   // decode steps with >= 8 rows use GEMM
     out->n = n;
+    out->mean_entropy = out->mean_certainty = NULL;
+    int stats = !sc->no_token_stats;   // only -r entropy / certainty read them: a pass over each row
     out->len = (int *)xcalloc((size_t)n, sizeof(int));
     out->eos = (int *)xcalloc((size_t)n, sizeof(int));
     out->tokens = (int **)xmalloc((size_t)n * sizeof(int *));
@@ -1113,14 +1117,25 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     scratch = (ProbId *)xmalloc((size_t)n_threads * V * sizeof(ProbId));
     size_t kvd = (size_t)c->NKV * c->HD;
     int n_active = 0;
+    float *last_x = (float *)xmalloc((size_t)n_prompts * c->C * sizeof(float));   // each prompt's last row
     for (int p = 0; p < n_prompts; p++) {
-        int P = prompt_lens[p], s0 = p * G, last = P - 1;
+        int P = prompt_lens[p], s0 = p * G;
         for (int t = 0; t < P; t++) { tok[t] = prompts[p][t]; seq[t] = s0; pos[t] = t; }
-        model_step(m, &kv, tok, seq, pos, P, &last, 1, logits);
+        model_step(m, &kv, tok, seq, pos, P, NULL, 0, NULL);
+        memcpy(last_x + (size_t)p * c->C, kv.x + (size_t)(P - 1) * c->C, (size_t)c->C * sizeof(float));
         for (int g = 1; g < G; g++)   // the G responses share the prompt's keys and values
             for (int l = 0; l < c->L; l++)
                 for (int w = 0; w < 2; w++)
                     memcpy(kv_at(&kv, c, s0 + g, l, w, 0), kv_at(&kv, c, s0, l, w, 0), (size_t)P * kvd * sizeof(float));
+    }
+    // The prompts' last rows through the LM head together, each row as model_step computes a single
+    // one (matmul_few_rows, the same bits): the LM head's weights stream from memory once, not once a prompt.
+    rmsnorm_forward(kv.ln, kv.fch /* rstd, unused */, last_x, m->params.lnfw, n_prompts, c->C, c->rms_eps);
+    matmul_few_rows(logits, kv.ln, m->params.lmw, n_prompts, c->C, V);
+    free(last_x);
+    for (int p = 0; p < n_prompts; p++) {
+        int P = prompt_lens[p], s0 = p * G;
+        const float *row = logits + (size_t)p * V;
         for (int g = 0; g < G; g++) {
             int j = s0 + g;
             if (cap[j] <= P) continue;   // no room for even one token
@@ -1129,14 +1144,14 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
         // sample the first token of each of the G responses from the shared logits
         for (int a = n_active - 1; a >= 0 && active[a] >= s0; a--) {
             int j = active[a];
-            int t0 = sample_token(logits, V, sc, &rng[j], scratch);
+            int t0 = sample_token(row, V, sc, &rng[j], scratch);
             out->tokens[j][0] = t0;
-            out->logprobs[j][0] = row_logprob(logits, V, t0);
+            out->logprobs[j][0] = row_logprob(row, V, t0);
             out->len[j] = 1;
         }
-        if (n_active > 0 && active[n_active - 1] >= s0) {   // the G first positions share one row
+        if (stats && n_active > 0 && active[n_active - 1] >= s0) {   // the G first positions share one row
             double h, k;
-            row_token_stats(logits, V, &h, &k);
+            row_token_stats(row, V, &h, &k);
             for (int a = n_active - 1; a >= 0 && active[a] >= s0; a--) {
                 ent_sum[active[a]] = h;
                 cert_sum[active[a]] = k;
@@ -1174,6 +1189,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             out->tokens[j][out->len[j]] = t;
             out->logprobs[j][out->len[j]] = row_logprob(row, V, t);
             out->len[j]++;
+            if (!stats) continue;
             double h, k;
             row_token_stats(row, V, &h, &k);
             ent_sum[j] += h;
@@ -1195,7 +1211,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             if (n_active == 0) fputc('\n', stderr);
         }
     }
-    generation_set_token_means(out, ent_sum, cert_sum);
+    if (stats) generation_set_token_means(out, ent_sum, cert_sum);
     free(ent_sum);
     free(cert_sum);
     free(cap);
@@ -2162,8 +2178,8 @@ static EvalResult eval_result(FILE *f, const char *tmp_path, const char *out_jso
     return res;
 }
 static void eval_samplers(const EvalConfig *ec, SamplerConfig *greedy, SamplerConfig *sampled) {
-    SamplerConfig g = {0.0f, 1.0f, 0, ec->max_new, 0, ec->seed};
-    SamplerConfig s = {ec->temperature, ec->top_p, ec->top_k, ec->max_new, 0, ec->seed};
+    SamplerConfig g = {0.0f, 1.0f, 0, ec->max_new, 0, ec->seed, 1};   // (eval reads no token statistics)
+    SamplerConfig s = {ec->temperature, ec->top_p, ec->top_k, ec->max_new, 0, ec->seed, 1};
     *greedy = g;
     *sampled = s;
 }
@@ -2945,7 +2961,8 @@ static StepStats empo_step(Run *run, const Problem *const *batch, int B, int ste
     const RunConfig *rc = run->rc;
     double t0 = now_seconds();
     SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0,
-                        (uint64_t)rc->seed * 1000003ull + (uint64_t)step};
+                        (uint64_t)rc->seed * 1000003ull + (uint64_t)step,
+                        rc->reward != REWARD_ENTROPY && rc->reward != REWARD_CERTAINTY};
     Rollouts r;
     int verbose = !rc->quiet && (long)B * rc->G * rc->max_new > 200000;
     rollouts_sample(&r, &run->m, &run->tok, &run->scorer, run->template_id, batch, B, rc->G, &sc, verbose);
@@ -3356,7 +3373,7 @@ static void run_prompt(const RunConfig *rc) {
     load_model_and_tokenizer(&m, &tok, rc);
     Problem p = {(char *)rc->prompt_text, NULL, NULL, 0, 0};
     const Problem *pp = &p;
-    SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, (uint64_t)rc->seed};
+    SamplerConfig sc = {rc->temperature, rc->top_p, rc->top_k, rc->max_new, 0, (uint64_t)rc->seed, 0};   // all rewards
     Scorer scorer = scorer_math();
     scorer.extract_policy = rc->extract_policy;
     scorer.reward_cluster = exact_cluster;

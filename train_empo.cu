@@ -3870,7 +3870,8 @@ static void bench_gen(Model *m, int n_prompts, int G, int plen, int max_new, flo
         cudaCheck(cudaDeviceGetAttribute(&bus_bits, cudaDevAttrGlobalMemoryBusWidth, 0));
         bw_gbs = 2.0 * clock_khz * 1e3 * (bus_bits / 8.0) / 1e9;
     }
-    SamplerConfig warm = {temp, 1.0f, 0, 8, 8, (uint64_t)seed}, sc = {temp, 1.0f, 0, max_new, max_new, (uint64_t)seed};
+    SamplerConfig warm = {temp, 1.0f, 0, 8, 8, (uint64_t)seed, 0};
+    SamplerConfig sc = {temp, 1.0f, 0, max_new, max_new, (uint64_t)seed, 0};
     Generation g;
     generate(m, (const int *const *)prompts, lens, 1, G, &warm, &g, 0);   // warm-up: cuBLAS heuristics, first launches
     generation_free(&g);

@@ -31,7 +31,7 @@ static int bench_generate(int argc, char **argv) {
         prompts[b] = (int *)xmalloc((size_t)P * sizeof(int)); plen[b] = P;
         for (int t = 0; t < P; t++) prompts[b][t] = random_u32(&rng) % c.V;
     }
-    SamplerConfig sc = {0.0f, 1.0f, 0, N, 0, 1};
+    SamplerConfig sc = {0.0f, 1.0f, 0, N, 0, 1, 1};   // no token statistics: HF generate has none either
     double best = 1e30;
     for (int it = 0; it < iters; it++) {
         Generation g;
@@ -66,7 +66,7 @@ static int bench_empo_step(int argc, char **argv) {
         r.prompt_ids[b] = (int *)xmalloc((size_t)P * sizeof(int)); r.prompt_len[b] = P;
         for (int t = 0; t < P; t++) r.prompt_ids[b][t] = random_u32(&rng) % c.V;
     }
-    SamplerConfig sc = {0.9f, 1.0f, 0, N, N, 7};
+    SamplerConfig sc = {0.9f, 1.0f, 0, N, N, 7, 1};   // as EMPO's rollouts: no token statistics
     double t0 = now_seconds();
     generate(&m, (const int *const *)r.prompt_ids, r.prompt_len, B, G, &sc, &r.gen, 0);
     double t1 = now_seconds();

@@ -94,6 +94,8 @@ typedef struct {
     int max_new;        // max new tokens per response
     int min_new;        // EOS is ignored before this many tokens (benchmarks use it to force length)
     uint64_t seed;
+    int no_token_stats; // 1: the caller will not read mean_entropy / mean_certainty (below), so an engine
+                        // may skip them and leave both NULL (a pass over every logits row saved)
 } SamplerConfig;
 
 // G responses for each of n_prompts prompts. Response j = p*G + g. Tokens include the EOS that
@@ -109,7 +111,8 @@ typedef struct {
 // stored logits): with lse = logsumexp(logits), H = lse - sum_v p(v) logit(v) and
 // KL(U || p) = lse - mean_v logit(v) - log V. Accumulate in double. A response with len 0 has 0.
 // Every engine must set both pointers: malloc'd (n) arrays, or NULL if it does not compute them (the
-// host then refuses -r entropy/certainty with a message). generation_free frees them.
+// host then refuses -r entropy/certainty with a message), as it may when sc->no_token_stats is set.
+// generation_free frees them.
 typedef struct {
     int n;            // n_prompts * G
     int *len;         // (n) generated tokens
