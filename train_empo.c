@@ -184,8 +184,7 @@ static void rope_apply(float *qkv, const int *pos, const float *cosb, const floa
 
 // Softmax of p (P) in place: p = exp(p - max) / sum, the sum in order of j.
 static inline void softmax_inplace(float *p, int P) {
-    float maxv = -FLT_MAX;
-    for (int j = 0; j < P; j++) if (p[j] > maxv) maxv = p[j];
+    float maxv = row_max(p, P);   // gemm.h: the max of `if (p[j] > maxv) maxv = p[j]` from -FLT_MAX
     for (int j = 0; j < P; j++) p[j] -= maxv;
     vexpf(p, p, P);
     float sum = 0.0f;
@@ -211,7 +210,7 @@ static inline void attend_one(float *out, float *p, const float *q, const float 
 // Causal grouped-query attention. qkv (B, T, QKV) with rope applied; query head hq reads key/value
 // head hq / (NH/NKV). att (B, NH, T, T) keeps the softmax probabilities; out (B, T, NH*HD).
 // attend_one for every (b, hq, t), with the fast path: the keys of a (b, kv head) are transposed
-// once so that attn_scores takes 16 of them per vector step.
+// once so that attn_scores4 takes 16 of them per vector step, for 4 query rows at a time.
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int NH, int NKV, int HD) {
     int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, Tp = (T + 15) / 16 * 16;
     float scale = 1.0f / sqrtf((float)HD);
@@ -230,14 +229,28 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
                             kt[(size_t)d * Tp + t] = row0[(size_t)t * QKV + (size_t)(NH + hk) * HD + d];
                     kt_of = b * NKV + hk;
                 }
-                for (int t = 0; t < T; t++) {
-                    float *a = att + (((size_t)b * NH + hq) * T + t) * T;
-                    attn_scores(a, row0 + (size_t)t * QKV + (size_t)hq * HD, kt, Tp, t + 1, HD);
-                    for (int j = 0; j <= t; j++) a[j] *= scale;
-                    softmax_inplace(a, t + 1);
-                    attn_weighted_sum(out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD, a,
-                                      row0 + (size_t)(NH + NKV + hk) * HD, QKV, t + 1, HD);
-                    for (int t2 = t + 1; t2 < T; t2++) a[t2] = 0.0f;
+                for (int t0 = 0; t0 < T; t0 += 4) {   // 4 query rows' scores at a time (attn_scores4)
+                    int nb = T - t0 < 4 ? T - t0 : 4;
+                    float *a4[4];
+                    const float *q4[4];
+                    for (int r = 0; r < nb; r++) {
+                        a4[r] = att + (((size_t)b * NH + hq) * T + t0 + r) * T;
+                        q4[r] = row0 + (size_t)(t0 + r) * QKV + (size_t)hq * HD;
+                    }
+                    attn_scores4(a4, q4, nb, kt, Tp, t0 + nb, HD);   // row t keeps its first t + 1
+                    float *o4[4];
+                    int n4[4];
+                    for (int r = 0; r < nb; r++) {
+                        int t = t0 + r;
+                        for (int j = 0; j <= t; j++) a4[r][j] *= scale;
+                        o4[r] = out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
+                        n4[r] = t + 1;
+                    }
+                    softmax_rows4(a4, n4, nb);   // softmax_inplace of each row
+                    attn_weighted4(o4, (const float *const *)a4, n4, nb, row0 + (size_t)(NH + NKV + hk) * HD, QKV,
+                                   HD, 0);   // attn_weighted_sum of each row
+                    for (int r = 0; r < nb; r++)
+                        for (int t2 = t0 + r + 1; t2 < T; t2++) a4[r][t2] = 0.0f;
                 }
             }
         free(kt);
@@ -248,7 +261,7 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
 //     datt[t2] = dot_f32(g, v[t2]);  dot = sum_{t2 <= t} datt[t2] * a[t2] (products rounded, then added in order)
 //     for t2 <= t: dv[t2] += a[t2] * g;  ds = a[t2] * (datt[t2] - dot) * scale;  dq += ds * k[t2];  dk[t2] += ds * q
 // (every += one fma). The fast path, to the bit: the values are transposed once per (b, kv head) so that
-// gemm.h's attn_scores gives the datt row; dk, dv accumulate in contiguous per-thread copies, 4 query rows
+// gemm.h's attn_scores4 gives 4 rows of datt at once; dk, dv accumulate in contiguous per-thread copies, 4 query rows
 // at a time (attn_rank4_acc: each element still takes its terms in order of t); dq via attn_weighted_acc.
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int NH, int NKV, int HD) {
@@ -259,7 +272,7 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
         float *vt = (float *)xcalloc((size_t)HD * Tp, sizeof(float));   // (HD, Tp) values transposed, 0-padded
         float *dkb = (float *)xmalloc((size_t)T * HD * sizeof(float));   // (T, HD) this group's dk; dvb its dv
         float *dvb = (float *)xmalloc((size_t)T * HD * sizeof(float));
-        float *datt = (float *)xmalloc((size_t)Tp * sizeof(float));
+        float *datt = (float *)xmalloc((size_t)4 * Tp * sizeof(float));   // the 4 query rows' d(att)
         float *ds = (float *)xmalloc((size_t)4 * T * sizeof(float));   // the 4 query rows' d(scores)
         #pragma omp for collapse(2)
         for (int b = 0; b < B; b++)
@@ -276,23 +289,31 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                     for (int t0 = 0; t0 < T; t0 += 4) {
                         int nb = T - t0 < 4 ? T - t0 : 4;
                         const float *a[4], *g[4], *q[4], *dsr[4];
+                        float *da[4], *dq[4];
+                        int nq[4];
+                        for (int j = 0; j < nb; j++) {
+                            g[j] = dout + ((size_t)b * T + t0 + j) * NH * HD + (size_t)hq * HD;
+                            da[j] = datt + (size_t)j * Tp;
+                        }
+                        attn_scores4(da, g, nb, vt, Tp, t0 + nb, HD);   // through out = att @ v
                         for (int j = 0; j < nb; j++) {
                             int t = t0 + j;
+                            const float *dat = da[j];
                             a[j] = att + (((size_t)b * NH + hq) * T + t) * T;
-                            g[j] = dout + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
                             q[j] = row0 + (size_t)t * QKV + (size_t)hq * HD;
                             float *dsj = ds + (size_t)j * T;
                             dsr[j] = dsj;
-                            attn_scores(datt, g[j], vt, Tp, t + 1, HD);   // through out = att @ v
-                            float dot = 0.0f;
                             // the products first, then their sum: two loops, so that no fma fuses them
-                            for (int t2 = 0; t2 <= t; t2++) dsj[t2] = datt[t2] * a[j][t2];
-                            for (int t2 = 0; t2 <= t; t2++) dot += dsj[t2];
-                            // through the softmax, then the scaled q.k
-                            for (int t2 = 0; t2 <= t; t2++) dsj[t2] = a[j][t2] * (datt[t2] - dot) * scale;
-                            float *dq = drow0 + (size_t)t * QKV + (size_t)hq * HD;
-                            attn_weighted_acc(dq, dsj, row0 + ko, QKV, t + 1, HD);
+                            for (int t2 = 0; t2 <= t; t2++) dsj[t2] = dat[t2] * a[j][t2];
+                            dq[j] = drow0 + (size_t)t * QKV + (size_t)hq * HD;
+                            nq[j] = t + 1;
                         }
+                        float dot[4];
+                        rows_sum4(dot, dsr, nq, nb);   // each row's sum in order of t2, the 4 side by side
+                        for (int j = 0; j < nb; j++)   // through the softmax, then the scaled q.k
+                            for (int t2 = 0; t2 <= t0 + j; t2++)
+                                ds[(size_t)j * T + t2] = a[j][t2] * (da[j][t2] - dot[j]) * scale;
+                        attn_weighted4(dq, dsr, nq, nb, row0 + ko, QKV, HD, 1);   // attn_weighted_acc of each row
                         if (nb == 4) {   // rows t2 <= t0 take all four query rows' terms; the next three fewer
                             attn_rank4_acc(dvb, a, g, t0 + 1, HD);
                             attn_rank4_acc(dkb, dsr, q, t0 + 1, HD);

@@ -407,6 +407,42 @@ static void attn_scores(float *s, const float *q, const float *KT, long ldk, int
     }
 }
 
+// attn_scores for nq <= 4 query rows against the same keys: s[r][j] = dot_f32(q[r], k_j, HD) for
+// r < nq, j < n (KT as for attn_scores). Each 16 keys' vector is loaded once for
+// the four rows. dot_f32's tree ((a0 + a4) + (a1 + a5)) + ((a2 + a6) + (a3 + a7)) is taken in its two
+// halves, lanes {0, 4, 1, 5} and then {2, 6, 3, 7}, so that 4 rows x 4 lanes of accumulators fit in
+// the registers; every lane is still its chain of fmas from 0 in order of d, so the bits are the same.
+static void attn_scores4(float *const s[4], const float *const q[4], int nq, const float *KT, long ldk, int n,
+                         int HD) {
+#ifdef __AVX512F__
+    if (HD % 8 == 0 && nq > 1) {
+        const float *qr[4];
+        for (int r = 0; r < 4; r++) qr[r] = q[r < nq ? r : 0];
+        for (int j0 = 0; j0 < n; j0 += 16) {
+            __m512 half[2][4];
+            for (int h = 0; h < 2; h++) {
+                __m512 acc[4][4];   // [u][row], u = 0..3: the lanes 2h, 2h + 4, 2h + 1, 2h + 5
+                for (int u = 0; u < 4; u++)
+                    for (int r = 0; r < 4; r++) acc[u][r] = _mm512_setzero_ps();
+                for (int i = 0; i < HD; i += 8)
+                    for (int u = 0; u < 4; u++) {
+                        int l = 2 * h + (u & 1) * 4 + (u >> 1);
+                        __m512 kv = _mm512_loadu_ps(KT + (long)(i + l) * ldk + j0);
+                        for (int r = 0; r < 4; r++)
+                            acc[u][r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][i + l]), kv, acc[u][r]);
+                    }
+                for (int r = 0; r < 4; r++)
+                    half[h][r] = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), _mm512_add_ps(acc[2][r], acc[3][r]));
+            }
+            __mmask16 keep = n - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j0)) - 1);   // the keys < n
+            for (int r = 0; r < nq; r++) _mm512_mask_storeu_ps(s[r] + j0, keep, _mm512_add_ps(half[0][r], half[1][r]));
+        }
+        return;
+    }
+#endif
+    for (int r = 0; r < nq; r++) attn_scores(s[r], q[r], KT, ldk, n, HD);
+}
+
 // s[j] = dot_f32(q, k + j * stride, HD) for j < n: the scores against keys stored as rows (the KV
 // cache, where transposing them every step would cost what it saves). dot_f32's 8 partial sums are
 // the 8 lanes of one vector, then its fixed tree and its tail; 4 keys side by side keep 4 chains
@@ -490,10 +526,74 @@ static void attn_weighted_acc(float *out, const float *p, const float *v, long s
     }
 }
 
+// attn_weighted_sum (acc_in 0) or attn_weighted_acc (acc_in 1) for nr <= 4 rows at once, row r over
+// its first n[r] values: each value vector is loaded once for the rows that use it, then each row
+// finishes its own last few alone (its fmas still in order of j: the same bits).
+static void attn_weighted4(float *const out[4], const float *const p[4], const int n[4], int nr, const float *v,
+                           long stride, int HD, int acc_in) {
+#ifdef __AVX512F__
+    if (nr > 1 && HD % 64 == 0) {
+        int n0 = n[0];
+        for (int r = 1; r < nr; r++) if (n[r] < n0) n0 = n[r];
+        const float *pr[4];
+        for (int r = 0; r < 4; r++) pr[r] = p[r < nr ? r : 0];
+        for (int d0 = 0; d0 < HD; d0 += 64) {
+            __m512 acc[4][4];
+            for (int r = 0; r < 4; r++)
+                for (int u = 0; u < 4; u++)
+                    acc[r][u] = acc_in && r < nr ? _mm512_loadu_ps(out[r] + d0 + 16 * u) : _mm512_setzero_ps();
+            for (int j = 0; j < n0; j++) {
+                const float *vj = v + (long)j * stride + d0;
+                __m512 x[4];
+                for (int u = 0; u < 4; u++) x[u] = _mm512_loadu_ps(vj + 16 * u);
+                for (int r = 0; r < 4; r++) {
+                    __m512 pj = _mm512_set1_ps(pr[r][j]);
+                    for (int u = 0; u < 4; u++) acc[r][u] = _mm512_fmadd_ps(pj, x[u], acc[r][u]);
+                }
+            }
+            for (int r = 0; r < nr; r++) {
+                for (int j = n0; j < n[r]; j++) {
+                    const float *vj = v + (long)j * stride + d0;
+                    __m512 pj = _mm512_set1_ps(p[r][j]);
+                    for (int u = 0; u < 4; u++) acc[r][u] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16 * u), acc[r][u]);
+                }
+                for (int u = 0; u < 4; u++) _mm512_storeu_ps(out[r] + d0 + 16 * u, acc[r][u]);
+            }
+        }
+        return;
+    }
+#endif
+    for (int r = 0; r < nr; r++) {
+        if (acc_in) attn_weighted_acc(out[r], p[r], v, stride, n[r], HD);
+        else attn_weighted_sum(out[r], p[r], v, stride, n[r], HD);
+    }
+}
+
 // The rank-1 updates of attention_backward for 4 consecutive query rows at once: for each key row
 // j < n, D[j][d] = fma(w3[j], x3[d], fma(w2[j], x2[d], fma(w1[j], x1[d], fma(w0[j], x0[d], D[j][d]))))
 // (D (n, HD) contiguous), which is the four rows' updates one after the other, loading D once.
 static void attn_rank4_acc(float *D, const float *const w[4], const float *const x[4], int n, int HD) {
+#ifdef __AVX512F__
+    if (HD % 64 == 0) {   // the four x rows stay in registers, 64 columns at a time
+        for (int d0 = 0; d0 < HD; d0 += 64) {
+            __m512 xv[4][4];
+            for (int r = 0; r < 4; r++)
+                for (int u = 0; u < 4; u++) xv[r][u] = _mm512_loadu_ps(x[r] + d0 + 16 * u);
+            for (int j = 0; j < n; j++) {
+                float *dj = D + (long)j * HD + d0;
+                __m512 w0 = _mm512_set1_ps(w[0][j]), w1 = _mm512_set1_ps(w[1][j]);
+                __m512 w2 = _mm512_set1_ps(w[2][j]), w3 = _mm512_set1_ps(w[3][j]);
+                for (int u = 0; u < 4; u++) {
+                    __m512 y = _mm512_fmadd_ps(w0, xv[0][u], _mm512_loadu_ps(dj + 16 * u));
+                    y = _mm512_fmadd_ps(w1, xv[1][u], y);
+                    y = _mm512_fmadd_ps(w2, xv[2][u], y);
+                    _mm512_storeu_ps(dj + 16 * u, _mm512_fmadd_ps(w3, xv[3][u], y));
+                }
+            }
+        }
+        return;
+    }
+#endif
     for (int j = 0; j < n; j++) {
         float *dj = D + (long)j * HD;
         float w0 = w[0][j], w1 = w[1][j], w2 = w[2][j], w3 = w[3][j];
@@ -510,6 +610,22 @@ static void attn_rank1_acc(float *D, const float *w, const float *x, int n, int 
     for (int j = 0; j < n; j++) {
         float *dj = D + (long)j * HD, wj = w[j];
         for (int d = 0; d < HD; d++) dj[d] = fmaf(wj, x[d], dj[d]);
+    }
+}
+
+// s[r] = x[r][0] + x[r][1] + ... + x[r][n[r] - 1], from 0 in order, for r < nr <= 4: each sum is a
+// chain of dependent adds; four side by side keep four in flight.
+static void rows_sum4(float s[4], const float *const x[4], const int n[4], int nr) {
+    int n0 = n[0];
+    for (int r = 1; r < nr; r++) if (n[r] < n0) n0 = n[r];
+    const float *xr[4];
+    for (int r = 0; r < 4; r++) xr[r] = x[r < nr ? r : 0];
+    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+    for (int i = 0; i < n0; i++) { a0 += xr[0][i]; a1 += xr[1][i]; a2 += xr[2][i]; a3 += xr[3][i]; }
+    float acc[4] = {a0, a1, a2, a3};
+    for (int r = 0; r < nr; r++) {
+        for (int i = n0; i < n[r]; i++) acc[r] += x[r][i];
+        s[r] = acc[r];
     }
 }
 
@@ -745,6 +861,22 @@ static void rows_logsumexp(float *lse, const float *x, int N, int V) {
                     for (int i = 0; i < m; i++) s[r] += e[r][i];
         }
         for (int r = 0; r < nr; r++) lse[n0 + r] = mx[r] + logf(s[r]);
+    }
+}
+
+// train_empo.c's softmax_inplace of nr <= 4 rows, row r of n[r] values, with the same operations;
+// the four sums (each a chain of adds in order) side by side (rows_sum4).
+static void softmax_rows4(float *const p[4], const int n[4], int nr) {
+    float sum[4];
+    for (int r = 0; r < nr; r++) {
+        float maxv = row_max(p[r], n[r]);
+        for (int j = 0; j < n[r]; j++) p[r][j] -= maxv;
+        vexpf(p[r], p[r], n[r]);
+    }
+    rows_sum4(sum, (const float *const *)p, n, nr);
+    for (int r = 0; r < nr; r++) {
+        float inv = 1.0f / sum[r];
+        for (int j = 0; j < n[r]; j++) p[r][j] *= inv;
     }
 }
 
