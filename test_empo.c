@@ -560,11 +560,123 @@ static void test_flags(void) {
     expect_cmd("a bad --extract", "./train_empo --extract sideways", 1, "flag --extract: 'sideways' is not one of");
 }
 
+
+// The fast paths of empoc/gemm.h against the plain definitions in train_empo.c's comments, bit for
+// bit: attention forward and backward (4 query rows at a time), decoding's grouped attention, and
+// the argmax. Shapes cover HD 16 and 64 (vector and fallback paths), T not a multiple of 4 or 16.
+static void attention_plain_forward(float *out, float *att, const float *qkv, int B, int T, int NH, int NKV, int HD) {
+    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD);
+    for (int b = 0; b < B; b++)
+        for (int hq = 0; hq < NH; hq++)
+            for (int t = 0; t < T; t++) {
+                const float *q = qkv + ((size_t)b * T + t) * QKV + (size_t)hq * HD;
+                float *a = att + (((size_t)b * NH + hq) * T + t) * T;
+                float *o = out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
+                for (int j = 0; j <= t; j++)
+                    a[j] = dot_f32(q, qkv + ((size_t)b * T + j) * QKV + (size_t)(NH + hq / rep) * HD, HD) * scale;
+                softmax_inplace(a, t + 1);
+                for (int j = t + 1; j < T; j++) a[j] = 0.0f;
+                for (int d = 0; d < HD; d++) {
+                    float s = 0.0f;
+                    for (int j = 0; j <= t; j++)
+                        s = fmaf(a[j], qkv[((size_t)b * T + j) * QKV + (size_t)(NH + NKV + hq / rep) * HD + d], s);
+                    o[d] = s;
+                }
+            }
+}
+static void attention_plain_backward(float *dqkv, const float *dout, const float *qkv, const float *att, int B, int T,
+                                     int NH, int NKV, int HD) {
+    int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV;
+    float scale = 1.0f / sqrtf((float)HD), *datt = (float *)xmalloc((size_t)T * sizeof(float));
+    for (int b = 0; b < B; b++)
+        for (int hq = 0; hq < NH; hq++)
+            for (int t = 0; t < T; t++) {
+                size_t row = (size_t)b * T + t, ko = (size_t)(NH + hq / rep) * HD, vo = ko + (size_t)NKV * HD;
+                const float *a = att + (((size_t)b * NH + hq) * T + t) * T, *g = dout + row * NH * HD + hq * HD;
+                const float *q = qkv + row * QKV + (size_t)hq * HD;
+                float dot = 0.0f;
+                for (int j = 0; j <= t; j++) datt[j] = dot_f32(g, qkv + ((size_t)b * T + j) * QKV + vo, HD);
+                for (int j = 0; j <= t; j++) { float p = datt[j] * a[j]; gemm_opaque(p); dot += p; }   // unfused
+                for (int j = 0; j <= t; j++) {
+                    float *rj = dqkv + ((size_t)b * T + j) * QKV;
+                    const float *kj = qkv + ((size_t)b * T + j) * QKV + ko;
+                    float ds = a[j] * (datt[j] - dot) * scale;
+                    for (int d = 0; d < HD; d++) {
+                        rj[vo + d] = fmaf(a[j], g[d], rj[vo + d]);
+                        dqkv[row * QKV + (size_t)hq * HD + d] = fmaf(ds, kj[d], dqkv[row * QKV + (size_t)hq * HD + d]);
+                        rj[ko + d] = fmaf(ds, q[d], rj[ko + d]);
+                    }
+                }
+            }
+    free(datt);
+}
+static int argmax_plain(const float *x, int V) {
+    int best = 0;
+    for (int v = 1; v < V; v++) if (x[v] > x[best]) best = v;
+    return best;
+}
+static void test_fast_paths(void) {
+    uint64_t rng = 99;
+    const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 70, 8, 2, 64}, {2, 19, 2, 2, 64}, {1, 5, 4, 1, 64}};
+    for (int si = 0; si < 4; si++) {
+        int B = shapes[si][0], T = shapes[si][1], NH = shapes[si][2], NKV = shapes[si][3], HD = shapes[si][4];
+        int QKV = (NH + 2 * NKV) * HD;
+        size_t nq = (size_t)B * T * QKV, no = (size_t)B * T * NH * HD, na = (size_t)B * NH * T * T;
+        float *qkv = (float *)xmalloc(nq * 4), *dout = (float *)xmalloc(no * 4);
+        float *o1 = (float *)xmalloc(no * 4), *o2 = (float *)xmalloc(no * 4), *a1 = (float *)xmalloc(na * 4);
+        float *a2 = (float *)xmalloc(na * 4), *d1 = (float *)xmalloc(nq * 4), *d2 = (float *)xmalloc(nq * 4);
+        for (size_t i = 0; i < nq; i++) { qkv[i] = random_normal(&rng); d1[i] = d2[i] = 0.25f * random_normal(&rng); }
+        for (size_t i = 0; i < no; i++) dout[i] = random_normal(&rng);
+        attention_forward(o1, a1, qkv, B, T, NH, NKV, HD);
+        attention_plain_forward(o2, a2, qkv, B, T, NH, NKV, HD);
+        attention_backward(d1, dout, qkv, a1, B, T, NH, NKV, HD);
+        attention_plain_backward(d2, dout, qkv, a2, B, T, NH, NKV, HD);
+        check(!memcmp(o1, o2, no * 4) && !memcmp(a1, a2, na * 4) && !memcmp(d1, d2, nq * 4),
+              "attention forward and backward (B %d, T %d, %d/%d heads, HD %d) equal the plain loops bit for bit",
+              B, T, NH, NKV, HD);
+        // decoding: the query heads of each key/value head against the first n positions as cached rows
+        int n = T - 1, kvd = NKV * HD, ok = 1;
+        float *k = (float *)xmalloc((size_t)T * kvd * 4), *v = (float *)xmalloc((size_t)T * kvd * 4);
+        float *p = (float *)xmalloc((size_t)4 * T * 4);
+        for (int j = 0; j < T; j++)
+            for (int d = 0; d < kvd; d++) { k[j * kvd + d] = qkv[(size_t)j * QKV + NH * HD + d];
+                                            v[j * kvd + d] = qkv[(size_t)j * QKV + (NH + NKV) * HD + d]; }
+        for (int hk = 0; hk < NKV; hk++) {
+            int rep = NH / NKV, nqh = rep < 4 ? rep : 4;
+            float *o4[4], *p4[4];
+            const float *q4[4];
+            for (int r = 0; r < nqh; r++) {
+                o4[r] = o1 + (size_t)(n * NH + hk * rep + r) * HD; p4[r] = p + (size_t)r * T;
+                q4[r] = qkv + (size_t)n * QKV + (size_t)(hk * rep + r) * HD;
+            }
+            attend_group(o4, p4, q4, nqh, k + hk * HD, v + hk * HD, kvd, n + 1, HD, 1.0f / sqrtf((float)HD));
+            for (int r = 0; r < nqh; r++) ok &= !memcmp(o4[r], o2 + (size_t)(n * NH + hk * rep + r) * HD, HD * 4);
+        }
+        check(ok, "decoding's grouped attention (HD %d, %d positions) equals the plain loops bit for bit", HD,
+              n + 1);
+        free(qkv); free(dout); free(o1); free(o2); free(a1); free(a2); free(d1); free(d2); free(k); free(v); free(p);
+    }
+    int ok = 1;
+    float x[40];
+    const float special[6] = {NAN, INFINITY, -INFINITY, 0.0f, -0.0f, -FLT_MAX};
+    for (int it = 0; it < 4000 && ok; it++) {
+        int V = 1 + (int)(random_u32(&rng) % 40);
+        for (int i = 0; i < V; i++) {
+            uint32_t r = random_u32(&rng) % 8;
+            x[i] = r < 6 && random_u32(&rng) % 3 == 0 ? special[r] : (float)(random_u32(&rng) % 5) - 2.0f;
+        }
+        ok = row_argmax(x, V) == argmax_plain(x, V);
+    }
+    check(ok, "row_argmax equals the scalar loop on 4000 rows with ties, NaN, +-inf, +-0 and -FLT_MAX");
+}
+
 int main(void) {
     test_fixture("qwen2_tied");
     test_fixture("qwen2_untied");
     test_checkpoint_errors();
     test_kv_cache();
+    test_fast_paths();
     test_greedy_vs_hf();
     test_sampling();
     test_logprobs();

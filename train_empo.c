@@ -193,18 +193,22 @@ static inline void softmax_inplace(float *p, int P) {
     for (int j = 0; j < P; j++) p[j] *= inv;
 }
 
-// One query q (HD) against P keys and values whose rows are `stride` floats apart: p (P) gets
-// the softmax of the scaled scores, out (HD) the probability-weighted sum of the values:
+// Each of nq <= 4 queries q[r] (HD), the query heads that share a key/value head, against the same
+// P keys and values (rows `stride` floats apart): p[r] (P) gets the softmax of the scaled scores,
+// out[r] (HD) the probability-weighted sum of the values:
 //     p[j] = dot_f32(q, k_j) * scale;  softmax_inplace(p);  out[d] = sum_j p[j] * v_j[d] (one fma per j, in order)
-// Decoding calls it (keys from the KV cache). The two sums go through gemm.h's vector kernels,
-// the same bits: attn_scores_rows (4 keys side by side) and attn_weighted_sum (64 columns in
-// registers); training's attention_forward computes the same with the keys transposed (attn_scores).
-static inline void attend_one(float *out, float *p, const float *q, const float *k, const float *v, long stride, int P,
-                              int HD, float scale) {
-    attn_scores_rows(p, q, k, stride, P, HD);
-    for (int j = 0; j < P; j++) p[j] *= scale;
-    softmax_inplace(p, P);
-    attn_weighted_sum(out, p, v, stride, P, HD);
+// Decoding calls it (keys from the KV cache). The two sums go through gemm.h's vector kernels, the
+// same bits, each key and value row loaded once for all the queries: attn_scores_rows4 and
+// attn_weighted4. Training's attention_forward computes the same with the keys transposed.
+static inline void attend_group(float *const out[4], float *const p[4], const float *const q[4], int nq,
+                                const float *k, const float *v, long stride, int P, int HD, float scale) {
+    attn_scores_rows4(p, q, nq, k, stride, P, HD);
+    int n[4] = {P, P, P, P};
+    for (int r = 0; r < nq; r++) {
+        for (int j = 0; j < P; j++) p[r][j] *= scale;
+        softmax_inplace(p[r], P);
+    }
+    attn_weighted4(out, (const float *const *)p, n, nq, v, stride, HD, 0);
 }
 
 // Causal grouped-query attention. qkv (B, T, QKV) with rope applied; query head hq reads key/value
@@ -930,16 +934,22 @@ static void attention_cached_forward(float *out, const float *qkv, KVCache *kv, 
     for (int i = 0; i < N; i++) if (pos[i] > maxpos) maxpos = pos[i];
     #pragma omp parallel
     {
-        float *sc = (float *)xmalloc((size_t)(maxpos + 1) * sizeof(float));
-        #pragma omp for collapse(2) schedule(dynamic, 4)
+        float *sc = (float *)xmalloc((size_t)4 * (maxpos + 1) * sizeof(float));
+        #pragma omp for collapse(2) schedule(dynamic, 2)
         for (int i = 0; i < N; i++)
-            for (int hq = 0; hq < NH; hq++) {
-                int hk = hq / rep;
-                attend_one(out + (size_t)i * NH * HD + (size_t)hq * HD, sc, qkv + (size_t)i * QKV + (size_t)hq * HD,
-                           kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD,
-                           kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD,
-                           (long)kvd, pos[i] + 1, HD, scale);
-            }
+            for (int hk = 0; hk < NKV; hk++)
+                for (int h0 = hk * rep; h0 < (hk + 1) * rep; h0 += 4) {   // its query heads, 4 at a time
+                    int nq = (hk + 1) * rep - h0 < 4 ? (hk + 1) * rep - h0 : 4;
+                    float *o4[4], *p4[4];
+                    const float *q4[4];
+                    for (int r = 0; r < nq; r++) {
+                        o4[r] = out + (size_t)i * NH * HD + (size_t)(h0 + r) * HD;
+                        p4[r] = sc + (size_t)r * (maxpos + 1);
+                        q4[r] = qkv + (size_t)i * QKV + (size_t)(h0 + r) * HD;
+                    }
+                    attend_group(o4, p4, q4, nq, kv_at(kv, c, seq[i], l, 0, 0) + (size_t)hk * HD,
+                                 kv_at(kv, c, seq[i], l, 1, 0) + (size_t)hk * HD, (long)kvd, pos[i] + 1, HD, scale);
+                }
         free(sc);
     }
 }
@@ -1026,8 +1036,7 @@ static int probid_desc(const void *a, const void *b) {   // by probability, ties
 // does. Greedy (T = 0 or top_k = 1) is the argmax, lowest id on ties. scratch holds V ProbIds.
 static int sample_token(const float *logits, int V, const SamplerConfig *sc, uint64_t *rng, ProbId *scratch) {
     int greedy = sc->temperature <= 0.0f || sc->top_k == 1;
-    int best = 0;
-    for (int v = 1; v < V; v++) if (logits[v] > logits[best]) best = v;
+    int best = row_argmax(logits, V);   // gemm.h: best = 0; for v: if (logits[v] > logits[best]) best = v
     if (greedy) return best;
     float inv_t = 1.0f / sc->temperature, sum = 0.0f;
     float u = random_f32(rng);

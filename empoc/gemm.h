@@ -477,6 +477,39 @@ static void attn_scores_rows(float *s, const float *q, const float *k, long stri
     }
 }
 
+// attn_scores_rows for nq <= 4 queries against the same keys: s[r][j] = dot_f32(q[r], k_j, HD). Each key
+// row is loaded once for all the queries (the query heads that share a key/value head, in decoding).
+static void attn_scores_rows4(float *const s[4], const float *const q[4], int nq, const float *k, long stride, int n,
+                              int HD) {
+    int j0 = 0;
+#ifdef __AVX512F__   // 16 accumulators + 5 operands: more vector registers than AVX2 has
+    if (nq > 1 && HD % 8 == 0) {
+        const float *qr[4];
+        for (int r = 0; r < 4; r++) qr[r] = q[r < nq ? r : 0];
+        for (; j0 + 4 <= n; j0 += 4) {
+            gemm_v8 acc[4][4], kv[4], qv;   // acc[key][query]
+            for (int u = 0; u < 4; u++)
+                for (int r = 0; r < 4; r++) acc[u][r] = (gemm_v8){0};
+            const float *k0 = k + (long)j0 * stride;
+            for (int i = 0; i < HD; i += 8) {
+                for (int u = 0; u < 4; u++) memcpy(&kv[u], k0 + u * stride + i, 32);
+                for (int r = 0; r < 4; r++) {
+                    memcpy(&qv, qr[r] + i, 32);
+                    for (int u = 0; u < 4; u++) acc[u][r] = gemm_fma8(qv, kv[u], acc[u][r]);
+                }
+            }
+            for (int r = 0; r < nq; r++)
+                for (int u = 0; u < 4; u++) {
+                    gemm_v8 a = acc[u][r];
+                    s[r][j0 + u] = ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+                }
+        }
+    }
+#endif
+    if (j0 < n)
+        for (int r = 0; r < nq; r++) attn_scores_rows(s[r] + j0, q[r], k + (long)j0 * stride, stride, n - j0, HD);
+}
+
 // out[d] = sum_{j < n} p[j] * v[j * stride + d] for d < HD: from 0, one fma per j, in order of j.
 static void attn_weighted_sum(float *out, const float *p, const float *v, long stride, int n, int HD) {
     int d0 = 0;
@@ -750,6 +783,23 @@ static inline float row_max(const float *x, int V) {
 #endif
     for (; v < V; v++) if (x[v] > m) m = x[v];
     return m;
+}
+
+// The index that `best = 0; for v: if (x[v] > x[best]) best = v` ends with (the first maximum; NaNs
+// never win, unless x[0] is one): the max in vectors (row_max), then the first element equal to it.
+static inline int row_argmax(const float *x, int V) {
+    if (V <= 0 || x[0] != x[0]) return 0;
+    float m = row_max(x, V);
+    int v = 0;
+#ifdef __AVX__
+    __m256 mv = _mm256_set1_ps(m);
+    for (; v + 8 <= V; v += 8) {
+        int hit = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + v), mv, _CMP_EQ_OQ));
+        if (hit) return v + __builtin_ctz((unsigned)hit);
+    }
+#endif
+    for (; v < V; v++) if (x[v] == m) return v;
+    return 0;   // every x[v] is below -FLT_MAX (-inf) or NaN: x[0] stays the best
 }
 
 // ---- expf, 8 at a time, with the same bits as the C library's scalar expf.
