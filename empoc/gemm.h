@@ -90,14 +90,17 @@ static inline gemm_v16 gemm_fma16(gemm_v16 a, gemm_v16 b, gemm_v16 c) {
     return (gemm_v16)_mm512_fmadd_ps((__m512)a, (__m512)b, (__m512)c);
 }
 // C[12 x 16*NP] (+)= sum_k Ap[k][0..12) * (B0[k][0..16), B1[k][0..16)). Ap, B0, B1 packed panels;
-// NP = 1 or 2 panels (a constant at each call site, so each is its own unrolled loop).
+// NP = 1 or 2 panels (a constant at each call site, so each is its own unrolled loop). P0, P1, if
+// not NULL, are the next panels: one line (a k row) of each is prefetched per k step.
 static inline __attribute__((always_inline)) void gemm_micro_np(int K, const float *Ap, const float *B0,
                                                                 const float *B1, float *C, long ldc, int mr,
-                                                                int nr, int accumulate, const int NP) {
+                                                                int nr, int accumulate, const int NP,
+                                                                const float *P0, const float *P1) {
     gemm_prefetch_c(C, ldc, mr, nr);
     gemm_v16 c0[GEMM_MR], c1[GEMM_MR];
     for (int i = 0; i < GEMM_MR; i++) { c0[i] = (gemm_v16){0}; c1[i] = (gemm_v16){0}; }
     for (int k = 0; k < K; k++) {
+        if (P0) { __builtin_prefetch(P0 + (size_t)k * GEMM_NR); __builtin_prefetch(P1 + (size_t)k * GEMM_NR); }
         gemm_v16 b0, b1 = {0};
         memcpy(&b0, B0 + (size_t)k * GEMM_NR, 64);
         if (NP == 2) memcpy(&b1, B1 + (size_t)k * GEMM_NR, 64);
@@ -149,19 +152,22 @@ static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C,
 #endif
 
 // One mc x nc block of C from a packed A block and packed B panels (panel(p) gives panel p's
-// first k of this K block).
+// first k of this K block). prefetch_b: B comes from memory (weights packed once, for decoding),
+// so the first tile of each pair of panels fetches the next pair while it computes.
 static inline void gemm_block(int mc, int nc, int kc, const float *Ap, const float *Bp0, size_t panel_stride,
-                              float *C, long ldc, int acc) {
+                              float *C, long ldc, int acc, int prefetch_b) {
     int np = (nc + GEMM_NR - 1) / GEMM_NR;
 #ifdef __AVX512F__
     for (int p = 0; p < np; p += 2) {
         int n0 = p * GEMM_NR, nr = nc - n0 < 2 * GEMM_NR ? nc - n0 : 2 * GEMM_NR;
         const float *b0 = Bp0 + (size_t)p * panel_stride, *b1 = b0 + panel_stride;
+        const float *pf = prefetch_b && p + 3 < np ? b0 + 2 * panel_stride : NULL;   // the next full pair
         for (int q = 0; q < mc; q += GEMM_MR) {
             int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
             float *c = C + (long)q * ldc + n0;
-            if (p + 1 < np) gemm_micro_np(kc, Ap + (size_t)q * kc, b0, b1, c, ldc, mr, nr, acc, 2);
-            else gemm_micro_np(kc, Ap + (size_t)q * kc, b0, NULL, c, ldc, mr, nr, acc, 1);
+            const float *p0 = q == 0 ? pf : NULL, *p1 = p0 ? p0 + panel_stride : NULL;
+            if (p + 1 < np) gemm_micro_np(kc, Ap + (size_t)q * kc, b0, b1, c, ldc, mr, nr, acc, 2, p0, p1);
+            else gemm_micro_np(kc, Ap + (size_t)q * kc, b0, NULL, c, ldc, mr, nr, acc, 1, NULL, NULL);
         }
     }
 #else
@@ -314,7 +320,7 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                         int mc = m1 - ic < GEMM_MC ? m1 - ic : GEMM_MC;
                         gemm_pack_a(Ap, mc, ic, pc, kc, A, rsa, csa);
                         gemm_block(mc, ncols, kc, Ap, panels, pstride,
-                                   C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc, acc);
+                                   C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc, acc, Bpre != NULL);
                     }
                 }
                 if (!Bpre && by_rows) {
