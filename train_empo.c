@@ -1094,8 +1094,8 @@ static int is_eos(const Model *m, int tok) {
     return 0;
 }
 
-// Prefill each prompt once, copy its cache into its G sequences, then decode all unfinished
-// sequences together, one token per step. Every response draws from its own RNG stream
+// Prefill each prompt once (many prompts in one model_step), copy its cache into its G sequences,
+// then decode all unfinished sequences together, one token per step. Every response draws from its own RNG stream
 // (seed, response index), so the result does not depend on the thread count or the batch.
 static void generate(Model *m, const int *const *prompts, const int *prompt_lens, int n_prompts, int G,
                      const SamplerConfig *sc, Generation *out, int verbose) {
@@ -1111,8 +1111,16 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
         for (int g = 0; g < G; g++) cap[p * G + g] = room;
         if (prompt_lens[p] > maxlen) maxlen = prompt_lens[p];
     }
+    // Prompts are prefilled together, up to PREFILL_TOKENS tokens a model_step (a longer one alone),
+    // so that the weights stream from memory once a batch rather than once a prompt.
+    enum { PREFILL_TOKENS = 2048 };
+    long total_len = 0;
+    for (int p = 0; p < n_prompts; p++) total_len += prompt_lens[p];
+    int prefill_cap = total_len < PREFILL_TOKENS ? (int)total_len : PREFILL_TOKENS;
+    if (prefill_cap < maxlen) prefill_cap = maxlen;
+    int scratch_rows = prefill_cap > n ? prefill_cap : n;
     KVCache kv;
-    kv_init(&kv, c, cap, n, maxlen > n ? maxlen : n);
+    kv_init(&kv, c, cap, n, scratch_rows);
     if (n >= 8) kv_pack_weights(&kv, m);   // decode steps with >= 8 rows use GEMM
     out->n = n;
     out->mean_entropy = out->mean_certainty = NULL;
@@ -1133,9 +1141,9 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     for (int j = 0; j < n; j++)   // stream j: from (seed, j) alone
         rng[j] = (sc->seed + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)(j + 1) * 0xD1B54A32D192ED03ull);
     float *logits = (float *)xmalloc((size_t)n * V * sizeof(float));
-    int *tok = (int *)xmalloc((size_t)(maxlen > n ? maxlen : n) * sizeof(int));
-    int *seq = (int *)xmalloc((size_t)(maxlen > n ? maxlen : n) * sizeof(int));
-    int *pos = (int *)xmalloc((size_t)(maxlen > n ? maxlen : n) * sizeof(int));
+    int *tok = (int *)xmalloc((size_t)scratch_rows * sizeof(int));
+    int *seq = (int *)xmalloc((size_t)scratch_rows * sizeof(int));
+    int *pos = (int *)xmalloc((size_t)scratch_rows * sizeof(int));
     int *active = (int *)xmalloc((size_t)n * sizeof(int));
     int *rows = (int *)xmalloc((size_t)n * sizeof(int));
     for (int j = 0; j < n; j++) rows[j] = j;
@@ -1148,15 +1156,26 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
     size_t kvd = (size_t)c->NKV * c->HD;
     int n_active = 0;
     float *last_x = (float *)xmalloc((size_t)n_prompts * c->C * sizeof(float));   // each prompt's last row
-    for (int p = 0; p < n_prompts; p++) {
-        int P = prompt_lens[p], s0 = p * G;
-        for (int t = 0; t < P; t++) { tok[t] = prompts[p][t]; seq[t] = s0; pos[t] = t; }
-        model_step(m, &kv, tok, seq, pos, P, NULL, 0, NULL);
-        memcpy(last_x + (size_t)p * c->C, kv.x + (size_t)(P - 1) * c->C, (size_t)c->C * sizeof(float));
-        for (int g = 1; g < G; g++)   // the G responses share the prompt's keys and values
-            for (int l = 0; l < c->L; l++)
-                for (int w = 0; w < 2; w++)
-                    memcpy(kv_at(&kv, c, s0 + g, l, w, 0), kv_at(&kv, c, s0, l, w, 0), (size_t)P * kvd * sizeof(float));
+    for (int p0 = 0, p1; p0 < n_prompts; p0 = p1) {
+        // prompts [p0, p1) in one step. One of fewer than 8 tokens goes alone: its matmuls take the
+        // few-rows path (matmul_forward_packed), which a batch would not, and so would change its bits.
+        int ntok = 0;
+        for (p1 = p0; p1 < n_prompts; p1++) {
+            int P = prompt_lens[p1];
+            if (p1 > p0 && (P < 8 || prompt_lens[p0] < 8 || ntok + P > prefill_cap)) break;
+            for (int t = 0; t < P; t++) { tok[ntok + t] = prompts[p1][t]; seq[ntok + t] = p1 * G; pos[ntok + t] = t; }
+            ntok += P;
+        }
+        model_step(m, &kv, tok, seq, pos, ntok, NULL, 0, NULL);
+        for (int p = p0, row = 0; p < p1; row += prompt_lens[p], p++) {
+            int P = prompt_lens[p], s0 = p * G;
+            memcpy(last_x + (size_t)p * c->C, kv.x + (size_t)(row + P - 1) * c->C, (size_t)c->C * sizeof(float));
+            for (int g = 1; g < G; g++)   // the G responses share the prompt's keys and values
+                for (int l = 0; l < c->L; l++)
+                    for (int w = 0; w < 2; w++)
+                        memcpy(kv_at(&kv, c, s0 + g, l, w, 0), kv_at(&kv, c, s0, l, w, 0),
+                               (size_t)P * kvd * sizeof(float));
+        }
     }
     // The prompts' last rows through the LM head together, each row as model_step computes a single
     // one (matmul_few_rows, the same bits): the LM head's weights stream from memory once, not once a prompt.
