@@ -417,7 +417,7 @@ static void emu_snapshot(EmuSnap &o) {
     for (int t = 0; t < 21; t++) p0[t] = (t * 37 + 5) % m.config.V;
     const int *prompts[2] = {p0, p1};
     int plen[2] = {21, 2};
-    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7};
+    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7, 0};
     Generation gen;
     generate(&m, prompts, plen, 2, 5, &sc, &gen, 0);
     for (int j = 0; j < gen.n; j++) {

@@ -497,14 +497,14 @@ static void test_sampler(void) {
     float x[V];
     uint64_t rng = 99;
     for (int v = 0; v < V; v++) x[v] = 3.0f * random_normal(&rng);
-    SamplerConfig sc = {1.0f, 1.0f, 0, 1, 0, 0};
+    SamplerConfig sc = {1.0f, 1.0f, 0, 1, 0, 0, 0};
     sampler_case("T=1", x, V, sc, 20000);
     sc.temperature = 0.7f; sampler_case("T=0.7", x, V, sc, 20000);
     sc.temperature = 1.0f; sc.top_p = 0.9f; sampler_case("T=1 top_p=0.9", x, V, sc, 3000);
     sc.top_p = 1.0f; sc.top_k = 5; sampler_case("T=1 top_k=5", x, V, sc, 3000);
     sc.temperature = 1.3f; sc.top_k = 10; sc.top_p = 0.8f; sampler_case("T=1.3 top_k=10 top_p=0.8", x, V, sc, 3000);
     // without truncation the draw is the CPU's inverse CDF in vocabulary order: the same u, the same token
-    SamplerConfig plain = {0.9f, 1.0f, 0, 1, 0, 0};
+    SamplerConfig plain = {0.9f, 1.0f, 0, 1, 0, 0, 0};
     int n = 2000, same = 0;
     int *tok = (int *)xmalloc((size_t)n * sizeof(int));
     float *lp = (float *)xmalloc((size_t)n * sizeof(float));
@@ -523,7 +523,7 @@ static void test_sampler(void) {
           n);
     // ties: greedy takes the lower id; top_k=2 keeps exactly the two tied tokens
     float tie[4] = {1.0f, 3.0f, 3.0f, 0.0f};
-    SamplerConfig greedy = {0.0f, 1.0f, 0, 1, 0, 0}, k2 = {1.0f, 1.0f, 2, 1, 0, 0};
+    SamplerConfig greedy = {0.0f, 1.0f, 0, 1, 0, 0, 0}, k2 = {1.0f, 1.0f, 2, 1, 0, 0, 0};
     int t1[1];
     float l1[1];
     gpu_draws(tie, 4, &greedy, 1, 1, t1, l1, NULL, NULL);
@@ -603,7 +603,7 @@ static void test_greedy_fixture(void) {
     GreedyFixture gf;
     if (greedy_fixture_open(&gf, &m) != 0) return;
     int n = gf.n, max_new = gf.max_new;
-    SamplerConfig sc = {0.0f, 1.0f, 0, max_new, 0, 1};
+    SamplerConfig sc = {0.0f, 1.0f, 0, max_new, 0, 1, 0};
     Generation gen;
     generate(&m, (const int *const *)gf.prompts, gf.plen, n, 1, &sc, &gen, 0);
     int ok = 1, stopped = 0, rules = 1;
@@ -646,7 +646,7 @@ static void test_generate_logprobs(void) {
     for (int t = 0; t < 21; t++) p0[t] = (t * 37 + 5) % m.config.V;   // 21 tokens: a full page and a partial one
     const int *prompts[2] = {p0, p1};
     int plen[2] = {21, 2}, G = 5;
-    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7};
+    SamplerConfig sc = {1.0f, 0.95f, 0, 12, 0, 7, 0};
     Generation gen, again, tight;
     generate(&m, prompts, plen, 2, G, &sc, &gen, 0);
     float worst = 0.0f;
@@ -706,12 +706,12 @@ static void test_generate_stops(void) {
     const int *prompts[1] = {p};
     int plen[1] = {3};
     Generation a, b, z;
-    SamplerConfig ctx = {1.0f, 1.0f, 0, 1000, 1000, 3};   // EOS never counts: every response runs to the context
+    SamplerConfig ctx = {1.0f, 1.0f, 0, 1000, 1000, 3, 0};   // EOS never counts: every response runs to the context
     generate(&m, prompts, plen, 1, 3, &ctx, &a, 0);
     int ok = 1;
     for (int j = 0; j < a.n; j++) ok &= a.len[j] == maxT - 3 && !a.eos[j];
     m.n_eos = 2; m.eos[0] = a.tokens[0][4]; m.eos[1] = a.tokens[1][2];   // tokens the same seed will sample again
-    SamplerConfig mn = {1.0f, 1.0f, 0, 1000, 4, 3};
+    SamplerConfig mn = {1.0f, 1.0f, 0, 1000, 4, 3, 0};
     generate(&m, prompts, plen, 1, 3, &mn, &b, 0);
     int ok2 = 1;
     for (int j = 0; j < b.n; j++) {
@@ -720,7 +720,7 @@ static void test_generate_stops(void) {
                                                             || a.tokens[j][t] == m.eos[1]) first = t;
         ok2 &= first < 0 ? b.len[j] == maxT - 3 && !b.eos[j] : b.len[j] == first + 1 && b.eos[j];
     }
-    SamplerConfig zero = {1.0f, 1.0f, 0, 0, 0, 3};
+    SamplerConfig zero = {1.0f, 1.0f, 0, 0, 0, 3, 0};
     generate(&m, prompts, plen, 1, 2, &zero, &z, 0);
     check(ok && ok2 && z.n == 2 && z.len[0] == 0 && z.len[1] == 0,
           "GPU stopping rules: the context (%d new tokens), EOS only "

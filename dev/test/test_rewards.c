@@ -47,7 +47,7 @@ static void test_token_stats(void) {
     static const float temps[] = {0.0f, 0.7f};
     for (int s = 0; s < 2; s++)
         for (int k = 0; k < 4; k++) {
-            SamplerConfig sc = {temps[s], 1.0f, s ? 1 : 0, max_news[k], 0, 7};
+            SamplerConfig sc = {temps[s], 1.0f, s ? 1 : 0, max_news[k], 0, 7, 0};
             Generation gen;
             memset(&gen, 0, sizeof gen);
             int G = 2;
@@ -151,7 +151,7 @@ static void test_rollout_rewards(void) {
     p2.problem = (char *)"What is 1/2 * 2/3?";
     p2.answer = (char *)"1/3";
     const Problem *probs[2] = {&p1, &p2};
-    SamplerConfig sc = {1.0f, 1.0f, 0, 60, 0, 3};
+    SamplerConfig sc = {1.0f, 1.0f, 0, 60, 0, 3, 0};
     Scorer exact = scorer_math();
     exact.reward_cluster = exact_cluster;
     static const int rewards[] = {REWARD_EMPO, REWARD_TTRL, REWARD_ENTROPY, REWARD_CERTAINTY};
