@@ -8,8 +8,10 @@ on the same mid-size config and thread count, fp32.
           the generate / score / train split (empo.c only)
 First the roofline: this machine's fp32 FMA peak (a register-only FMA loop, 1 thread and all
 threads) and memory bandwidth, then sgemm's GFLOP/s at the model's GEMM shapes as a share of that
-peak, and the forward's time op by op. Each timed figure is the median of RUNS (5) runs, and both
-sides run in the same invocation of this script. Run: make bench
+peak, and the forward's time op by op. Each timed figure is the median of RUNS (5) rounds, each round
+one measurement of ours and then one of the reference, in the same invocation of this script: on a
+shared host whose speed drifts, both sides meet the same conditions round by round. A ratio is given
+as the ratio of the two medians and as the median (and range) of the rounds' own ratios. Run: make bench
 """
 import json
 import os
@@ -30,9 +32,8 @@ def run_json(args, threads):
     return json.loads(out)
 
 
-def median_of(f, keys):
-    """Runs f() RUNS times; the median of each key."""
-    rs = [f() for _ in range(RUNS)]
+def summary(rs, keys):
+    """The median and the min-max range of each key over the runs rs."""
     out = dict(rs[0])
     for k in keys:
         out[k] = statistics.median(r[k] for r in rs)
@@ -40,12 +41,28 @@ def median_of(f, keys):
     return out
 
 
+def rounds(ours_once, ref_once, keys):
+    """RUNS rounds, each one measurement of ours then one of the reference, so that on a machine whose
+    speed drifts (a shared host) both sides run under the same conditions round by round. Returns
+    the two sides' summaries and, per key, the median and range of the rounds' ratios ref / ours."""
+    ours, ref = [], []
+    for _ in range(RUNS):
+        ours.append(ours_once())
+        if ref_once:
+            ref.append(ref_once())
+    if not ref_once:
+        return summary(ours, keys), None, None
+    ratios = {k: sorted(b[k] / a[k] for a, b in zip(ours, ref)) for k in keys}
+    ratio = {k: (statistics.median(v), v[0], v[-1]) for k, v in ratios.items()}
+    return summary(ours, keys), summary(ref, keys), ratio
+
+
 MODEL = "V C L NH NKV I".split()
 
 
-def bench_ours(threads):
-    # one timed iteration per process (after its warm-up), RUNS processes
-    r = median_of(lambda: run_json([CFG[k] for k in MODEL + ["B", "T"]] + [1], threads), ["fwd_s", "step_s"])
+def ours_train_once(threads):
+    # one timed iteration per process, after its warm-up
+    r = run_json([CFG[k] for k in MODEL + ["B", "T"]] + [1], threads)
     r["tok_s"] = CFG["B"] * CFG["T"] / r["step_s"]
     return r
 
@@ -61,9 +78,8 @@ def ops(threads):
 GEN = dict(P=32, N=64)
 
 
-def bench_ours_gen(threads, batch):
-    return median_of(lambda: run_json(["gen"] + [CFG[k] for k in MODEL] + [batch, GEN["P"], GEN["N"], 1], threads),
-                     ["time_s", "tok_s"])
+def ours_gen_once(threads, batch):
+    return run_json(["gen"] + [CFG[k] for k in MODEL] + [batch, GEN["P"], GEN["N"], 1], threads)
 
 
 def torch_model():
@@ -74,32 +90,34 @@ def torch_model():
     return Qwen2ForCausalLM(cfg).float()
 
 
-def bench_torch_gen(threads, batch):
+def torch_gen_runner(threads, batch):
+    """A function that times one HF generate() call (after one warm-up call)."""
     import torch
     torch.set_num_threads(threads)
     model = torch_model().eval()
     x = torch.randint(0, CFG["V"], (batch, GEN["P"]))
-    times = []
-    with torch.no_grad():
-        for it in range(RUNS + 1):   # the first warms up
+
+    def once():
+        with torch.no_grad():
             t0 = time.perf_counter()
             model.generate(x, attention_mask=torch.ones_like(x), do_sample=False, max_new_tokens=GEN["N"],
                            min_new_tokens=GEN["N"], pad_token_id=0, eos_token_id=None)
-            if it > 0:
-                times.append(time.perf_counter() - t0)
-    t = statistics.median(times)
-    return dict(time_s=t, tok_s=batch * GEN["N"] / t, time_s_range=(min(times), max(times)))
+            t = time.perf_counter() - t0
+        return dict(time_s=t, tok_s=batch * GEN["N"] / t)
+    once()
+    return once
 
 
-def bench_torch(threads):
+def torch_train_runner(threads):
+    """A function that times one PyTorch training step (after one warm-up step), and the model's size."""
     import torch
     torch.set_num_threads(threads)
     model = torch_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.0)
     x = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
     y = torch.randint(0, CFG["V"], (CFG["B"], CFG["T"]))
-    steps, fwds = [], []
-    for it in range(RUNS + 1):
+
+    def once():
         t0 = time.perf_counter()
         logits = model(input_ids=x).logits
         loss = torch.nn.functional.cross_entropy(logits.view(-1, CFG["V"]), y.view(-1))
@@ -109,13 +127,9 @@ def bench_torch(threads):
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         t2 = time.perf_counter()
-        if it > 0:
-            steps.append(t2 - t0)
-            fwds.append(t1 - t0)
-    n = sum(p.numel() for p in model.parameters())
-    step, fwd = statistics.median(steps), statistics.median(fwds)
-    return dict(params=n, fwd_s=fwd, step_s=step, tok_s=CFG["B"] * CFG["T"] / step, torch=torch.__version__,
-                fwd_s_range=(min(fwds), max(fwds)), step_s_range=(min(steps), max(steps)))
+        return dict(fwd_s=t1 - t0, step_s=t2 - t0, tok_s=CFG["B"] * CFG["T"] / (t2 - t0))
+    once()
+    return once, sum(p.numel() for p in model.parameters()), torch.__version__
 
 
 def ms_range(r):
@@ -150,38 +164,47 @@ def print_ops(threads):
 
 if __name__ == "__main__":
     threads = int(os.environ.get("OMP_NUM_THREADS", os.cpu_count()))
-    print(f"config {CFG}, {threads} threads, median of {RUNS} runs")
+    print(f"config {CFG}, {threads} threads, median of {RUNS} rounds (each: ours once, then the reference once)")
     roof = print_roofline(threads)
     print_ops(threads)
-    ours = bench_ours(threads)
-    print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw "
-          f"{ours['step_s']*1e3:8.1f} ms | {ours['tok_s']:8.1f} tok/s")
     try:
-        ref = bench_torch(threads)
+        ref_train, ref_params, torch_version = torch_train_runner(threads)
     except ImportError as e:
         print(f"PyTorch reference skipped: {e}")
-        sys.exit(0)
-    print(f"PyTorch: {ref['params']} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw {ref['step_s']*1e3:8.1f} "
-          f"ms | {ref['tok_s']:8.1f} tok/s (torch {ref['torch']}, eager, sdpa)")
-    print(f"ratio empo.c / PyTorch: training step {ref['step_s']/ours['step_s']:.2f}x, forward "
-          f"{ref['fwd_s']/ours['fwd_s']:.2f}x")
-    print("  ranges (min-max of the runs, ms): empo.c fwd " + ms_range(ours["fwd_s_range"]) + ", step "
-          + ms_range(ours["step_s_range"]) + " | PyTorch fwd " + ms_range(ref["fwd_s_range"]) + ", step "
-          + ms_range(ref["step_s_range"]))
+        ref_train = None
+    ours, ref, ratio = rounds(lambda: ours_train_once(threads), ref_train, ["fwd_s", "step_s"])
+    print(f"empo.c : {ours['params']} params | fwd {ours['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw "
+          f"{ours['step_s']*1e3:8.1f} ms | {CFG['B'] * CFG['T'] / ours['step_s']:8.1f} tok/s")
+    if ref:
+        print(f"PyTorch: {ref_params} params | fwd {ref['fwd_s']*1e3:8.1f} ms | fwd+bwd+adamw "
+              f"{ref['step_s']*1e3:8.1f} ms | {CFG['B'] * CFG['T'] / ref['step_s']:8.1f} tok/s "
+              f"(torch {torch_version}, eager, sdpa)")
+        print(f"ratio empo.c / PyTorch: training step {ref['step_s'] / ours['step_s']:.2f}x, forward "
+              f"{ref['fwd_s'] / ours['fwd_s']:.2f}x (of the medians); the rounds' own ratios: step "
+              f"{ratio['step_s'][0]:.2f}x ({ratio['step_s'][1]:.2f}-{ratio['step_s'][2]:.2f}), forward "
+              f"{ratio['fwd_s'][0]:.2f}x ({ratio['fwd_s'][1]:.2f}-{ratio['fwd_s'][2]:.2f})")
+        print("  ranges (min-max of the runs, ms): empo.c fwd " + ms_range(ours["fwd_s_range"]) + ", step "
+              + ms_range(ours["step_s_range"]) + " | PyTorch fwd " + ms_range(ref["fwd_s_range"]) + ", step "
+              + ms_range(ref["step_s_range"]))
+        ref_train = None   # frees the reference's model and optimizer before the next benchmarks
     e = run_json(["empo"] + [CFG[k] for k in MODEL] + [8, 7, 64, 64], threads)
     print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score "
           f"{e['score_s']*1e3:.1f} ms"
           f" + train {e['train_s']:.2f} s ({1/e['step_s']:.3f} steps/s)")
     print(f"decode: {GEN['P']}-token prompts, {GEN['N']} new tokens, greedy, KV cache")
     for batch in (1, 56):
-        o = bench_ours_gen(threads, batch)
-        r = bench_torch_gen(threads, batch)
+        ref_gen = torch_gen_runner(threads, batch) if ref else None
+        o, r, ratio = rounds(lambda: ours_gen_once(threads, batch), ref_gen, ["time_s", "tok_s"])
         # at batch 1 a step reads every fp32 weight once but only one row of the embedding table (V x C):
         # memory bandwidth / those bytes bounds tokens/s
         wbytes = 4 * (ours["params"] - CFG["V"] * CFG["C"])
         bound = f" | bound {roof['bw_read_all'] * 1e9 / wbytes:6.1f} tok/s ({wbytes / 1e6:.0f} MB/token)" \
             if batch == 1 else ""
+        if not r:
+            print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s{bound}")
+            continue
         print(f"  batch {batch:3d}: empo.c {o['tok_s']:8.1f} tok/s | HF generate {r['tok_s']:8.1f} tok/s | ratio "
-              f"{r['time_s']/o['time_s']:.2f}x{bound}")
+              f"{r['time_s'] / o['time_s']:.2f}x; the rounds' {ratio['time_s'][0]:.2f}x ({ratio['time_s'][1]:.2f}-"
+              f"{ratio['time_s'][2]:.2f}){bound}")
         print(f"    ranges (ms per generate call): empo.c {ms_range(o['time_s_range'])} | "
               f"HF {ms_range(r['time_s_range'])}")
