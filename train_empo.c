@@ -213,8 +213,8 @@ static inline void attend_group(float *const out[4], float *const p[4], const fl
 
 // Causal grouped-query attention. qkv (B, T, QKV) with rope applied; query head hq reads key/value
 // head hq / (NH/NKV). att (B, NH, T, T) keeps the softmax probabilities; out (B, T, NH*HD).
-// attend_one for every (b, hq, t), with the fast path: the keys of a (b, kv head) are transposed
-// once so that attn_scores4 takes 16 of them per vector step, for 4 query rows at a time.
+// attend_group's computation for every (b, hq, t), with the fast path: the keys of a (b, kv head) are
+// transposed once so that attn_scores4 takes 16 of them per vector step, for 4 query rows at a time.
 static void attention_forward(float *out, float *att, const float *qkv, int B, int T, int NH, int NKV, int HD) {
     int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, Tp = (T + 15) / 16 * 16;
     float scale = 1.0f / sqrtf((float)HD);
@@ -265,8 +265,8 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
 //     datt[t2] = dot_f32(g, v[t2]);  dot = sum_{t2 <= t} datt[t2] * a[t2] (products rounded, then added in order)
 //     for t2 <= t: dv[t2] += a[t2] * g;  ds = a[t2] * (datt[t2] - dot) * scale;  dq += ds * k[t2];  dk[t2] += ds * q
 // (every += one fma). The fast path, to the bit: the values are transposed once per (b, kv head) so that
-// gemm.h's attn_scores4 gives 4 rows of datt at once; dk, dv accumulate in contiguous per-thread copies, 4 query rows
-// at a time (attn_rank4_acc: each element still takes its terms in order of t); dq via attn_weighted_acc.
+// gemm.h's attn_scores4 gives 4 rows of datt at once; dk, dv accumulate in contiguous per-thread copies, 4
+// query rows at a time (attn_rank4_acc: each element still takes its terms in order of t); dq via attn_weighted4.
 static void attention_backward(float *dqkv, const float *dout, const float *qkv, const float *att,
                                int B, int T, int NH, int NKV, int HD) {
     int QKV = (NH + 2 * NKV) * HD, rep = NH / NKV, Tp = (T + 15) / 16 * 16;
@@ -307,7 +307,7 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                             q[j] = row0 + (size_t)t * QKV + (size_t)hq * HD;
                             float *dsj = ds + (size_t)j * T;
                             dsr[j] = dsj;
-                            // the products first, then their sum: two loops, so that no fma fuses them
+                            // the products first, then their sum (rows_sum4 below), so that no fma fuses them
                             for (int t2 = 0; t2 <= t; t2++) dsj[t2] = dat[t2] * a[j][t2];
                             dq[j] = drow0 + (size_t)t * QKV + (size_t)hq * HD;
                             nq[j] = t + 1;

@@ -1,6 +1,7 @@
 // gemm.h: the fast paths of train_empo.c: its matmuls (a cache-blocked single-precision GEMM),
-// attention's two matmuls row by row, the reductions and the AdamW update taken several chains at a
-// time, the log-sum-exp of many rows, and expf 8 at a time. train_empo.c keeps the plain
+// attention's two matmuls 4 query rows at a time (and decoding's, the query heads of a key/value head
+// together), the reductions and the AdamW update taken several chains at a time, the log-sum-exp of
+// many rows, the argmax, and expf 8 at a time. train_empo.c keeps the plain
 // definitions; each fast path here computes the same bits, in every build and at any thread count.
 // The GEMM follows the classic Goto/BLIS recipe: cut K and N into blocks that stay in cache, copy
 // ("pack") the current blocks of A and B into contiguous panels, and let a small register-blocked
@@ -438,7 +439,8 @@ static void attn_scores4(float *const s[4], const float *const q[4], int nq, con
                             acc[u][r] = _mm512_fmadd_ps(_mm512_set1_ps(qr[r][i + l]), kv, acc[u][r]);
                     }
                 for (int r = 0; r < 4; r++)
-                    half[h][r] = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]), _mm512_add_ps(acc[2][r], acc[3][r]));
+                    half[h][r] = _mm512_add_ps(_mm512_add_ps(acc[0][r], acc[1][r]),
+                                               _mm512_add_ps(acc[2][r], acc[3][r]));
             }
             __mmask16 keep = n - j0 >= 16 ? 0xFFFF : (__mmask16)((1u << (n - j0)) - 1);   // the keys < n
             for (int r = 0; r < nq; r++) _mm512_mask_storeu_ps(s[r] + j0, keep, _mm512_add_ps(half[0][r], half[1][r]));
@@ -594,7 +596,8 @@ static void attn_weighted4(float *const out[4], const float *const p[4], const i
                 for (int j = n0; j < n[r]; j++) {
                     const float *vj = v + (long)j * stride + d0;
                     __m512 pj = _mm512_set1_ps(p[r][j]);
-                    for (int u = 0; u < 4; u++) acc[r][u] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16 * u), acc[r][u]);
+                    for (int u = 0; u < 4; u++)
+                        acc[r][u] = _mm512_fmadd_ps(pj, _mm512_loadu_ps(vj + 16 * u), acc[r][u]);
                 }
                 for (int u = 0; u < 4; u++) _mm512_storeu_ps(out[r] + d0 + 16 * u, acc[r][u]);
             }
