@@ -250,7 +250,7 @@ static void attention_forward(float *out, float *att, const float *qkv, int B, i
                         o4[r] = out + ((size_t)b * T + t) * NH * HD + (size_t)hq * HD;
                         n4[r] = t + 1;
                     }
-                    softmax_rows4(a4, n4, nb);   // softmax_inplace of each row
+                    for (int r = 0; r < nb; r++) softmax_inplace(a4[r], n4[r]);
                     attn_weighted4(o4, (const float *const *)a4, n4, nb, row0 + (size_t)(NH + NKV + hk) * HD, QKV,
                                    HD, 0);   // attn_weighted_sum of each row
                     for (int r = 0; r < nb; r++)
@@ -307,16 +307,15 @@ static void attention_backward(float *dqkv, const float *dout, const float *qkv,
                             q[j] = row0 + (size_t)t * QKV + (size_t)hq * HD;
                             float *dsj = ds + (size_t)j * T;
                             dsr[j] = dsj;
-                            // the products first, then their sum (rows_sum4 below), so that no fma fuses them
+                            float dot = 0.0f;
+                            // the products first, then their sum: two loops, so that no fma fuses them
                             for (int t2 = 0; t2 <= t; t2++) dsj[t2] = dat[t2] * a[j][t2];
+                            for (int t2 = 0; t2 <= t; t2++) dot += dsj[t2];
+                            // through the softmax, then the scaled q.k
+                            for (int t2 = 0; t2 <= t; t2++) dsj[t2] = a[j][t2] * (dat[t2] - dot) * scale;
                             dq[j] = drow0 + (size_t)t * QKV + (size_t)hq * HD;
                             nq[j] = t + 1;
                         }
-                        float dot[4];
-                        rows_sum4(dot, dsr, nq, nb);   // each row's sum in order of t2, the 4 side by side
-                        for (int j = 0; j < nb; j++)   // through the softmax, then the scaled q.k
-                            for (int t2 = 0; t2 <= t0 + j; t2++)
-                                ds[(size_t)j * T + t2] = a[j][t2] * (da[j][t2] - dot[j]) * scale;
                         attn_weighted4(dq, dsr, nq, nb, row0 + ko, QKV, HD, 1);   // attn_weighted_acc of each row
                         if (nb == 4) {   // rows t2 <= t0 take all four query rows' terms; the next three fewer
                             attn_rank4_acc(dvb, a, g, t0 + 1, HD);

@@ -655,22 +655,6 @@ static void attn_rank1_acc(float *D, const float *w, const float *x, int n, int 
     }
 }
 
-// s[r] = x[r][0] + x[r][1] + ... + x[r][n[r] - 1], from 0 in order, for r < nr <= 4: each sum is a
-// chain of dependent adds; four side by side keep four in flight.
-static void rows_sum4(float s[4], const float *const x[4], const int n[4], int nr) {
-    int n0 = n[0];
-    for (int r = 1; r < nr; r++) if (n[r] < n0) n0 = n[r];
-    const float *xr[4];
-    for (int r = 0; r < 4; r++) xr[r] = x[r < nr ? r : 0];
-    float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-    for (int i = 0; i < n0; i++) { a0 += xr[0][i]; a1 += xr[1][i]; a2 += xr[2][i]; a3 += xr[3][i]; }
-    float acc[4] = {a0, a1, a2, a3};
-    for (int r = 0; r < nr; r++) {
-        for (int i = n0; i < n[r]; i++) acc[r] += x[r][i];
-        s[r] = acc[r];
-    }
-}
-
 // ---- the reductions and the update, with the plain code's order of operations
 
 // v, unchanged, but opaque to the optimizer: a product marked so is rounded before whatever
@@ -920,22 +904,6 @@ static void rows_logsumexp(float *lse, const float *x, int N, int V) {
                     for (int i = 0; i < m; i++) s[r] += e[r][i];
         }
         for (int r = 0; r < nr; r++) lse[n0 + r] = mx[r] + logf(s[r]);
-    }
-}
-
-// train_empo.c's softmax_inplace of nr <= 4 rows, row r of n[r] values, with the same operations;
-// the four sums (each a chain of adds in order) side by side (rows_sum4).
-static void softmax_rows4(float *const p[4], const int n[4], int nr) {
-    float sum[4];
-    for (int r = 0; r < nr; r++) {
-        float maxv = row_max(p[r], n[r]);
-        for (int j = 0; j < n[r]; j++) p[r][j] -= maxv;
-        vexpf(p[r], p[r], n[r]);
-    }
-    rows_sum4(sum, (const float *const *)p, n, nr);
-    for (int r = 0; r < nr; r++) {
-        float inv = 1.0f / sum[r];
-        for (int j = 0; j < n[r]; j++) p[r][j] *= inv;
     }
 }
 
