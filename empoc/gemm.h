@@ -30,6 +30,7 @@
 #define GEMM_KC 256   // K block: a 16-column B panel (16 KB) stays in L1
 #define GEMM_NR 16    // a packed B panel is 16 columns wide on every build (pack_panels' format)
 #define GEMM_NC 1024  // N block: the packed B block (1 MB) stays in L2/L3
+#define GEMM_MD 48    // rows a thread takes at a time when the threads split the rows (a multiple of 6 and 12)
 #ifdef __AVX512F__
 // AVX-512 has 32 vector registers: a 12 x 32 tile (two B panels) is 24 accumulators, and each k
 // step does 24 FMAs for 2 loads of B and 12 broadcasts of A, against 12 for 8 with the 6 x 16 tile.
@@ -130,21 +131,37 @@ static inline __attribute__((always_inline)) void gemm_micro_np(int K, const flo
     gemm_store(C, ldc, &tile[0][0], 32, mr, nr, accumulate);
 }
 #else
-// C[6x16] (+)= sum_k Ap[k][0..6) * Bp[k][0..16). Ap, Bp packed; C row stride ldc.
-static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C, long ldc, int mr, int nr,
-                              int accumulate) {
+// C[mr x 16] (+)= sum_k Ap[k][0..mr) * Bp[k][0..16). Ap is a packed 6-row panel, Bp a packed panel; C row
+// stride ldc. MR = 2, 4 or 6 (a constant at each call site, mr <= MR): a short last tile (decoding's 56 rows
+// are 9 x 6 + 2) computes only the rows it has. Pf, if not NULL, is the next panel: one line (a k row) of
+// it is prefetched per k step, so that a panel streamed from memory is in cache when its turn comes.
+static inline __attribute__((always_inline)) void gemm_micro_mr(int K, const float *Ap, const float *Bp, float *C,
+                                                                long ldc, int mr, int nr, int accumulate,
+                                                                const int MR, const float *Pf) {
     gemm_prefetch_c(C, ldc, mr, nr);
     gemm_v8 c[GEMM_MR][2];
     memset(c, 0, sizeof c);
     for (int k = 0; k < K; k++) {
+        if (Pf) __builtin_prefetch(Pf + (size_t)k * GEMM_NR);
         gemm_v8 b0, b1;
         memcpy(&b0, Bp, 32); memcpy(&b1, Bp + 8, 32);
-        for (int i = 0; i < GEMM_MR; i++) {
+        for (int i = 0; i < MR; i++) {
             gemm_v8 a = gemm_splat8(Ap[i]);
             c[i][0] = gemm_fma8(a, b0, c[i][0]);
             c[i][1] = gemm_fma8(a, b1, c[i][1]);
         }
         Ap += GEMM_MR; Bp += GEMM_NR;
+    }
+    if (nr == GEMM_NR) {   // full-width rows: vector stores
+        for (int i = 0; i < mr; i++) {
+            float *row = C + (long)i * ldc;
+            gemm_v8 x;
+            for (int h = 0; h < 2; h++) {
+                if (accumulate) { memcpy(&x, row + 8 * h, 32); c[i][h] = x + c[i][h]; }
+                memcpy(row + 8 * h, &c[i][h], 32);
+            }
+        }
+        return;
     }
     float tile[GEMM_MR][GEMM_NR];
     memcpy(tile, c, sizeof tile);
@@ -154,7 +171,7 @@ static inline void gemm_micro(int K, const float *Ap, const float *Bp, float *C,
 
 // One mc x nc block of C from a packed A block and packed B panels (panel(p) gives panel p's
 // first k of this K block). prefetch_b: B comes from memory (weights packed once, for decoding),
-// so the first tile of each pair of panels fetches the next pair while it computes.
+// so the first tile of each panel (with AVX-512: each pair of panels) fetches the next while it computes.
 static inline void gemm_block(int mc, int nc, int kc, const float *Ap, const float *Bp0, size_t panel_stride,
                               float *C, long ldc, int acc, int prefetch_b) {
     int np = (nc + GEMM_NR - 1) / GEMM_NR;
@@ -174,10 +191,14 @@ static inline void gemm_block(int mc, int nc, int kc, const float *Ap, const flo
 #else
     for (int p = 0; p < np; p++) {
         int n0 = p * GEMM_NR, nr = nc - n0 < GEMM_NR ? nc - n0 : GEMM_NR;
+        const float *b = Bp0 + (size_t)p * panel_stride, *pf = prefetch_b && p + 1 < np ? b + panel_stride : NULL;
         for (int q = 0; q < mc; q += GEMM_MR) {
             int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
-            gemm_micro(kc, Ap + (size_t)q * kc, Bp0 + (size_t)p * panel_stride, C + (long)q * ldc + n0, ldc, mr, nr,
-                       acc);
+            const float *a = Ap + (size_t)q * kc, *pq = q == 0 ? pf : NULL;
+            float *c = C + (long)q * ldc + n0;
+            if (mr > 4) gemm_micro_mr(kc, a, b, c, ldc, mr, nr, acc, 6, pq);
+            else if (mr > 2) gemm_micro_mr(kc, a, b, c, ldc, mr, nr, acc, 4, pq);
+            else gemm_micro_mr(kc, a, b, c, ldc, mr, nr, acc, 2, pq);
         }
     }
 #endif
@@ -243,10 +264,13 @@ static inline void gemm_pack_a(float *Ap, int mc, int ic, int pc, int kc, const 
 // C[m*ldc + n] = (accumulate ? C : 0) + sum_k A[m*rsa + k*csa] * B[k*rsb + n*csb]
 // for m < M, n < N, k < K. Bpre, if not NULL, is B already packed by pack_panels (then B is not
 // read): generation packs each weight once, not every step.
-// Threads: with many rows (training: M = B*T), each thread takes an equal range of rows and they
-// share the packing of B (two barriers per K block). With few rows (decoding: M = the batch), a
-// split by rows would leave a thread idle for a whole block (56 rows: 36 + 20), so each thread
-// takes an equal range of B's panels instead, packs them itself and needs no barrier at all.
+// Threads: with many rows (training: M = B*T), the threads share the packing of B, then take its
+// rows GEMM_MD at a time, each the next block when it is free (two barriers per K block): on a
+// shared machine one thread can run slower for a while, and a fixed split of the rows would leave
+// the other waiting at the barrier. With few rows (decoding: M = the batch), blocks of rows would
+// leave a thread idle (56 rows: 48 + 8), so each thread takes an equal range of B's panels instead,
+// packs them itself and needs no barrier at all. (Taking panels a few at a time measured slower:
+// a thread's panels in one range let each one prefetch the next.)
 static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, const float *Bpre) {
     if (M <= 0 || N <= 0) return;
@@ -264,8 +288,9 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
     if (nested) nthreads = 1;
 #endif
     int by_rows = M >= nthreads * GEMM_MC;
-    // by panels, each thread packs into its own part of Bp: the last N block splits differently,
-    // and a thread may start on it while another still reads its panels of the block before
+    // by rows, Bp holds the whole packed B block. By panels, each thread packs into its own part of
+    // Bp: the last N block splits differently, and a thread may start on it while another still
+    // reads its panels of the block before.
     int own = ((npanels + 1) / 2 + nthreads - 1) / nthreads * 2;   // most panels a thread takes
     size_t bsize = (size_t)(by_rows ? npanels : own * nthreads) * GEMM_NR * kc_max;
     size_t asize = (size_t)GEMM_MC * kc_max;
@@ -284,48 +309,47 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
 #ifdef _OPENMP
         if (!nested) { th = omp_get_thread_num(); nth = omp_get_num_threads(); }
 #endif
-        float *Ap = Aall + asize * th;
-        // this thread's rows [m0, m1) (all of them when splitting by panels)
-        int rows = by_rows ? ((M + nth - 1) / nth + GEMM_MR - 1) / GEMM_MR * GEMM_MR : M;
-        int m0 = by_rows ? th * rows : 0, m1 = m0 + rows < M ? m0 + rows : M;
+        float *Ap = Aall + asize * th, *Bown = Bp ? Bp + (size_t)th * own * kc_max * GEMM_NR : NULL;
         for (int jc = 0; jc < N; jc += GEMM_NC) {
             int nc = N - jc < GEMM_NC ? N - jc : GEMM_NC;
             int np = (nc + GEMM_NR - 1) / GEMM_NR;
-            // this thread's panels [p0, p1) of the block (all of them when splitting by rows), in
-            // pairs: the AVX-512 micro-kernel takes two panels at a time
-            int p0 = 0, p1 = np;
-            if (!by_rows) {
-                int pairs = (np + 1) / 2, per = (pairs + nth - 1) / nth;
-                p0 = th * per * 2 < np ? th * per * 2 : np;
-                p1 = p0 + per * 2 < np ? p0 + per * 2 : np;
-            }
+            // by panels, this thread's panels [p0, p1) of the block, in pairs (AVX-512 takes two at a time)
+            int pairs = (np + 1) / 2, per = (pairs + nth - 1) / nth;
+            int p0 = th * per * 2 < np ? th * per * 2 : np, p1 = p0 + per * 2 < np ? p0 + per * 2 : np;
             for (int pc = 0; pc < K; pc += GEMM_KC) {
                 int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
                 int acc = accumulate || pc > 0;
                 size_t pstride = Bpre ? (size_t)K * GEMM_NR : (size_t)kc * GEMM_NR;
-                // where this thread's panel p0 is
-                const float *panels = Bpre ? Bpre + ((size_t)(jc / GEMM_NR + p0) * K + pc) * GEMM_NR
-                                    : by_rows ? Bp + (size_t)p0 * pstride : Bp + (size_t)th * own * kc_max * GEMM_NR;
-                if (!Bpre && by_rows) {   // everyone packs a share of the panels, then waits for the rest
-                    int per = (np + nth - 1) / nth, q0 = th * per < np ? th * per : np;
-                    int q1 = q0 + per < np ? q0 + per : np;
-                    if (q1 > q0) gemm_pack_b(Bp + (size_t)q0 * kc * GEMM_NR, q1 - q0, jc + q0 * GEMM_NR, pc, kc, N, B,
-                                             rsb, csb);
-                    #pragma omp barrier
-                } else if (!Bpre && p1 > p0) {   // own panels only
-                    gemm_pack_b((float *)panels, p1 - p0, jc + p0 * GEMM_NR, pc, kc, N, B, rsb, csb);
-                }
-                if (p1 > p0) {
-                    int ncols = (p1 * GEMM_NR < nc ? p1 * GEMM_NR : nc) - p0 * GEMM_NR;
-                    for (int ic = m0; ic < m1; ic += GEMM_MC) {
-                        int mc = m1 - ic < GEMM_MC ? m1 - ic : GEMM_MC;
+                // packed panel p of this block: Bpre's, or Bp's when the threads share the block
+                const float *Bblk = Bpre ? Bpre + ((size_t)(jc / GEMM_NR) * K + pc) * GEMM_NR : Bp;
+                if (by_rows) {
+                    if (!Bpre) {   // everyone packs a share of the panels, then waits for the rest
+                        int share = (np + nth - 1) / nth, q0 = th * share < np ? th * share : np;
+                        int q1 = q0 + share < np ? q0 + share : np;
+                        if (q1 > q0) gemm_pack_b(Bp + (size_t)q0 * kc * GEMM_NR, q1 - q0, jc + q0 * GEMM_NR, pc, kc, N,
+                                                 B, rsb, csb);
+                        #pragma omp barrier
+                    }
+                    int nblk = (M + GEMM_MD - 1) / GEMM_MD;
+                    #pragma omp for schedule(dynamic) nowait
+                    for (int ib = 0; ib < nblk; ib++) {
+                        int ic = ib * GEMM_MD, mc = M - ic < GEMM_MD ? M - ic : GEMM_MD;
                         gemm_pack_a(Ap, mc, ic, pc, kc, A, rsa, csa);
-                        gemm_block(mc, ncols, kc, Ap, panels, pstride,
-                                   C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc, acc, Bpre != NULL);
+                        gemm_block(mc, nc, kc, Ap, Bblk, pstride, C + (long)ic * ldc + jc, ldc, acc, Bpre != NULL);
+                    }
+                } else if (p1 > p0) {   // this thread's panels [p0, p1): pack them (unless Bpre), then all rows
+                    const float *panels = Bpre ? Bblk + (size_t)p0 * pstride : Bown;
+                    if (!Bpre) gemm_pack_b(Bown, p1 - p0, jc + p0 * GEMM_NR, pc, kc, N, B, rsb, csb);
+                    int ncols = (p1 * GEMM_NR < nc ? p1 * GEMM_NR : nc) - p0 * GEMM_NR;
+                    for (int ic = 0; ic < M; ic += GEMM_MC) {
+                        int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
+                        gemm_pack_a(Ap, mc, ic, pc, kc, A, rsa, csa);
+                        gemm_block(mc, ncols, kc, Ap, panels, pstride, C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc,
+                                   acc, Bpre != NULL);
                     }
                 }
-                if (!Bpre && by_rows) {
-                    #pragma omp barrier   // before Bp is overwritten by the next block
+                if (by_rows) {
+                    #pragma omp barrier   // before Bp is overwritten, or C's rows taken by another thread
                 }
             }
         }
