@@ -616,10 +616,67 @@ static int argmax_plain(const float *x, int V) {
     for (int v = 1; v < V; v++) if (x[v] > x[best]) best = v;
     return best;
 }
+// sgemm's definition (gemm.h), written plainly: each element the fmas of one K block from 0 in order of
+// k, the blocks' sums added into C in order
+static void sgemm_plain(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
+                        float *C, long ldc, int accumulate) {
+    for (int m = 0; m < M; m++)
+        for (int n = 0; n < N; n++) {
+            float c = accumulate ? C[(long)m * ldc + n] : 0.0f;
+            for (int k0 = 0; k0 < K; k0 += GEMM_KC) {
+                float part = 0.0f;
+                for (int k = k0; k < K && k < k0 + GEMM_KC; k++)
+                    part = fmaf(A[(long)m * rsa + (long)k * csa], B[(long)k * rsb + (long)n * csb], part);
+                c = k0 == 0 && !accumulate ? part : c + part;
+            }
+            C[(long)m * ldc + n] = c;
+        }
+}
+// sgemm against sgemm_plain at 1, 2 and 3 threads: the row blocks taken by whichever thread is free,
+// the split by panels, short tiles, K and N past one block, the three layouts, and prepacked B
+static void test_sgemm_bits(void) {
+    uint64_t rng = 5;
+    const int shapes[][3] = {{1, 17, 5}, {5, 33, 300}, {56, 100, 520}, {97, 40, 257}, {200, 1100, 64}, {301, 48, 600}};
+    int max_threads = 1;
+#ifdef _OPENMP
+    max_threads = omp_get_max_threads();
+#endif
+    for (int si = 0; si < 6; si++) {
+        int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], ok = 1;
+        float *A = (float *)xmalloc((size_t)M * K * sizeof(float)), *B = (float *)xmalloc((size_t)K * N * sizeof(float));
+        float *C1 = (float *)xmalloc((size_t)M * N * sizeof(float)), *C2 = (float *)xmalloc((size_t)M * N * sizeof(float));
+        for (size_t i = 0; i < (size_t)M * K; i++) A[i] = random_normal(&rng);
+        for (size_t i = 0; i < (size_t)K * N; i++) B[i] = random_normal(&rng);
+        float *P = pack_panels(B, N, K);   // B read as (N, K) row-major: the forward's W
+        for (int th = 1; th <= 3; th++) {
+#ifdef _OPENMP
+            omp_set_num_threads(th);
+#endif
+            for (int lay = 0; lay < 4; lay++) {   // forward (W^T), d_input (row-major B), d_weight (A^T), prepacked
+                long rsa = lay == 2 ? 1 : K, csa = lay == 2 ? M : 1, rsb = lay == 1 || lay == 2 ? N : 1;
+                long csb = lay == 1 || lay == 2 ? 1 : K;
+                int acc = lay == 1 || lay == 2;
+                for (size_t i = 0; i < (size_t)M * N; i++) C1[i] = C2[i] = 0.25f * (float)(i % 7);
+                sgemm(M, N, K, A, rsa, csa, B, rsb, csb, C1, N, acc, lay == 3 ? P : NULL);
+                sgemm_plain(M, N, K, A, rsa, csa, B, rsb, csb, C2, N, acc);
+                ok &= !memcmp(C1, C2, (size_t)M * N * sizeof(float));
+            }
+        }
+#ifdef _OPENMP
+        omp_set_num_threads(max_threads);
+#endif
+        check(ok, "sgemm (M %d, N %d, K %d) equals its plain definition bit for bit, 3 layouts and prepacked, "
+              "1-3 threads", M, N, K);
+        free(A); free(B); free(C1); free(C2); free(P);
+    }
+}
+
 static void test_fast_paths(void) {
     uint64_t rng = 99;
-    const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 70, 8, 2, 64}, {2, 19, 2, 2, 64}, {1, 5, 4, 1, 64}};
-    for (int si = 0; si < 4; si++) {
+    test_sgemm_bits();
+    const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 70, 8, 2, 64}, {2, 19, 2, 2, 64}, {1, 5, 4, 1, 64},
+                             {2, 23, 4, 2, 24}};
+    for (int si = 0; si < 5; si++) {
         int B = shapes[si][0], T = shapes[si][1], NH = shapes[si][2], NKV = shapes[si][3], HD = shapes[si][4];
         int QKV = (NH + 2 * NKV) * HD;
         size_t nq = (size_t)B * T * QKV, no = (size_t)B * T * NH * HD, na = (size_t)B * NH * T * T;

@@ -471,6 +471,35 @@ static void attn_scores4(float *const s[4], const float *const q[4], int nq, con
         }
         return;
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+    // AVX2 has 16 vector registers: 8 keys at a time, and the tree a pair of lanes (l, l + 4) at a time,
+    // (pair 0 + pair 1) + (pair 2 + pair 3), so that 4 rows x 2 lanes of accumulators fit
+    if (HD % 8 == 0 && nq > 1) {
+        const float *qr[4];
+        for (int r = 0; r < 4; r++) qr[r] = q[r < nq ? r : 0];
+        for (int j0 = 0; j0 < n; j0 += 8) {
+            gemm_v8 pair[4][4];   // [l][row]: the sum of lane l plus that of lane l + 4
+            for (int l = 0; l < 4; l++) {
+                gemm_v8 lo[4], hi[4], k0, k1;
+                for (int r = 0; r < 4; r++) { lo[r] = (gemm_v8){0}; hi[r] = (gemm_v8){0}; }
+                for (int i = 0; i < HD; i += 8) {
+                    memcpy(&k0, KT + (long)(i + l) * ldk + j0, 32);
+                    memcpy(&k1, KT + (long)(i + l + 4) * ldk + j0, 32);
+                    for (int r = 0; r < 4; r++) {
+                        lo[r] = gemm_fma8(gemm_splat8(qr[r][i + l]), k0, lo[r]);
+                        hi[r] = gemm_fma8(gemm_splat8(qr[r][i + l + 4]), k1, hi[r]);
+                    }
+                }
+                for (int r = 0; r < 4; r++) pair[l][r] = lo[r] + hi[r];
+            }
+            int m = n - j0 < 8 ? n - j0 : 8;   // the keys < n
+            for (int r = 0; r < nq; r++) {
+                gemm_v8 s8 = (pair[0][r] + pair[1][r]) + (pair[2][r] + pair[3][r]);
+                memcpy(s[r] + j0, &s8, (size_t)m * sizeof(float));
+            }
+        }
+        return;
+    }
 #endif
     for (int r = 0; r < nq; r++) attn_scores(s[r], q[r], KT, ldk, n, HD);
 }
@@ -628,6 +657,41 @@ static void attn_weighted4(float *const out[4], const float *const p[4], const i
         }
         return;
     }
+#elif defined(__AVX2__) && defined(__FMA__)
+    if (nr > 1 && HD % 16 == 0) {   // 4 rows x 16 columns of accumulators (AVX2 has 16 registers)
+        int n0 = n[0];
+        for (int r = 1; r < nr; r++) if (n[r] < n0) n0 = n[r];
+        const float *pr[4];
+        for (int r = 0; r < 4; r++) pr[r] = p[r < nr ? r : 0];
+        for (int d0 = 0; d0 < HD; d0 += 16) {
+            gemm_v8 acc[4][2], x0, x1;
+            for (int r = 0; r < 4; r++)
+                for (int u = 0; u < 2; u++) {
+                    acc[r][u] = (gemm_v8){0};
+                    if (acc_in && r < nr) memcpy(&acc[r][u], out[r] + d0 + 8 * u, 32);
+                }
+            for (int j = 0; j < n0; j++) {
+                const float *vj = v + (long)j * stride + d0;
+                memcpy(&x0, vj, 32); memcpy(&x1, vj + 8, 32);
+                for (int r = 0; r < 4; r++) {
+                    gemm_v8 pj = gemm_splat8(pr[r][j]);
+                    acc[r][0] = gemm_fma8(pj, x0, acc[r][0]);
+                    acc[r][1] = gemm_fma8(pj, x1, acc[r][1]);
+                }
+            }
+            for (int r = 0; r < nr; r++) {
+                for (int j = n0; j < n[r]; j++) {
+                    const float *vj = v + (long)j * stride + d0;
+                    gemm_v8 pj = gemm_splat8(p[r][j]);
+                    memcpy(&x0, vj, 32); memcpy(&x1, vj + 8, 32);
+                    acc[r][0] = gemm_fma8(pj, x0, acc[r][0]);
+                    acc[r][1] = gemm_fma8(pj, x1, acc[r][1]);
+                }
+                memcpy(out[r] + d0, acc[r], sizeof acc[r]);
+            }
+        }
+        return;
+    }
 #endif
     for (int r = 0; r < nr; r++) {
         if (acc_in) attn_weighted_acc(out[r], p[r], v, stride, n[r], HD);
@@ -654,6 +718,28 @@ static void attn_rank4_acc(float *D, const float *const w[4], const float *const
                     y = _mm512_fmadd_ps(w1, xv[1][u], y);
                     y = _mm512_fmadd_ps(w2, xv[2][u], y);
                     _mm512_storeu_ps(dj + 16 * u, _mm512_fmadd_ps(w3, xv[3][u], y));
+                }
+            }
+        }
+        return;
+    }
+#elif defined(__AVX2__) && defined(__FMA__)
+    if (HD % 16 == 0) {   // the four x rows stay in registers, 16 columns at a time
+        for (int d0 = 0; d0 < HD; d0 += 16) {
+            gemm_v8 xv[4][2];
+            for (int r = 0; r < 4; r++) memcpy(xv[r], x[r] + d0, sizeof xv[r]);
+            for (int j = 0; j < n; j++) {
+                float *dj = D + (long)j * HD + d0;
+                gemm_v8 w0 = gemm_splat8(w[0][j]), w1 = gemm_splat8(w[1][j]);
+                gemm_v8 w2 = gemm_splat8(w[2][j]), w3 = gemm_splat8(w[3][j]);
+                for (int u = 0; u < 2; u++) {
+                    gemm_v8 y;
+                    memcpy(&y, dj + 8 * u, 32);
+                    y = gemm_fma8(w0, xv[0][u], y);
+                    y = gemm_fma8(w1, xv[1][u], y);
+                    y = gemm_fma8(w2, xv[2][u], y);
+                    y = gemm_fma8(w3, xv[3][u], y);
+                    memcpy(dj + 8 * u, &y, 32);
                 }
             }
         }
