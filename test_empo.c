@@ -671,9 +671,48 @@ static void test_sgemm_bits(void) {
     }
 }
 
+// Training's LM head on the rows with a target only (target_rows_only) against every row: the same
+// log-probs and gradients, bit for bit, with the kept rows spread over several of the GEMM's K blocks
+// and, at 6 rows, through the few-rows matmul
+static void test_target_rows_only(void) {
+    Model m; char err[512];
+    if (model_load(&m, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
+    uint64_t rng = 17;
+    const int shapes[][2] = {{12, 48}, {1, 6}};   // 576 rows: 3 K blocks
+    for (int si = 0; si < 2; si++) {
+        int B = shapes[si][0], T = shapes[si][1], N = B * T, V = m.config.V;
+        if (T > m.config.maxT) T = m.config.maxT, N = B * T;
+        int *in = (int *)xmalloc((size_t)N * sizeof(int)), *tg = (int *)xmalloc((size_t)N * sizeof(int)), kept = 0;
+        for (int i = 0; i < N; i++) {
+            in[i] = (int)(random_u32(&rng) % (uint32_t)V);
+            tg[i] = i % T < T / 3 || random_u32(&rng) % 4 == 0 ? -1 : (int)(random_u32(&rng) % (uint32_t)V);
+            kept += tg[i] >= 0;
+        }
+        float *g[2], *lp[2];
+        for (int pass = 0; pass < 2; pass++) {
+            m.target_rows_only = pass;
+            model_forward(&m, in, tg, NULL, B, T);
+            for (int i = 0; i < N; i++) m.dlogp[i] = tg[i] >= 0 ? 0.01f * (float)(i % 7 - 3) : 0.0f;
+            model_zero_grad(&m);
+            model_backward(&m);
+            g[pass] = (float *)xmalloc(m.num_parameters * sizeof(float));
+            memcpy(g[pass], m.grads_memory, m.num_parameters * sizeof(float));
+            lp[pass] = (float *)xmalloc((size_t)N * sizeof(float));
+            memcpy(lp[pass], m.logp, (size_t)N * sizeof(float));
+        }
+        m.target_rows_only = 0;
+        check(!memcmp(g[0], g[1], m.num_parameters * sizeof(float)) && !memcmp(lp[0], lp[1], (size_t)N * sizeof(float)),
+              "the LM head on the target rows only (%d of %d rows) gives the full LM head's log-probs and gradients "
+              "bit for bit", kept, N);
+        free(in); free(tg); free(g[0]); free(g[1]); free(lp[0]); free(lp[1]);
+    }
+    model_free(&m);
+}
+
 static void test_fast_paths(void) {
     uint64_t rng = 99;
     test_sgemm_bits();
+    test_target_rows_only();
     const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 70, 8, 2, 64}, {2, 19, 2, 2, 64}, {1, 5, 4, 1, 64},
                              {2, 23, 4, 2, 24}};
     for (int si = 0; si < 5; si++) {

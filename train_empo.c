@@ -382,21 +382,28 @@ static void residual_forward(float *out, const float *a, const float *b, size_t 
 
 // Log-softmax at the targets. logits (N, V); targets (N), -1 = no target. Writes logp (N) and the
 // log-sum-exp lse (N), which the backward uses to rebuild the softmax without storing it.
-static void logprob_forward(float *logp, float *lse, const float *logits, const int *targets, int N, int V) {
+// rows: NULL, or the batch row that each logits row is (then logp and targets are indexed by it).
+static void logprob_forward(float *logp, float *lse, const float *logits, const int *targets, const int *rows, int N,
+                            int V) {
     // lse[n] = maxv + logf(sum_v expf(x[v] - maxv)), maxv the row's max and the sum in order of v
     // (gemm.h's rows_logsumexp: 8 rows side by side, so that their sums' adds overlap)
     rows_logsumexp(lse, logits, N, V);
-    for (int n = 0; n < N; n++) logp[n] = targets[n] >= 0 ? logits[(size_t)n * V + targets[n]] - lse[n] : 0.0f;
-}
-// Given dlogp (N) = dLoss/dlogp at each target, overwrites logits (N, V) with dLoss/dlogits:
-// d logp / d logits = onehot(target) - softmax.
-static void logprob_backward(float *logits, const float *lse, const float *dlogp, const int *targets, int N, int V) {
-    #pragma omp parallel for
     for (int n = 0; n < N; n++) {
-        float *x = logits + (size_t)n * V;
+        int r = rows ? rows[n] : n;
+        logp[r] = targets[r] >= 0 ? logits[(size_t)n * V + targets[r]] - lse[n] : 0.0f;
+    }
+}
+// Given dlogp = dLoss/dlogp at each target, overwrites logits (N, V) with dLoss/dlogits:
+// d logp / d logits = onehot(target) - softmax. rows as for logprob_forward.
+static void logprob_backward(float *logits, const float *lse, const float *dlogp, const int *targets, const int *rows,
+                             int N, int V) {
+    #pragma omp parallel for
+    for (int i = 0; i < N; i++) {
+        int n = rows ? rows[i] : i;
+        float *x = logits + (size_t)i * V;
         float g = targets[n] >= 0 ? dlogp[n] : 0.0f;
         if (g == 0.0f) { memset(x, 0, (size_t)V * sizeof(float)); continue; }
-        for (int v = 0; v < V; v++) x[v] -= lse[n];
+        for (int v = 0; v < V; v++) x[v] -= lse[i];
         vexpf(x, x, V);
         for (int v = 0; v < V; v++) x[v] *= -g;   // -g * expf(x - lse)
         x[targets[n]] += g;
@@ -479,6 +486,7 @@ struct Model {
     float *logp;                  // (B, T) log p(target) of the last forward: points into acts
     float *dlogp;                 // (B, T) dLoss/dlogp at each target: set by forward's loss, or by the caller
     int adam_step;
+    int target_rows_only;         // host hint (engine.h): the LM head may skip the rows without a target
     // the CPU engine's own
     ParameterTensors params;
     size_t param_sizes[NUM_PARAM_TENSORS];
@@ -493,6 +501,9 @@ struct Model {
     int B, T;                     // the shape the activations point at now
     size_t acts_cap, scratch_cap, bt_cap;   // floats (ints) allocated: a smaller batch reuses the memory
     int *inputs, *targets, *pos;  // (B, T) copies of the last forward's inputs
+    // The LM head of the last forward took the n_sel rows sel[0..n_sel) (target_rows_only), or every row
+    // if n_sel is -1. The logits of the rows it left out are unset.
+    int n_sel, *sel;
     float *rope_cos, *rope_sin;   // (maxT, HD/2)
 };
 
@@ -590,6 +601,7 @@ static void model_free(Model *m) {
     free(m->targets);
     free(m->pos);
     free(m->dlogp);
+    free(m->sel);
     free(m->rope_cos);
     free(m->rope_sin);
     free(m->tok);
@@ -640,6 +652,8 @@ static void model_resize(Model *m, int B, int T) {
         free(m->targets);
         free(m->pos);
         free(m->dlogp);
+        free(m->sel);
+        m->sel = (int *)xmalloc(BT * sizeof(int));
         m->inputs = (int *)xmalloc(BT * sizeof(int));
         m->targets = (int *)xmalloc(BT * sizeof(int));
         m->pos = (int *)xmalloc(BT * sizeof(int));
@@ -713,14 +727,32 @@ static void model_forward(Model *m, const int *inputs, const int *targets, const
         residual_forward(la.resid3, la.resid2, tmp, (size_t)N * C);
     }
     rmsnorm_forward(a->lnf, a->lnf_rstd, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, N, C, c->rms_eps);
-    matmul_forward(a->logits, a->lnf, p->lmw, NULL, N, C, V);
     m->mean_loss = -1.0f;
+    if (targets)
+        for (int i = 0; i < N; i++)
+            if (targets[i] < -1 || targets[i] >= V) FATAL("target %d at position %d is outside the vocab (%d)",
+                                                          targets[i], i, V);
+    m->n_sel = -1;   // the LM head on every row
+    if (targets && m->target_rows_only) {
+        // only the rows with a target, packed in order into the first n_sel rows of logits. Each row
+        // gets the same bits, since a matmul's rows are independent (and matmul_forward chooses its
+        // few-rows path by N, so this takes it exactly when the full matmul would).
+        m->n_sel = 0;
+        for (int i = 0; i < N; i++)
+            if (targets[i] >= 0) m->sel[m->n_sel++] = i;
+        float *lnf_sel = m->scratch.dln;   // (n_sel, C), free during the forward
+        for (int j = 0; j < m->n_sel; j++)
+            memcpy(lnf_sel + (size_t)j * C, a->lnf + (size_t)m->sel[j] * C, (size_t)C * sizeof(float));
+        if (N < 8) matmul_few_rows(a->logits, lnf_sel, p->lmw, m->n_sel, C, V);
+        else sgemm(m->n_sel, V, C, lnf_sel, C, 1, p->lmw, 1, C, a->logits, V, 0, NULL);
+        memset(a->logp, 0, (size_t)N * sizeof(float));   // the rows without a target
+    } else {
+        matmul_forward(a->logits, a->lnf, p->lmw, NULL, N, C, V);
+    }
     if (!targets) return;
-    for (int i = 0; i < N; i++)
-        if (targets[i] < -1 || targets[i] >= V) FATAL("target %d at position %d is outside the vocab (%d)",
-                                                      targets[i], i, V);
     memcpy(m->targets, targets, (size_t)N * sizeof(int));
-    logprob_forward(a->logp, a->lse, a->logits, targets, N, V);
+    if (m->n_sel < 0) logprob_forward(a->logp, a->lse, a->logits, targets, NULL, N, V);
+    else logprob_forward(a->logp, a->lse, a->logits, targets, m->sel, m->n_sel, V);
     double wsum = 0.0, lsum = 0.0;
     for (int i = 0; i < N; i++) {
         float w = targets[i] < 0 ? 0.0f : mask ? mask[i] : 1.0f;
@@ -753,9 +785,29 @@ static void model_backward(Model *m) {
     ActivationTensors *a = &m->acts;
     GradScratch *s = &m->scratch;
     // logits -> dlogits (in place), then the LM head and the final norm
-    logprob_backward(a->logits, a->lse, m->dlogp, m->targets, N, V);
-    memset(s->dln, 0, (size_t)N * C * sizeof(float));
-    matmul_backward(s->dln, g->lmw, NULL, a->logits, a->lnf, p->lmw, N, C, V);
+    if (m->n_sel < 0) {
+        logprob_backward(a->logits, a->lse, m->dlogp, m->targets, NULL, N, V);
+        memset(s->dln, 0, (size_t)N * C * sizeof(float));
+        matmul_backward(s->dln, g->lmw, NULL, a->logits, a->lnf, p->lmw, N, C, V);
+    } else {
+        // the n_sel rows the forward kept; the others' dlogits are zero. d_input row by row, then spread
+        // back over the batch (from the last row, so that no row is overwritten before it moves).
+        // d_weight by gemm.h's sgemm_rows_k: the sums of the full matmul, whose skipped rows add nothing.
+        int n = m->n_sel;
+        logprob_backward(a->logits, a->lse, m->dlogp, m->targets, m->sel, n, V);
+        float *lnf_sel = s->dresidual;   // (n, C), free until the final norm's backward
+        for (int j = 0; j < n; j++)
+            memcpy(lnf_sel + (size_t)j * C, a->lnf + (size_t)m->sel[j] * C, (size_t)C * sizeof(float));
+        memset(s->dln, 0, (size_t)N * C * sizeof(float));
+        matmul_backward(s->dln, NULL, NULL, a->logits, NULL, p->lmw, n, C, V);
+        sgemm_rows_k(V, C, m->sel, n, a->logits, lnf_sel, C, g->lmw);
+        for (int j = n - 1; j >= 0; j--) {
+            int r = m->sel[j];
+            if (r == j) break;   // rows 0..j are all kept: already in place
+            memcpy(s->dln + (size_t)r * C, s->dln + (size_t)j * C, (size_t)C * sizeof(float));
+            memset(s->dln + (size_t)j * C, 0, (size_t)C * sizeof(float));
+        }
+    }
     memset(s->dresidual, 0, (size_t)N * C * sizeof(float));
     rmsnorm_backward(s->dresidual, g->lnfw, s->dln, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, a->lnf_rstd, N, C);
     for (int l = L - 1; l >= 0; l--) {
@@ -2068,8 +2120,8 @@ static float policy_objective(Model *m, int B, int T, const float *resp_mask, co
 }
 
 // Packs responses idx[0..n) of the rollouts as training rows: prompt + response, right-padded.
-// inputs/targets (n, T): targets are the next tokens, -1 on padding; resp_mask marks the targets
-// that are response tokens; old_logp holds their sampling-time log-probs. Returns T.
+// inputs/targets (n, T): targets are the next response tokens, -1 on the prompt and padding; resp_mask
+// marks the targets; old_logp holds their sampling-time log-probs. Returns T.
 static int pack_rollouts(const Rollouts *r, const int *idx, int n, int maxT, int *inputs, int *targets,
                          float *resp_mask, float *old_logp) {
     int T = 1;
@@ -2085,8 +2137,8 @@ static int pack_rollouts(const Rollouts *r, const int *idx, int n, int maxT, int
             int s = t < P ? prompt[t] : t - P < R ? r->gen.tokens[j][t - P] : -1;                  // token at t
             int s1 = t + 1 < P ? prompt[t + 1] : t + 1 - P < R ? r->gen.tokens[j][t + 1 - P] : -1;   // at t + 1
             inputs[k * T + t] = s >= 0 ? s : 0;
-            targets[k * T + t] = s1;
             int is_resp = t + 1 >= P && s1 >= 0;
+            targets[k * T + t] = is_resp ? s1 : -1;   // only the response's tokens are trained on
             resp_mask[k * T + t] = is_resp ? 1.0f : 0.0f;
             old_logp[k * T + t] = is_resp ? r->gen.logprobs[j][t + 1 - P] : 0.0f;
         }
@@ -2119,6 +2171,9 @@ static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const Tr
     if (ref) ref_logp = (float *)xmalloc(cells * sizeof(float));
     model_zero_grad(m);
     float loss = 0.0f;
+    // the LM head and log-softmax on the response rows only (the prompt's rows have no target): the same bits
+    m->target_rows_only = 1;
+    if (ref) ref->target_rows_only = 1;
     for (int k0 = 0; k0 < n; k0 += mb) {
         int B = n - k0 < mb ? n - k0 : mb;
         int T = pack_rollouts(r, idx + k0, B, maxT, inputs, targets, mask, old);
@@ -2131,6 +2186,8 @@ static float train_on_rollouts(Model *m, Model *ref, const Rollouts *r, const Tr
         loss += policy_objective(m, B, T, mask, adv, old, ref_logp, tc->clip_eps, tc->kl_beta, 1.0f / n_total);
         model_backward(m);
     }
+    m->target_rows_only = 0;
+    if (ref) ref->target_rows_only = 0;
     // a non-finite loss skips the update (the engine itself skips one whose gradient norm is not finite)
     *grad_norm = isfinite(loss)
                      ? model_update(m, tc->lr, tc->beta1, tc->beta2, tc->eps, tc->weight_decay, tc->grad_clip)

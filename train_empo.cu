@@ -2149,6 +2149,7 @@ struct Model {
     float mean_loss;           // of the last forward with targets; -1 without
     float *logp, *dlogp;       // (B, T) of the last forward: log p(target), and dLoss/dlogp for the backward
     int adam_step;
+    int target_rows_only;      // the host's hint that only rows with a target matter (unused here: every row)
     // the engine's own
     size_t param_sizes[NUM_PARAM_TENSORS];
     Tensors<floatX> params;

@@ -296,7 +296,7 @@ static int bench_ops(int argc, char **argv) {
         rmsnorm_forward(a->lnf, a->lnf_rstd, a->resid3 + (size_t)(L - 1) * N * C, p->lnfw, N, C, c.rms_eps);
         TICK(OP_RMS);
         matmul_forward(a->logits, a->lnf, p->lmw, NULL, N, C, V); TICK(OP_LM);
-        logprob_forward(a->logp, a->lse, a->logits, tg, N, V); TICK(OP_LOGP);
+        logprob_forward(a->logp, a->lse, a->logits, tg, NULL, N, V); TICK(OP_LOGP);
 #undef TICK
         for (int o = 0; o < NOPS; o++) if (t[o] < best[o]) best[o] = t[o];
         if (tt - t0 < tot_best) tot_best = tt - t0;
@@ -317,7 +317,7 @@ static int bench_ops(int argc, char **argv) {
         model_forward(m, in, tg, NULL, B, T);
         double t[NBOPS] = {0}, t0 = bench_clock(), tt = t0, t1;
 #define TICK(op) (t1 = bench_clock(), t[op] += t1 - tt, tt = t1)
-        logprob_backward(a->logits, a->lse, m->dlogp, m->targets, N, V); TICK(B_LOGP);
+        logprob_backward(a->logits, a->lse, m->dlogp, m->targets, NULL, N, V); TICK(B_LOGP);
         memset(s->dln, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);
         matmul_backward(s->dln, g->lmw, NULL, a->logits, a->lnf, p->lmw, N, C, V); TICK(B_LM);
         memset(s->dresidual, 0, (size_t)N * C * sizeof(float)); TICK(B_ZERO);

@@ -29,6 +29,9 @@
 //   float *dlogp;                     (B, T) host: dLoss/dlogp that model_backward reads. model_forward
 //                                     sets it for the masked mean NLL; the caller may overwrite it.
 //   int adam_step;                    AdamW steps taken (bias correction), saved with the run state
+//   int target_rows_only;             host-set hint (0 by default): the host reads nothing of the rows
+//                                     without a target, so an engine may skip their LM head; logp and
+//                                     the gradients must not change by it
 typedef struct Model Model;
 
 // ----------------------------------------------------------------------------

@@ -357,6 +357,22 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
     if (nested) { free(Bp); free(Aall); }
 }
 
+// C (M, N) += A^T B over some rows of K only: rows[0..n) (increasing) are the kept rows of a K that
+// has others, A (n, M) and B (n, ldb) hold the kept rows packed, and the rows left out are zero rows
+// of A. The result is sgemm's over all of K, to the bit: sgemm sums K in blocks of GEMM_KC rows, each
+// from 0, then adds the block into C, and a zero row adds nothing to a block's sum (fma(0, b, s) = s
+// for finite b; s never becomes -0). So each block is one sgemm over its kept rows, in order; a
+// block with none would add +0 to C, which changes nothing either. (The LM head's d_weight in
+// training, where only the response rows have a gradient.)
+static void sgemm_rows_k(int M, int N, const int *rows, int n, const float *A, const float *B, long ldb, float *C) {
+    for (int j0 = 0; j0 < n;) {
+        int blk = rows[j0] / GEMM_KC, j1 = j0;
+        while (j1 < n && rows[j1] / GEMM_KC == blk) j1++;
+        sgemm(M, N, j1 - j0, A + (size_t)j0 * M, 1, M, B + (size_t)j0 * ldb, ldb, 1, C, N, 1, NULL);
+        j0 = j1;
+    }
+}
+
 // A weight W (OC, C), used as B = W^T, packed once the way sgemm packs it: panel p holds columns
 // 16p..16p+15 of B over all of K: P[p][k][j] = W[16p + j][k], zero-padded. Returns a malloc'd block.
 static float *pack_panels(const float *W, int OC, int C) {

@@ -15,6 +15,7 @@ struct Model {   // exactly the public fields of engine.h
     float mean_loss;
     float *logp, *dlogp;
     int adam_step;
+    int target_rows_only;
 };
 #define EMPO_EXTERNAL_ENGINE
 #define TESTING
