@@ -643,8 +643,10 @@ static void test_sgemm_bits(void) {
 #endif
     for (int si = 0; si < 6; si++) {
         int M = shapes[si][0], N = shapes[si][1], K = shapes[si][2], ok = 1;
-        float *A = (float *)xmalloc((size_t)M * K * sizeof(float)), *B = (float *)xmalloc((size_t)K * N * sizeof(float));
-        float *C1 = (float *)xmalloc((size_t)M * N * sizeof(float)), *C2 = (float *)xmalloc((size_t)M * N * sizeof(float));
+        size_t mk = (size_t)M * K * sizeof(float), kn = (size_t)K * N * sizeof(float);
+        size_t mn = (size_t)M * N * sizeof(float);
+        float *A = (float *)xmalloc(mk), *B = (float *)xmalloc(kn);
+        float *C1 = (float *)xmalloc(mn), *C2 = (float *)xmalloc(mn);
         for (size_t i = 0; i < (size_t)M * K; i++) A[i] = random_normal(&rng);
         for (size_t i = 0; i < (size_t)K * N; i++) B[i] = random_normal(&rng);
         float *P = pack_panels(B, N, K);   // B read as (N, K) row-major: the forward's W

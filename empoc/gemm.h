@@ -1,4 +1,5 @@
-// gemm.h: the fast paths of train_empo.c: its matmuls (a cache-blocked single-precision GEMM),
+// gemm.h: the fast paths of train_empo.c: its matmuls (a cache-blocked single-precision GEMM, and the
+// same GEMM over some rows of K for training's LM head),
 // attention's two matmuls 4 query rows at a time (and decoding's, the query heads of a key/value head
 // together), the reductions and the AdamW update taken several chains at a time, the log-sum-exp of
 // many rows, the argmax, and expf 8 at a time. train_empo.c keeps the plain
