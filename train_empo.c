@@ -502,7 +502,8 @@ struct Model {
     size_t acts_cap, scratch_cap, bt_cap;   // floats (ints) allocated: a smaller batch reuses the memory
     int *inputs, *targets, *pos;  // (B, T) copies of the last forward's inputs
     // The LM head of the last forward took the n_sel rows sel[0..n_sel) (target_rows_only), or every row
-    // if n_sel is -1. The logits of the rows it left out are unset.
+    // if n_sel is -1. The logits of the rows it left out are unset; scratch.dresidual holds the kept rows
+    // of lnf for the backward.
     int n_sel, *sel;
     float *rope_cos, *rope_sin;   // (maxT, HD/2)
 };
@@ -740,7 +741,7 @@ static void model_forward(Model *m, const int *inputs, const int *targets, const
         m->n_sel = 0;
         for (int i = 0; i < N; i++)
             if (targets[i] >= 0) m->sel[m->n_sel++] = i;
-        float *lnf_sel = m->scratch.dln;   // (n_sel, C), free during the forward
+        float *lnf_sel = m->scratch.dresidual;   // (n_sel, C): the backward's scratch, which reads it first
         for (int j = 0; j < m->n_sel; j++)
             memcpy(lnf_sel + (size_t)j * C, a->lnf + (size_t)m->sel[j] * C, (size_t)C * sizeof(float));
         if (N < 8) matmul_few_rows(a->logits, lnf_sel, p->lmw, m->n_sel, C, V);
@@ -795,9 +796,7 @@ static void model_backward(Model *m) {
         // d_weight by gemm.h's sgemm_rows_k: the sums of the full matmul, whose skipped rows add nothing.
         int n = m->n_sel;
         logprob_backward(a->logits, a->lse, m->dlogp, m->targets, m->sel, n, V);
-        float *lnf_sel = s->dresidual;   // (n, C), free until the final norm's backward
-        for (int j = 0; j < n; j++)
-            memcpy(lnf_sel + (size_t)j * C, a->lnf + (size_t)m->sel[j] * C, (size_t)C * sizeof(float));
+        const float *lnf_sel = s->dresidual;   // (n, C): the kept rows of lnf, as the forward gathered them
         memset(s->dln, 0, (size_t)N * C * sizeof(float));
         matmul_backward(s->dln, NULL, NULL, a->logits, NULL, p->lmw, n, C, V);
         sgemm_rows_k(V, C, m->sel, n, a->logits, lnf_sel, C, g->lmw);
