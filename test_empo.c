@@ -673,6 +673,40 @@ static void test_sgemm_bits(void) {
     }
 }
 
+// The decoding GEMM's work split (gemm_next_chunk): 3 threads, one of them slowed down, take every
+// chunk exactly once, and the others take some of the slow one's from the back of its range.
+static void test_gemm_chunks(void) {
+    enum { NCH = 60, NTH = 3 };
+    GemmRange *rg = (GemmRange *)aligned_alloc(64, NTH * sizeof(GemmRange));
+    int count[NCH] = {0}, stolen_from_0 = 0, nth = 1;
+    for (int t = 0; t < NTH; t++) rg[t].fb = (unsigned long long)(NCH * t / NTH) << 32 | (NCH * (t + 1) / NTH);
+    #pragma omp parallel num_threads(NTH)
+    {
+        int th = 0;
+#ifdef _OPENMP
+        th = omp_get_thread_num();
+        #pragma omp single
+        nth = omp_get_num_threads();
+#endif
+        int stolen;
+        for (int ch; (ch = gemm_next_chunk(rg, NTH, th, &stolen)) >= 0;) {
+            #pragma omp atomic
+            count[ch]++;
+            if (stolen && ch < NCH / NTH) {
+                #pragma omp atomic
+                stolen_from_0++;
+            }
+            if (th == 0) { struct timespec ts = {0, 5000000}; nanosleep(&ts, NULL); }   // the slow thread
+        }
+    }
+    int once = 1;
+    for (int i = 0; i < NCH; i++) once &= count[i] == 1;
+    check(once, "the decoding GEMM's chunks: each of %d taken exactly once by %d threads (%d ranges)", NCH, nth, NTH);
+    if (nth > 1) check(stolen_from_0 > 0, "a slowed thread's chunks are taken by the others (%d of %d)", stolen_from_0,
+                       NCH / NTH);
+    free(rg);
+}
+
 // Training's LM head on the rows with a target only (target_rows_only) against every row: the same
 // log-probs and gradients, bit for bit, with the kept rows spread over several of the GEMM's K blocks
 // and, at 6 rows, through the few-rows matmul
@@ -714,6 +748,7 @@ static void test_target_rows_only(void) {
 static void test_fast_paths(void) {
     uint64_t rng = 99;
     test_sgemm_bits();
+    test_gemm_chunks();
     test_target_rows_only();
     const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 70, 8, 2, 64}, {2, 19, 2, 2, 64}, {1, 5, 4, 1, 64},
                              {2, 23, 4, 2, 24}};

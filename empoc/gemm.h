@@ -172,15 +172,17 @@ static inline __attribute__((always_inline)) void gemm_micro_mr(int K, const flo
 
 // One mc x nc block of C from a packed A block and packed B panels (panel(p) gives panel p's
 // first k of this K block). prefetch_b: B comes from memory (weights packed once, for decoding),
-// so the first tile of each panel (with AVX-512: each pair of panels) fetches the next while it computes.
+// so the first tile of each panel (with AVX-512: each pair of panels) fetches the next while it computes;
+// the last one fetches pf_end (and, with AVX-512, the panel after it) if not NULL: what comes after the block.
 static inline void gemm_block(int mc, int nc, int kc, const float *Ap, const float *Bp0, size_t panel_stride,
-                              float *C, long ldc, int acc, int prefetch_b) {
+                              float *C, long ldc, int acc, int prefetch_b, const float *pf_end) {
     int np = (nc + GEMM_NR - 1) / GEMM_NR;
 #ifdef __AVX512F__
     for (int p = 0; p < np; p += 2) {
         int n0 = p * GEMM_NR, nr = nc - n0 < 2 * GEMM_NR ? nc - n0 : 2 * GEMM_NR;
         const float *b0 = Bp0 + (size_t)p * panel_stride, *b1 = b0 + panel_stride;
-        const float *pf = prefetch_b && p + 3 < np ? b0 + 2 * panel_stride : NULL;   // the next full pair
+        const float *pf = !prefetch_b ? NULL : p + 3 < np ? b0 + 2 * panel_stride   // the next full pair
+                          : p + 2 >= np ? pf_end : NULL;
         for (int q = 0; q < mc; q += GEMM_MR) {
             int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
             float *c = C + (long)q * ldc + n0;
@@ -192,7 +194,8 @@ static inline void gemm_block(int mc, int nc, int kc, const float *Ap, const flo
 #else
     for (int p = 0; p < np; p++) {
         int n0 = p * GEMM_NR, nr = nc - n0 < GEMM_NR ? nc - n0 : GEMM_NR;
-        const float *b = Bp0 + (size_t)p * panel_stride, *pf = prefetch_b && p + 1 < np ? b + panel_stride : NULL;
+        const float *b = Bp0 + (size_t)p * panel_stride;
+        const float *pf = !prefetch_b ? NULL : p + 1 < np ? b + panel_stride : pf_end;
         for (int q = 0; q < mc; q += GEMM_MR) {
             int mr = mc - q < GEMM_MR ? mc - q : GEMM_MR;
             const float *a = Ap + (size_t)q * kc, *pq = q == 0 ? pf : NULL;
@@ -262,6 +265,94 @@ static inline void gemm_pack_a(float *Ap, int mc, int ic, int pc, int kc, const 
     }
 }
 
+// A range of B's panels, [front, back) in chunks, as one 64-bit word: the owner takes chunks from its
+// front and a thread with none left takes them from the back of the fullest range, each by a
+// compare-and-swap, so a chunk goes to exactly one thread. Padded to its own cache lines.
+typedef struct { unsigned long long fb; char pad[120]; } GemmRange;
+static int gemm_take(GemmRange *r, int from_back) {   // a chunk index, or -1 if the range is empty
+    unsigned long long old = __atomic_load_n(&r->fb, __ATOMIC_RELAXED);
+    for (;;) {
+        unsigned f = (unsigned)(old >> 32), b = (unsigned)old;
+        if (f >= b) return -1;
+        unsigned long long nw = from_back ? ((unsigned long long)f << 32) | (b - 1)
+                                          : ((unsigned long long)(f + 1) << 32) | b;
+        if (__atomic_compare_exchange_n(&r->fb, &old, nw, 0, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return from_back ? (int)b - 1 : (int)f;
+    }
+}
+// Thread th's next chunk of the nrg ranges rg: the front of its own range, else the back of the
+// fullest one; -1 when every range is empty. *stolen says which it was. (Every range is looked at,
+// not only those of the threads there are: a team may get fewer threads than were asked for.)
+static int gemm_next_chunk(GemmRange *rg, int nrg, int th, int *stolen) {
+    int ch = gemm_take(&rg[th], 0);
+    *stolen = 0;
+    while (ch < 0) {
+        int best = -1;
+        unsigned most = 0;
+        for (int t = 0; t < nrg; t++) {
+            unsigned long long fb = __atomic_load_n(&rg[t].fb, __ATOMIC_RELAXED);
+            unsigned f = (unsigned)(fb >> 32), b = (unsigned)fb;
+            if (b > f && b - f > most) { most = b - f; best = t; }
+        }
+        if (best < 0) return -1;
+        ch = gemm_take(&rg[best], 1);   // -1 if its owner took the last one first: look again
+        *stolen = 1;
+    }
+    return ch;
+}
+
+// sgemm with few rows (M below nthreads * GEMM_MC) and B pre-packed: decoding's matmuls, whose
+// weights stream from memory at every step. A is packed once, all of K (each thread packs some of
+// its K blocks). Each thread then owns an equal range of B's panels, GEMM_CHUNK at a time, and
+// takes them in order (so that each panel's first tile prefetches the next); a thread done with its
+// own range takes chunks from the back of the fullest one. On a shared machine one vCPU can run
+// slower for a while, and with a fixed split the other waited at the end (8% of a decoding profile).
+// Each panel's columns are computed by one thread, K block by K block in order: the same bits.
+#define GEMM_CHUNK 4   // panels a thread takes at a time (even: AVX-512 takes them in pairs)
+static void sgemm_few_rows_packed(int M, int N, int K, const float *A, long rsa, long csa, const float *Bpre,
+                                  float *C, long ldc, int accumulate, int nthreads, int nested) {
+    int mpad = (M + GEMM_MR - 1) / GEMM_MR * GEMM_MR, nkb = (K + GEMM_KC - 1) / GEMM_KC;
+    int npan = (N + GEMM_NR - 1) / GEMM_NR, nchunk = (npan + GEMM_CHUNK - 1) / GEMM_CHUNK;
+    size_t asize = (size_t)mpad * K;   // K block j's packed rows at Apk + mpad * j * GEMM_KC
+    float *Apk = nested ? (float *)aligned_alloc(64, (asize * sizeof(float) + 63) / 64 * 64)
+                        : gemm_grow(&gemm_abuf, &gemm_acap, asize);
+    GemmRange *rg = (GemmRange *)aligned_alloc(64, (size_t)nthreads * sizeof(GemmRange));
+    if (!Apk || !rg) FATAL("sgemm: out of memory for the packing buffers");
+    for (int t = 0; t < nthreads; t++) {
+        unsigned long long f = (unsigned long long)nchunk * t / nthreads;
+        rg[t].fb = f << 32 | (unsigned long long)nchunk * (t + 1) / nthreads;
+    }
+    size_t pstride = (size_t)K * GEMM_NR;   // pack_panels' layout: [panel][k][16]
+    #pragma omp parallel num_threads(nthreads) if (!nested)
+    {
+        int th = 0;
+#ifdef _OPENMP
+        if (!nested) th = omp_get_thread_num();
+#endif
+        #pragma omp for schedule(static)
+        for (int j = 0; j < nkb; j++) {
+            int pc = j * GEMM_KC, kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
+            gemm_pack_a(Apk + (size_t)mpad * pc, M, 0, pc, kc, A, rsa, csa);
+        }   // (the loop's barrier: all of A is packed)
+        int from_back;
+        for (int ch; (ch = gemm_next_chunk(rg, nthreads, th, &from_back)) >= 0;) {
+            int p0 = ch * GEMM_CHUNK, p1 = p0 + GEMM_CHUNK < npan ? p0 + GEMM_CHUNK : npan;
+            int n0 = p0 * GEMM_NR, ncols = (p1 * GEMM_NR < N ? p1 * GEMM_NR : N) - n0;
+            for (int pc = 0; pc < K; pc += GEMM_KC) {
+                int kc = K - pc < GEMM_KC ? K - pc : GEMM_KC;
+                const float *panels = Bpre + (size_t)p0 * pstride + (size_t)pc * GEMM_NR;
+                // after this chunk's last panel(s): its first at the next K block, or the next chunk's first
+                const float *after = pc + kc < K ? panels + (size_t)kc * GEMM_NR
+                                     : !from_back && p1 < npan ? Bpre + (size_t)p1 * pstride : NULL;
+                gemm_block(M, ncols, kc, Apk + (size_t)mpad * pc, panels, pstride, C + n0, ldc,
+                           accumulate || pc > 0, 1, after);
+            }
+        }
+    }
+    free(rg);
+    if (nested) free(Apk);
+}
+
 // C[m*ldc + n] = (accumulate ? C : 0) + sum_k A[m*rsa + k*csa] * B[k*rsb + n*csb]
 // for m < M, n < N, k < K. Bpre, if not NULL, is B already packed by pack_panels (then B is not
 // read): generation packs each weight once, not every step.
@@ -270,8 +361,8 @@ static inline void gemm_pack_a(float *Ap, int mc, int ic, int pc, int kc, const 
 // shared machine one thread can run slower for a while, and a fixed split of the rows would leave
 // the other waiting at the barrier. With few rows (decoding: M = the batch), blocks of rows would
 // leave a thread idle (56 rows: 48 + 8), so each thread takes an equal range of B's panels instead,
-// packs them itself and needs no barrier at all. (Taking panels a few at a time measured slower:
-// a thread's panels in one range let each one prefetch the next.)
+// packs them itself and needs no barrier at all; with B pre-packed (decoding), sgemm_few_rows_packed
+// lets a thread that is done take panels from the other's range.
 static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const float *B, long rsb, long csb,
                   float *C, long ldc, int accumulate, const float *Bpre) {
     if (M <= 0 || N <= 0) return;
@@ -289,6 +380,10 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
     if (nested) nthreads = 1;
 #endif
     int by_rows = M >= nthreads * GEMM_MC;
+    if (!by_rows && Bpre) {
+        sgemm_few_rows_packed(M, N, K, A, rsa, csa, Bpre, C, ldc, accumulate, nthreads, nested);
+        return;
+    }
     // by rows, Bp holds the whole packed B block. By panels, each thread packs into its own part of
     // Bp: the last N block splits differently, and a thread may start on it while another still
     // reads its panels of the block before.
@@ -336,17 +431,17 @@ static void sgemm(int M, int N, int K, const float *A, long rsa, long csa, const
                     for (int ib = 0; ib < nblk; ib++) {
                         int ic = ib * GEMM_MD, mc = M - ic < GEMM_MD ? M - ic : GEMM_MD;
                         gemm_pack_a(Ap, mc, ic, pc, kc, A, rsa, csa);
-                        gemm_block(mc, nc, kc, Ap, Bblk, pstride, C + (long)ic * ldc + jc, ldc, acc, Bpre != NULL);
+                        gemm_block(mc, nc, kc, Ap, Bblk, pstride, C + (long)ic * ldc + jc, ldc, acc, Bpre != NULL,
+                                   NULL);
                     }
-                } else if (p1 > p0) {   // this thread's panels [p0, p1): pack them (unless Bpre), then all rows
-                    const float *panels = Bpre ? Bblk + (size_t)p0 * pstride : Bown;
-                    if (!Bpre) gemm_pack_b(Bown, p1 - p0, jc + p0 * GEMM_NR, pc, kc, N, B, rsb, csb);
+                } else if (p1 > p0) {   // this thread's panels [p0, p1): pack them, then all rows
+                    gemm_pack_b(Bown, p1 - p0, jc + p0 * GEMM_NR, pc, kc, N, B, rsb, csb);
                     int ncols = (p1 * GEMM_NR < nc ? p1 * GEMM_NR : nc) - p0 * GEMM_NR;
                     for (int ic = 0; ic < M; ic += GEMM_MC) {
                         int mc = M - ic < GEMM_MC ? M - ic : GEMM_MC;
                         gemm_pack_a(Ap, mc, ic, pc, kc, A, rsa, csa);
-                        gemm_block(mc, ncols, kc, Ap, panels, pstride, C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc,
-                                   acc, Bpre != NULL);
+                        gemm_block(mc, ncols, kc, Ap, Bown, pstride, C + (long)ic * ldc + jc + p0 * GEMM_NR, ldc, acc,
+                                   0, NULL);
                     }
                 }
                 if (by_rows) {

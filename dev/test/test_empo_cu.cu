@@ -781,7 +781,8 @@ static void test_optimizer_state(void) {
         model_load(&m2, "dev/fixtures/qwen2_untied.bin", err, sizeof err) != 0) { check(0, "%s", err); return; }
     State s;
     state_load(&s, "dev/fixtures/qwen2_untied_state.bin", (size_t)m.config.V, m.num_parameters);
-    const char *path = "/tmp/empo_cu_opt.bin";
+    char tmp[256];
+    const char *path = tmp_file(tmp, sizeof tmp, "cu_opt.bin");
     FILE *f = fopen(path, "wb");
     int rc0 = model_save_optimizer(&m, f);
     long empty = ftell(f);
@@ -903,13 +904,15 @@ static void test_bad_input(void) {
     size_t n;
     char *good = read_whole_file("dev/fixtures/qwen2_tied.bin", &n);
     if (!good) { check(0, "read dev/fixtures/qwen2_tied.bin"); return; }
-    FILE *f = fopen("/tmp/empo_cu_trunc.bin", "wb");
+    char trunc[256];
+    tmp_file(trunc, sizeof trunc, "cu_trunc.bin");
+    FILE *f = fopen(trunc, "wb");
     if (f) { fwrite(good, 1, n - 8, f); fclose(f); }
     size_t before = g_device_bytes;
-    rc = model_load(&m, "/tmp/empo_cu_trunc.bin", err, sizeof err);
+    rc = model_load(&m, trunc, err, sizeof err);
     check(rc != 0 && strstr(err, "truncated") && g_device_bytes == before,
           "a truncated checkpoint is rejected: \"%s\"", err);
-    remove("/tmp/empo_cu_trunc.bin");
+    remove(trunc);
     free(good);
 }
 
@@ -1033,7 +1036,8 @@ static void test_lean_modes(void) {
             model_backward(&a);
             model_update(&a, st.lr, st.beta1, st.beta2, st.eps, st.wd, st.clip);
         }
-        const char *path = "/tmp/empo_cu_lean_opt.bin";
+        char tmp[256];
+        const char *path = tmp_file(tmp, sizeof tmp, "cu_lean_opt.bin");
         FILE *f = fopen(path, "wb");
         int rs = model_save_optimizer(&a, f);
         fclose(f);

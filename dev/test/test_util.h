@@ -10,6 +10,7 @@
 #include <stdarg.h>
 #include <math.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 static int n_pass = 0, n_fail = 0;
 static void check(int ok, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -26,6 +27,13 @@ static void check(int ok, const char *fmt, ...) {
 static int test_summary(const char *name) {
     printf("%s: %d passed, %d failed\n", name, n_pass, n_fail);
     return n_fail ? 1 : 0;
+}
+
+// A scratch file's path of this process's own, /tmp/empo.PID.NAME in buf: two test programs that run at
+// once (make -j, the emulator's fp32 and bf16 builds) must not write each other's files.
+static const char *tmp_file(char *buf, size_t n, const char *name) {
+    snprintf(buf, n, "/tmp/empo.%d.%s", (int)getpid(), name);
+    return buf;
 }
 
 // Max abs error relative to the reference tensor's scale: max|a-b| / max|b|. Scale-relative,
