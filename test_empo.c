@@ -679,7 +679,7 @@ static void test_gemm_chunks(void) {
     enum { NCH = 60, NTH = 3 };
     GemmRange *rg = (GemmRange *)aligned_alloc(64, NTH * sizeof(GemmRange));
     int count[NCH] = {0}, stolen_from_0 = 0, nth = 1;
-    for (int t = 0; t < NTH; t++) rg[t].fb = (unsigned long long)(NCH * t / NTH) << 32 | (NCH * (t + 1) / NTH);
+    gemm_split(rg, NTH, NCH);
     #pragma omp parallel num_threads(NTH)
     {
         int th = 0;

@@ -280,6 +280,11 @@ static int gemm_take(GemmRange *r, int from_back) {   // a chunk index, or -1 if
             return from_back ? (int)b - 1 : (int)f;
     }
 }
+// nchunk chunks split into nrg equal ranges, one a thread
+static void gemm_split(GemmRange *rg, int nrg, int nchunk) {
+    for (int t = 0; t < nrg; t++)
+        rg[t].fb = (unsigned long long)nchunk * t / nrg << 32 | (unsigned long long)nchunk * (t + 1) / nrg;
+}
 // Thread th's next chunk of the nrg ranges rg: the front of its own range, else the back of the
 // fullest one; -1 when every range is empty. *stolen says which it was. (Every range is looked at,
 // not only those of the threads there are: a team may get fewer threads than were asked for.)
@@ -318,10 +323,7 @@ static void sgemm_few_rows_packed(int M, int N, int K, const float *A, long rsa,
                         : gemm_grow(&gemm_abuf, &gemm_acap, asize);
     GemmRange *rg = (GemmRange *)aligned_alloc(64, (size_t)nthreads * sizeof(GemmRange));
     if (!Apk || !rg) FATAL("sgemm: out of memory for the packing buffers");
-    for (int t = 0; t < nthreads; t++) {
-        unsigned long long f = (unsigned long long)nchunk * t / nthreads;
-        rg[t].fb = f << 32 | (unsigned long long)nchunk * (t + 1) / nthreads;
-    }
+    gemm_split(rg, nthreads, nchunk);
     size_t pstride = (size_t)K * GEMM_NR;   // pack_panels' layout: [panel][k][16]
     #pragma omp parallel num_threads(nthreads) if (!nested)
     {
