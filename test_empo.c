@@ -745,10 +745,51 @@ static void test_target_rows_only(void) {
     model_free(&m);
 }
 
+// vexpf (gemm.h) has expf's bits on every input, and rows_expsum gives row_logprob's plain definition
+// (the max, then sum_v expf(x - max) in float and in order of v) for 1 to 8 rows side by side
+static void test_exp_bits(void) {
+    enum { NX = 1 << 20, V = 1003 };
+    float *x = (float *)xmalloc(NX * sizeof(float)), *y = (float *)xmalloc(NX * sizeof(float));
+    uint64_t rng = 5;
+    for (int i = 0; i < NX; i++) {   // every exponent and sign, the fast path's edges, and inf / NaN
+        uint32_t b = random_u32(&rng);
+        if (i % 4 == 0) { float v = ((float)(b >> 8) / 16777216.0f - 0.5f) * 180.0f; memcpy(&b, &v, 4); }
+        if (i < 4) b = i == 0 ? 0x7f800000u : i == 1 ? 0xff800000u : i == 2 ? 0x7fc00000u : 0x42b00000u;
+        memcpy(&x[i], &b, 4);
+    }
+    vexpf(y, x, NX);
+    int bad = 0;
+    for (int i = 0; i < NX; i++) {
+        float e = expf(x[i]);
+        bad += memcmp(&e, &y[i], 4) != 0 && !(isnan(e) && isnan(y[i]));
+    }
+    check(bad == 0, "vexpf has expf's bits on %d inputs (%d differ; fast path %s)", NX, bad, vexpf_fast ? "on" : "off");
+#if defined(__AVX2__) && defined(__FMA__) && defined(__GLIBC__)
+    check(vexpf_fast, "vexpf's vector path is on with glibc and AVX2 + FMA (else every call goes to expf)");
+#endif
+    float *rows = (float *)xmalloc((size_t)8 * V * sizeof(float));
+    for (int i = 0; i < 8 * V; i++) rows[i] = 4.0f * random_normal(&rng);
+    int same = 1;
+    for (int nr = 1; nr <= 8; nr++) {
+        float mx[8], sum[8];
+        rows_expsum(mx, sum, rows, V, nr, V);
+        for (int r = 0; r < nr; r++) {
+            const float *xr = rows + (size_t)r * V;
+            float m = xr[0], t = 0.0f;
+            for (int v = 1; v < V; v++) if (xr[v] > m) m = xr[v];
+            for (int v = 0; v < V; v++) t += expf(xr[v] - m);
+            same &= !memcmp(&m, &mx[r], 4) && !memcmp(&t, &sum[r], 4);
+        }
+    }
+    check(same, "rows_expsum: each row's max and sum of expf(x - max) in order, bit for bit, 1 to 8 rows at once");
+    free(x); free(y); free(rows);
+}
+
 static void test_fast_paths(void) {
     uint64_t rng = 99;
     test_sgemm_bits();
     test_gemm_chunks();
+    test_exp_bits();
     test_target_rows_only();
     const int shapes[][5] = {{2, 37, 4, 2, 16}, {1, 70, 8, 2, 64}, {2, 19, 2, 2, 64}, {1, 5, 4, 1, 64},
                              {2, 23, 4, 2, 24}};

@@ -1045,14 +1045,8 @@ static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq,
 // log softmax(logits)[tok] of one row: the model's own log-probability, untouched by temperature or
 // truncation, which is what the policy-gradient objective differentiates.
 static float row_logprob(const float *logits, int V, int tok) {
-    float maxv = row_max(logits, V), e[EXP_CHUNK];
-    float s = 0.0f;
-    for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
-        int m = V - v0 < EXP_CHUNK ? V - v0 : EXP_CHUNK;
-        for (int i = 0; i < m; i++) e[i] = logits[v0 + i] - maxv;
-        vexpf(e, e, m);
-        for (int i = 0; i < m; i++) s += e[i];
-    }
+    float maxv, s;
+    rows_expsum(&maxv, &s, logits, (size_t)V, 1, V);   // gemm.h: the max, and sum_v expf(logits[v] - max)
     return logits[tok] - maxv - logf(s);
 }
 
@@ -1091,35 +1085,23 @@ static int sample_token(const float *logits, int V, const SamplerConfig *sc, uin
     float inv_t = 1.0f / sc->temperature, sum = 0.0f;
     float u = random_f32(rng);
     int trunc = (sc->top_k > 0 && sc->top_k < V) || sc->top_p < 1.0f;
-    float e[EXP_CHUNK];   // e[i] = expf((logits[v0 + i] - logits[best]) * inv_t), a chunk at a time
-#define SAMPLE_EXP_CHUNK(v0, m)                                                    \
-    do {                                                                           \
-        m = V - (v0) < EXP_CHUNK ? V - (v0) : EXP_CHUNK;                           \
-        for (int i = 0; i < m; i++) e[i] = (logits[(v0) + i] - logits[best]) * inv_t; \
-        vexpf(e, e, m);                                                            \
-    } while (0)
-    int m;
-    if (!trunc) {   // plain sampling: one pass, no sort
-        for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
-            SAMPLE_EXP_CHUNK(v0, m);
-            for (int i = 0; i < m; i++) sum += e[i];
-        }
-        float r = u * sum, acc = 0.0f;
-        for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
-            SAMPLE_EXP_CHUNK(v0, m);
-            for (int i = 0; i < m; i++) { acc += e[i]; if (acc > r) return v0 + i; }
-        }
-        return best;   // rounding at the very end of the sum
-    }
+    // scratch[v].p = expf((logits[v] - logits[best]) * inv_t), a chunk at a time, and their sum
+    float e[EXP_CHUNK];
     for (int v0 = 0; v0 < V; v0 += EXP_CHUNK) {
-        SAMPLE_EXP_CHUNK(v0, m);
+        int m = V - v0 < EXP_CHUNK ? V - v0 : EXP_CHUNK;
+        for (int i = 0; i < m; i++) e[i] = (logits[v0 + i] - logits[best]) * inv_t;
+        vexpf(e, e, m);
         for (int i = 0; i < m; i++) {
             scratch[v0 + i].p = e[i];
             scratch[v0 + i].id = v0 + i;
             sum += e[i];
         }
     }
-#undef SAMPLE_EXP_CHUNK
+    if (!trunc) {   // plain sampling: no sort, the first token whose running sum passes u * sum
+        float r = u * sum, acc = 0.0f;
+        for (int v = 0; v < V; v++) { acc += scratch[v].p; if (acc > r) return v; }
+        return best;   // rounding at the very end of the sum
+    }
     qsort(scratch, (size_t)V, sizeof(ProbId), probid_desc);
     int n = V;
     if (sc->top_k > 0 && sc->top_k < n) n = sc->top_k;
@@ -1277,22 +1259,30 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             pos[a] = prompt_lens[j / G] + out->len[j] - 1;
         }
         model_step(m, &kv, tok, seq, pos, n_active, rows, n_active, logits);
+        // groups of 4 rows when each thread gets 2 groups or more: the sums of their log-probs run side
+        // by side (rows_expsum, each row's bits as row_logprob's)
+        int gs = n_active >= 8 * n_threads ? 4 : 1, ngroups = (n_active + gs - 1) / gs;
         #pragma omp parallel for schedule(dynamic, 1)
-        for (int a = 0; a < n_active; a++) {
-            int j = active[a], th = 0;
+        for (int gi = 0; gi < ngroups; gi++) {
+            int a0 = gi * gs, nr = n_active - a0 < gs ? n_active - a0 : gs, th = 0;
 #ifdef _OPENMP
             th = omp_get_thread_num();
 #endif
-            const float *row = logits + (size_t)a * V;
-            int t = sample_token(row, V, sc, &rng[j], scratch + (size_t)th * V);
-            out->tokens[j][out->len[j]] = t;
-            out->logprobs[j][out->len[j]] = row_logprob(row, V, t);
-            out->len[j]++;
-            if (!stats) continue;
-            double h, k;
-            row_token_stats(row, V, &h, &k);
-            ent_sum[j] += h;
-            cert_sum[j] += k;
+            float mx[4], s[4];
+            rows_expsum(mx, s, logits + (size_t)a0 * V, (size_t)V, nr, V);
+            for (int a = a0; a < a0 + nr; a++) {
+                int j = active[a];
+                const float *row = logits + (size_t)a * V;
+                int t = sample_token(row, V, sc, &rng[j], scratch + (size_t)th * V);
+                out->tokens[j][out->len[j]] = t;
+                out->logprobs[j][out->len[j]] = row[t] - mx[a - a0] - logf(s[a - a0]);
+                out->len[j]++;
+                if (!stats) continue;
+                double h, k;
+                row_token_stats(row, V, &h, &k);
+                ent_sum[j] += h;
+                cert_sum[j] += k;
+            }
         }
         w = 0;
         for (int a = 0; a < n_active; a++) {

@@ -78,6 +78,52 @@ def ops(threads):
 GEN = dict(P=32, N=64)
 
 
+# ---- the floor: the least time this machine's measured peak allows for each benchmark
+# FLOPs of the matmuls and of attention, counted from the config (a multiply-add is 2 FLOPs):
+#   per token through the layers, 2 * L * C * (QKV + NH*HD + 3*I) (qkv, attention projection, MLP up, MLP down);
+#   the LM head, 2 * C * V per row it runs on; causal attention, 4 * HD * (keys seen) per query and head.
+# A backward pass is 2x its forward (d_input and d_weight), AdamW reads and writes 7 floats per parameter.
+def layer_flops_per_token():
+    c = CFG
+    hd = c["C"] // c["NH"]
+    qkv = (c["NH"] + 2 * c["NKV"]) * hd
+    return 2.0 * c["L"] * c["C"] * (qkv + c["NH"] * hd + 3 * c["I"])
+
+
+def attention_flops(n_queries_keys):
+    """n_queries_keys: the sum over query rows of the keys each one sees."""
+    c = CFG
+    return 4.0 * (c["C"] // c["NH"]) * c["NH"] * c["L"] * n_queries_keys
+
+
+def floor_seconds(params, peak, bw_copy, bw_read):
+    """The least seconds of the forward, the training step and each decode batch at this machine's FMA peak
+    (GFLOP/s) and memory bandwidth (GB/s): the larger of the FLOP time and the time to stream the bytes
+    that must be read, added over the parts."""
+    c = CFG
+    B, T, P, N = c["B"], c["T"], GEN["P"], GEN["N"]
+    fwd_flops = B * T * (layer_flops_per_token() + 2.0 * c["C"] * c["V"]) + attention_flops(B * T * (T + 1) / 2)
+    fwd = fwd_flops / (peak * 1e9)
+    adamw = 7 * 4 * params / (bw_copy * 1e9)
+    out = {"fwd_s": fwd, "step_s": 3 * fwd + adamw}
+    wbytes = 4 * (params - c["V"] * c["C"])   # one decode step streams every weight but the embedding table
+    for batch in (1, 56):
+        prefill = batch * P * layer_flops_per_token() + attention_flops(batch * P * (P + 1) / 2)
+        prefill += batch * 2.0 * c["C"] * c["V"]   # the LM head on each prompt's last row
+        step_flops = batch * (layer_flops_per_token() + 2.0 * c["C"] * c["V"])
+        stream = wbytes / (bw_read * 1e9)   # each step reads the weights at least once
+        out[batch] = max(prefill / (peak * 1e9), stream) + sum(
+            max((step_flops + attention_flops(batch * (P + t + 1))) / (peak * 1e9), stream) for t in range(N - 1))
+    return out
+
+
+def print_floor(label, ours_s, ref_s, floor_s, target):
+    best = ref_s / floor_s
+    print(f"  {label:16s} floor {floor_s * 1e3:8.1f} ms | empo.c at {100 * floor_s / ours_s:5.1f}% of it | the "
+          f"best ratio possible against this reference {best:.2f}x; the target {target:.1f}x is "
+          f"{100 * target / best:.0f}% of that")
+
+
 def ours_gen_once(threads, batch):
     return run_json(["gen"] + [CFG[k] for k in MODEL] + [batch, GEN["P"], GEN["N"], 1], threads)
 
@@ -187,6 +233,8 @@ if __name__ == "__main__":
               + ms_range(ours["step_s_range"]) + " | PyTorch fwd " + ms_range(ref["fwd_s_range"]) + ", step "
               + ms_range(ref["step_s_range"]))
         ref_train = None   # frees the reference's model and optimizer before the next benchmarks
+        floors = [("forward", ours["fwd_s"], ref["fwd_s"], "fwd_s", 1.3),
+                  ("fwd+bwd+AdamW", ours["step_s"], ref["step_s"], "step_s", 1.5)]
     e = run_json(["empo"] + [CFG[k] for k in MODEL] + [8, 7, 64, 64], threads)
     print(f"EMPO step (8 prompts x 7, 64+64 tokens): {e['step_s']:.2f} s = generate {e['gen_s']:.2f} s + score "
           f"{e['score_s']*1e3:.1f} ms"
@@ -208,3 +256,11 @@ if __name__ == "__main__":
               f"{ratio['time_s'][2]:.2f}){bound}")
         print(f"    ranges (ms per generate call): empo.c {ms_range(o['time_s_range'])} | "
               f"HF {ms_range(r['time_s_range'])}")
+        floors.append((f"decode, batch {batch}", o["time_s"], r["time_s"], batch, 3.0 if batch == 1 else 2.0))
+    if ref:
+        peak = max(roof["peak8_all"], roof.get("peak16_all", 0))
+        fl = floor_seconds(ours["params"], peak, roof["bw_copy_all"], roof["bw_read_all"])
+        print(f"floor: the least time at this run's FMA peak ({peak:.1f} GFLOP/s) and memory bandwidth "
+              f"({roof['bw_read_all']:.1f} GB/s read), from the FLOPs and bytes of each benchmark (medians)")
+        for label, o_s, r_s, key, target in floors:
+            print_floor(label, o_s, r_s, fl[key], target)

@@ -490,9 +490,10 @@ static float *pack_panels(const float *W, int OC, int C) {
 
 // Few rows (decoding a handful of sequences): the time is all in streaming the weights once, so
 // skip GEMM's packing and take 4 weight rows at a time, each dotted with every input row while it
-// sits in L1. out (M, OC) = inp (M, C) @ weight^T (OC, C).
+// sits in L1. out (M, OC) = inp (M, C) @ weight^T (OC, C). Threads take 16 weight rows at a time as
+// they are free: with a fixed split, a vCPU that runs slower for a while keeps the other waiting.
 static void matmul_few_rows(float *out, const float *inp, const float *weight, int M, int C, int OC) {
-    #pragma omp parallel for schedule(static)
+    #pragma omp parallel for schedule(dynamic, 4)
     for (int o = 0; o < OC; o += 4) {
         int no = OC - o < 4 ? OC - o : 4;
         const float *w[4];
@@ -1048,7 +1049,12 @@ static inline __m128 vexpf4(__m128 x) {
     __m256i ki = _mm256_castpd_si256(kd);
     kd = _mm256_sub_pd(kd, shift);
     __m256d r = _mm256_fmsub_pd(inv_ln2_n, xd, kd);       // x*32/ln2 - k
-    __m256i t = _mm256_i64gather_epi64((const long long *)vexpf_tab, _mm256_and_si256(ki, _mm256_set1_epi64x(31)), 8);
+    // the table by 4 scalar loads, not vpgatherqq: microcode on AMD, slowed on Intel by the Downfall
+    // mitigation (on Zen 1 the loads take vexpf from 2.3 to 1.95 ns an element)
+    unsigned long long k[4] __attribute__((aligned(32)));
+    _mm256_store_si256((__m256i *)k, ki);
+    __m256i t = _mm256_set_epi64x((long long)vexpf_tab[k[3] & 31], (long long)vexpf_tab[k[2] & 31],
+                                  (long long)vexpf_tab[k[1] & 31], (long long)vexpf_tab[k[0] & 31]);
     t = _mm256_add_epi64(t, _mm256_slli_epi64(ki, 47));   // 2^(k/32)
     __m256d z = _mm256_fmadd_pd(r, c0, c1), r2 = _mm256_mul_pd(r, r);
     __m256d y = _mm256_fmadd_pd(r, c2, one);
@@ -1102,31 +1108,38 @@ __attribute__((constructor)) static void vexpf_check(void) {
 #endif
 }
 
-// lse[n] = m + logf(sum_v expf(x[n*V + v] - m)) with m = row_max(row n), the sum in float and in
-// order of v: the log-softmax's normalizer. The sum of one row is a chain of V dependent adds (the
-// latency of an add per element); 8 rows at a time are 8 independent chains.
-static void rows_logsumexp(float *lse, const float *x, int N, int V) {
+// For nr <= 8 rows of x (row r at x + r*ldx, V long): mx[r] = row_max(row r) and
+// s[r] = sum_v expf(x[r][v] - mx[r]), in float and in order of v. The sum of one row is a chain of V
+// dependent adds (an add's latency per element); the nr rows side by side are nr independent chains.
+static void rows_expsum(float *mx, float *s, const float *x, size_t ldx, int nr, int V) {
     enum { CH = 512 };
+    float e[8][CH];
+    for (int r = 0; r < nr; r++) { mx[r] = row_max(x + r * ldx, V); s[r] = 0.0f; }
+    for (int v0 = 0; v0 < V; v0 += CH) {
+        int m = V - v0 < CH ? V - v0 : CH;
+        for (int r = 0; r < nr; r++) {
+            const float *xr = x + r * ldx + v0;
+            for (int i = 0; i < m; i++) e[r][i] = xr[i] - mx[r];
+            vexpf(e[r], e[r], m);
+        }
+        if (nr == 8)   // a constant trip count, so the 8 chains are unrolled side by side
+            for (int i = 0; i < m; i++)
+                for (int r = 0; r < 8; r++) s[r] += e[r][i];
+        else
+            for (int i = 0; i < m; i++)
+                for (int r = 0; r < nr; r++) s[r] += e[r][i];
+    }
+}
+
+// lse[n] = m + logf(sum_v expf(x[n*V + v] - m)) with m = row_max(row n): the log-softmax's
+// normalizer, 8 rows at a time.
+static void rows_logsumexp(float *lse, const float *x, int N, int V) {
     int ngroups = (N + 7) / 8;
     #pragma omp parallel for schedule(static)
     for (int gi = 0; gi < ngroups; gi++) {
         int n0 = gi * 8, nr = N - n0 < 8 ? N - n0 : 8;
-        float mx[8], s[8] = {0}, e[8][CH];
-        for (int r = 0; r < nr; r++) mx[r] = row_max(x + (size_t)(n0 + r) * V, V);
-        for (int v0 = 0; v0 < V; v0 += CH) {
-            int m = V - v0 < CH ? V - v0 : CH;
-            for (int r = 0; r < nr; r++) {
-                const float *xr = x + (size_t)(n0 + r) * V + v0;
-                for (int i = 0; i < m; i++) e[r][i] = xr[i] - mx[r];
-                vexpf(e[r], e[r], m);
-            }
-            if (nr == 8)
-                for (int i = 0; i < m; i++)
-                    for (int r = 0; r < 8; r++) s[r] += e[r][i];
-            else
-                for (int r = 0; r < nr; r++)
-                    for (int i = 0; i < m; i++) s[r] += e[r][i];
-        }
+        float mx[8], s[8];
+        rows_expsum(mx, s, x + (size_t)n0 * V, (size_t)V, nr, V);
         for (int r = 0; r < nr; r++) lse[n0 + r] = mx[r] + logf(s[r]);
     }
 }
