@@ -490,10 +490,11 @@ static float *pack_panels(const float *W, int OC, int C) {
 
 // Few rows (decoding a handful of sequences): the time is all in streaming the weights once, so
 // skip GEMM's packing and take 4 weight rows at a time, each dotted with every input row while it
-// sits in L1. out (M, OC) = inp (M, C) @ weight^T (OC, C). Threads take 16 weight rows at a time as
-// they are free: with a fixed split, a vCPU that runs slower for a while keeps the other waiting.
+// sits in L1. out (M, OC) = inp (M, C) @ weight^T (OC, C). Guided: threads take shrinking chunks as they
+// are free, so a vCPU that runs slower for a while does not keep the other waiting (as with a fixed
+// split), and with few chunks the threads rarely meet on the counter (as with 2000 chunks of 16 rows).
 static void matmul_few_rows(float *out, const float *inp, const float *weight, int M, int C, int OC) {
-    #pragma omp parallel for schedule(dynamic, 4)
+    #pragma omp parallel for schedule(guided)
     for (int o = 0; o < OC; o += 4) {
         int no = OC - o < 4 ? OC - o : 4;
         const float *w[4];
