@@ -745,7 +745,7 @@ static void test_target_rows_only(void) {
     model_free(&m);
 }
 
-// vexpf (gemm.h) has expf's bits on every input, and rows_expsum gives row_logprob's plain definition
+// vexpf (gemm.h) has expf's bits on every input, and rows_expsum gives the log-softmax sum's plain definition
 // (the max, then sum_v expf(x - max) in float and in order of v) for 1 to 8 rows side by side
 static void test_exp_bits(void) {
     enum { NX = 1 << 20, V = 1003 };

@@ -1043,11 +1043,10 @@ static void model_step(Model *m, KVCache *kv, const int *tokens, const int *seq,
 }
 
 // log softmax(logits)[tok] of one row: the model's own log-probability, untouched by temperature or
-// truncation, which is what the policy-gradient objective differentiates.
-static float row_logprob(const float *logits, int V, int tok) {
-    float maxv, s;
-    rows_expsum(&maxv, &s, logits, (size_t)V, 1, V);   // gemm.h: the max, and sum_v expf(logits[v] - max)
-    return logits[tok] - maxv - logf(s);
+// truncation, which is what the policy-gradient objective differentiates. maxv and sumexp are the row's
+// max and sum_v expf(logits[v] - maxv), from gemm.h's rows_expsum (several rows at a time).
+static float token_logprob(const float *logits, int tok, float maxv, float sumexp) {
+    return logits[tok] - maxv - logf(sumexp);
 }
 
 // The token-level statistics of one row at T = 1 (engine.h): the entropy H(p) and the self-certainty
@@ -1222,12 +1221,14 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
             if (cap[j] <= P) continue;   // no room for even one token
             active[n_active++] = j;
         }
-        // sample the first token of each of the G responses from the shared logits
+        // sample the first token of each of the G responses from the shared logits (one log-softmax sum)
+        float maxv = 0.0f, sumexp = 1.0f;
+        if (n_active > 0 && active[n_active - 1] >= s0) rows_expsum(&maxv, &sumexp, row, (size_t)V, 1, V);
         for (int a = n_active - 1; a >= 0 && active[a] >= s0; a--) {
             int j = active[a];
             int t0 = sample_token(row, V, sc, &rng[j], scratch);
             out->tokens[j][0] = t0;
-            out->logprobs[j][0] = row_logprob(row, V, t0);
+            out->logprobs[j][0] = token_logprob(row, t0, maxv, sumexp);
             out->len[j] = 1;
         }
         if (stats && n_active > 0 && active[n_active - 1] >= s0) {   // the G first positions share one row
@@ -1260,7 +1261,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
         }
         model_step(m, &kv, tok, seq, pos, n_active, rows, n_active, logits);
         // groups of 4 rows when each thread gets 2 groups or more: the sums of their log-probs run side
-        // by side (rows_expsum, each row's bits as row_logprob's)
+        // by side (rows_expsum: each row's sum in its own order, so the same bits as one row at a time)
         int gs = n_active >= 8 * n_threads ? 4 : 1, ngroups = (n_active + gs - 1) / gs;
         #pragma omp parallel for schedule(dynamic, 1)
         for (int gi = 0; gi < ngroups; gi++) {
@@ -1275,7 +1276,7 @@ static void generate(Model *m, const int *const *prompts, const int *prompt_lens
                 const float *row = logits + (size_t)a * V;
                 int t = sample_token(row, V, sc, &rng[j], scratch + (size_t)th * V);
                 out->tokens[j][out->len[j]] = t;
-                out->logprobs[j][out->len[j]] = row[t] - mx[a - a0] - logf(s[a - a0]);
+                out->logprobs[j][out->len[j]] = token_logprob(row, t, mx[a - a0], s[a - a0]);
                 out->len[j]++;
                 if (!stats) continue;
                 double h, k;
